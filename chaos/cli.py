@@ -1,0 +1,195 @@
+"""The ``chaos`` command: parse arguments, call one function, turn errors into exit codes.
+
+Every failure a user can meet is a ``ChaosError`` with a message and a documented exit code
+(see ``chaos.errors.ExitCode`` and the README); no traceback reaches the terminal for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from chaos import __version__
+from chaos.errors import ChaosError, ExitCode
+from chaos.log import configure_logging, get_logger
+from chaos.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage errors: exit 2, one line
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(ExitCode.USAGE)
+
+
+def _progress(message: str) -> None:
+    get_logger("chaos").info(message)
+
+
+# --------------------------------------------------------------------------- lab
+def _lab(settings: Settings, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from chaos.lab.manager import Lab
+
+    return Lab(settings.lab_root, args.name or settings.lab_name)
+
+
+def cmd_lab_up(args: argparse.Namespace, settings: Settings) -> int:
+    from chaos.lab.manager import parse_options
+
+    lab = _lab(settings, args)
+    options = parse_options(
+        name=lab.name,
+        nodes=args.nodes,
+        routers=args.routers,
+        replicas=args.replicas,
+        projects=args.projects,
+        advert_int=args.advert_int,
+        conntrackd=args.conntrackd,
+        strict_conntrack=args.strict_conntrack,
+        respawn_interval=args.respawn_interval,
+        boot_delay=args.boot_delay,
+    )
+    lab.up(options, progress=_progress, timeout=args.timeout)
+    print(f"lab {lab.name} is up; `chaos lab status --name {lab.name}` describes it")
+    return ExitCode.OK
+
+
+def cmd_lab_status(args: argparse.Namespace, settings: Settings) -> int:
+    lab = _lab(settings, args)
+    status = lab.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return ExitCode.OK
+    print(f"lab {status['name']}  ({status['dir']})")
+    for node in status["nodes"]:
+        power = "up" if node["powered"] else "DOWN"
+        print(f"  node {node['name']:<12} {node['management_address']:<15} {power:<5} agent {'synced' if node['agent_synced'] else '-'}")
+    for router in status["routers"]:
+        reps = "  ".join(
+            f"{r['node']}:{r['state'] or '-'}{'*' if r['holds_addresses'] else ''}" for r in router["replicas"]
+        )
+        fips = ",".join(f["address"] for f in router["floating_ips"])
+        print(f"  {router['name']:<10} {router['id']}  vrid {router['vrid']:<3} fip {fips:<15} {reps}")
+    print("  (* = holds the router's addresses)")
+    return ExitCode.OK
+
+
+def cmd_lab_down(args: argparse.Namespace, settings: Settings) -> int:
+    lab = _lab(settings, args)
+    removed = lab.down(progress=_progress)
+    print(f"lab {lab.name} removed" if removed else f"nothing of lab {lab.name} was found")
+    return ExitCode.OK
+
+
+def cmd_lab_reboot(args: argparse.Namespace, settings: Settings) -> int:
+    lab = _lab(settings, args)
+    lab.reboot(args.node, wait=not args.no_wait, timeout=args.timeout, progress=_progress)
+    return ExitCode.OK
+
+
+def cmd_lab_ssh(args: argparse.Namespace, settings: Settings) -> int:
+    lab = _lab(settings, args)
+    spec = lab.spec()
+    node = spec.node(args.node)
+    ssh = lab.dir / "ssh"
+    argv = [
+        "ip", "netns", "exec", spec.vantage.netns,
+        "ssh", "-i", str(ssh / "id_ed25519"),
+        "-o", f"UserKnownHostsFile={ssh / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes", "-p", str(node.ssh_port), f"root@{node.mgmt_ip}",
+    ]
+    command = [c for c in args.command if c != "--"]
+    argv += command  # as with ssh(1): the remote shell interprets the words
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return ExitCode.INFRASTRUCTURE  # not reached
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="chaos", description="Chaos experiments for Neutron L3 HA routers.")
+    parser.add_argument("--version", action="version", version=f"chaos {__version__}")
+    parser.add_argument("--json-logs", action="store_true", help="log JSON lines to stderr")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    lab = sub.add_parser("lab", help="the embedded Neutron L3 HA lab")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+
+    def lab_cmd(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        p = lab_sub.add_parser(name, help=help_)
+        p.add_argument("--name", help="lab name (default: CHAOS_LAB_NAME or chaoslab)")
+        p.set_defaults(handler=handler)
+        return p
+
+    up = lab_cmd("up", cmd_lab_up, "create the lab (idempotent)")
+    up.add_argument("--nodes", type=int, help="network nodes (default 3)")
+    up.add_argument("--routers", type=int, help="HA routers (default 4)")
+    up.add_argument("--replicas", type=int, help="replicas per router (default 2)")
+    up.add_argument("--projects", type=int, help="projects, one HA network each (default 1)")
+    up.add_argument("--advert-int", type=int, help="VRRP advert_int in seconds (default 2)")
+    up.add_argument("--conntrackd", action="store_true", default=None, help="replicate conntrack state")
+    up.add_argument("--strict-conntrack", action="store_true", default=None, help="tcp_loose off, INVALID dropped")
+    up.add_argument("--respawn-interval", type=float, help="agent's keepalived check interval (default 3s)")
+    up.add_argument("--boot-delay", type=float, help="seconds a rebooted node stays down (default 3)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the lab to be ready")
+
+    status = lab_cmd("status", cmd_lab_status, "describe the lab and its live state")
+    status.add_argument("--json", action="store_true")
+    lab_cmd("down", cmd_lab_down, "remove everything of the lab")
+    reboot = lab_cmd("reboot", cmd_lab_reboot, "power-cycle a network node through its BMC")
+    reboot.add_argument("node")
+    reboot.add_argument("--no-wait", action="store_true", help="return once the power is cut")
+    reboot.add_argument("--timeout", type=float, default=120.0)
+    ssh = lab_cmd("ssh", cmd_lab_ssh, "a shell or a command on a node")
+    ssh.add_argument("node")
+    ssh.add_argument("command", nargs=argparse.REMAINDER)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    """Sub-commands contributed by other packages (experiments, runs, reports)."""
+    registrars = []
+    for module_name in ("chaos.commands",):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError:
+            continue
+        registrars.append(module.register)
+    return registrars
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as exc:
+        print(f"chaos: invalid settings (CHAOS_* variables or CHAOS_CONFIG file): {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    configure_logging("json" if args.json_logs else settings.log_format, args.log_level or settings.log_level)
+    try:
+        return int(args.handler(args, settings))
+    except ChaosError as exc:
+        print(f"chaos: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("chaos: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: say so plainly; the traceback only on request
+        if (args.log_level or settings.log_level) == "debug":
+            raise
+        print(f"chaos: internal error: {type(exc).__name__}: {exc} (rerun with --log-level debug for the traceback)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,475 @@
+"""Bring a lab up, describe it, reboot its nodes, take it down (also after a crash).
+
+Everything a lab creates is either inside a namespace whose name starts with ``<lab>-`` or in
+the lab folder ``<lab_root>/<lab>/``; ``down`` finds both again from the name alone, so a lab
+left behind by a killed process is removed as cleanly as a healthy one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from chaos.errors import Conflict, InfrastructureError, InvalidInput, Prerequisites
+from chaos.lab import fabric
+from chaos.lab.netlink import list_netns, remove_netns, run_netlink
+from chaos.lab.node import generate_key, init_pid, is_powered, node_dir, power_off, power_on, prepare_node_disk, sshd_config
+from chaos.lab.procs import kill, pid_alive, pids_in_netns, pids_matching, run_checked, terminate
+from chaos.lab.router import keepalived_paths
+from chaos.lab.services import new_credentials
+from chaos.lab.spec import LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
+from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
+
+log = structlog.get_logger("lab")
+
+REQUIRED_PROGRAMS = {
+    "keepalived": "keepalived",
+    "conntrack": "conntrack",
+    "conntrackd": "conntrackd",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "iptables-restore": "iptables",
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "mount": "mount",
+}
+NEUTRON_STATE = Path("/var/lib/neutron")
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise Prerequisites("the lab needs root (network, mount and PID namespaces)", hint="run it as root")
+    missing = sorted({pkg for prog, pkg in REQUIRED_PROGRAMS.items() if not _which(prog)})
+    if missing:
+        raise Prerequisites(
+            "missing programs for the lab: " + ", ".join(p for p, pkg in REQUIRED_PROGRAMS.items() if pkg in missing and not _which(p)),
+            hint="apt-get install -y " + " ".join(missing),
+        )
+
+
+def _which(prog: str) -> str | None:
+    return shutil.which(prog, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+class Lab:
+    """One lab, by name, with its folder under ``lab_root``."""
+
+    def __init__(self, lab_root: Path, name: str) -> None:
+        self.name = validate_lab_name(name)
+        self.root = lab_root
+        self.dir = lab_root / name
+
+    # ------------------------------------------------------------------ discovery
+    @property
+    def spec_path(self) -> Path:
+        return self.dir / "lab.json"
+
+    def exists(self) -> bool:
+        return self.spec_path.exists() or bool(self.leftover_namespaces())
+
+    def spec(self) -> LabSpec:
+        if not self.spec_path.exists():
+            raise Conflict(f"no lab named {self.name!r} is running", hint=f"start one with: chaos lab up --name {self.name}")
+        return LabSpec.load(self.spec_path)
+
+    def leftover_namespaces(self) -> list[str]:
+        return [ns for ns in list_netns() if ns.startswith(f"{self.name}-")]
+
+    def services_pid(self) -> int | None:
+        try:
+            pid = json.loads((self.dir / "services.json").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if pid_alive(pid, "chaos.lab.services") else None
+
+    def bmc(self) -> tuple[str, str, str]:
+        """URL, user and password of the lab's BMC."""
+        services = json.loads((self.dir / "services.json").read_text())
+        creds = json.loads((self.dir / "bmc.json").read_text())
+        return services["bmc_url"], creds["user"], creds["password"]
+
+    def healthy(self) -> bool:
+        if not self.spec_path.exists() or self.services_pid() is None:
+            return False
+        spec = self.spec()
+        return all(is_powered(self.dir, n.name) for n in spec.nodes)
+
+    # ------------------------------------------------------------------ up
+    def up(self, options: LabOptions, progress: Callable[[str], None] = lambda _: None, timeout: float = 120.0) -> LabSpec:
+        check_prerequisites()
+        if options.conntrackd and not _which("conntrackd"):
+            raise Prerequisites("--conntrackd needs conntrackd", hint="apt-get install -y conntrackd")
+        spec = plan_lab(options)
+        if self.spec_path.exists():
+            current = self.spec()
+            if current.options == options and self.healthy():
+                progress(f"lab {self.name} is already up with these options")
+                return current
+            if current.options != options:
+                raise Conflict(
+                    f"lab {self.name!r} already exists with other options ({_describe(current.options)})",
+                    hint=f"take it down first: chaos lab down --name {self.name}",
+                )
+        if self.exists():
+            progress(f"removing what a previous lab {self.name} left behind")
+            self.down()
+        started = time.monotonic()
+        try:
+            self._create(spec, progress)
+            self._wait_ready(spec, progress, timeout)
+        except BaseException:
+            progress("lab up failed; removing what was created")
+            self.down()
+            raise
+        progress(f"lab {self.name} up in {time.monotonic() - started:.1f}s: {len(spec.nodes)} nodes, {len(spec.routers)} routers")
+        return spec
+
+    def _create(self, spec: LabSpec, progress: Callable[[str], None]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        spec.save(self.spec_path)
+        if not NEUTRON_STATE.exists():
+            # Mount point for each node's private /var/lib/neutron; removed again by `down`.
+            NEUTRON_STATE.mkdir(parents=True)
+            (self.root / ".created-var-lib-neutron").touch()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+        ssh_dir = self.dir / "ssh"
+        ssh_dir.mkdir(exist_ok=True)
+        client_pub = generate_key(ssh_dir / "id_ed25519", f"chaos-lab-{self.name}")
+        (ssh_dir / "authorized_keys").write_text(client_pub + "\n")
+        known = []
+        for node in spec.nodes:
+            host_pub = prepare_node_disk(spec, self.dir, node)
+            known.append(f"{node.name},{node.mgmt_ip} {_key_part(host_pub)}")
+        progress("building the fabric, vantage point and VMs")
+        fabric.build_fabric(spec)
+        fabric.build_vantage(spec)
+        fabric.build_vms(spec)
+        known += self._start_vm_sshd(spec)
+        (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
+        new_credentials(self.dir)
+        self._start_services()
+        for node in spec.nodes:
+            power_on(spec, self.dir, node)
+            progress(f"powered on {node.name}")
+        self.write_inventory(spec)
+
+    def _start_vm_sshd(self, spec: LabSpec) -> list[str]:
+        known = []
+        for router in spec.routers:
+            for vm in router.vms:
+                d = self.dir / "vms" / vm.name
+                d.mkdir(parents=True, exist_ok=True)
+                host_pub = generate_key(d / "ssh_host_ed25519_key", f"root@{vm.name}")
+                (d / "sshd_config").write_text(
+                    sshd_config(vm.ip, 22, d / "ssh_host_ed25519_key", d / "sshd.pid", self.dir / "ssh" / "authorized_keys")
+                )
+                run_checked(
+                    ["ip", "netns", "exec", vm.netns, "/usr/sbin/sshd", "-f", str(d / "sshd_config")],
+                    f"starting sshd of {vm.name}",
+                )
+                names = [vm.name, vm.ip, *(f.address for f in router.floating_ips)]
+                known.append(f"{','.join(names)} {_key_part(host_pub)}")
+        return known
+
+    def _start_services(self) -> None:
+        with open(self.dir / "services.log", "ab") as logf:
+            subprocess.Popen(
+                [sys.executable, "-m", "chaos.lab.services", "--lab-dir", str(self.dir)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while self.services_pid() is None:
+            if time.monotonic() > deadline:
+                raise InfrastructureError("the lab services did not start", hint=f"see {self.dir / 'services.log'}")
+            time.sleep(0.05)
+
+    def _wait_ready(self, spec: LabSpec, progress: Callable[[str], None], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        progress("waiting for the agents to sync and every router to elect a primary")
+        while True:
+            waiting = self.not_ready(spec)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"lab not ready after {timeout:.0f}s: {'; '.join(waiting[:5])}")
+            time.sleep(0.2)
+
+    def not_ready(self, spec: LabSpec, nodes: list[str] | None = None) -> list[str]:
+        """What is not yet as it should be: agents not synced, routers without exactly one primary."""
+        problems = []
+        for node in spec.nodes:
+            if nodes is not None and node.name not in nodes:
+                continue
+            agent = self.agent_status(node.name)
+            want = {r.id for r, _ in spec.replicas_on(node.name)}
+            if agent is None or set(agent["replicas"]) != want:
+                problems.append(f"{node.name}: agent not synced")
+        if problems:
+            return problems
+        for router in spec.routers:
+            states = [self.replica_state(rep.node, router) for rep in router.replicas]
+            if states.count("primary") != 1:
+                problems.append(f"{router.name}: states {states}")
+        return problems
+
+    # ------------------------------------------------------------------ live state
+    def agent_status(self, node: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((node_dir(self.dir, node) / "agent.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def replica_state(self, node: str, router: RouterSpec) -> str | None:
+        if not is_powered(self.dir, node):
+            return None
+        rel = keepalived_paths(router.id)["state"].relative_to("/var/lib/neutron")
+        try:
+            return (node_dir(self.dir, node) / "neutron" / rel).read_text().strip()
+        except OSError:
+            return None
+
+    def replica_addresses(self, node: str, router: RouterSpec) -> list[str] | None:
+        """IPv4 addresses configured in the replica's qrouter namespace (None: no such namespace)."""
+        init = init_pid(self.dir, node)
+        if init is None:
+            return None
+        path = f"/proc/{init}/root/run/netns/{router.namespace}"
+        if not os.path.exists(path):
+            return None
+        try:
+            addrs = run_netlink(path, lambda ipr: [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2)])
+        except OSError:
+            return None
+        return sorted(a for a in addrs if a != "127.0.0.1")
+
+    def keepalived_pids(self, node: str, router: RouterSpec) -> list[int]:
+        """Host pids of the replica's keepalived processes (the node's PID namespace only)."""
+        init = init_pid(self.dir, node)
+        if init is None:
+            return []
+        try:
+            pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
+        except OSError:
+            return []
+        found = []
+        for pid in pids_matching(f"ha_confs/{router.id}/keepalived.conf"):
+            try:
+                if os.stat(f"/proc/{pid}/ns/pid").st_ino == pidns and pid_alive(pid, "keepalived"):
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
+
+    def status(self) -> dict[str, Any]:
+        spec = self.spec()
+        ssh_dir = self.dir / "ssh"
+        services = None
+        try:
+            url, _, _ = self.bmc()
+            services = {"pid": self.services_pid(), "bmc_url": url, "bmc_credentials": str(self.dir / "bmc.json")}
+        except (OSError, ValueError, KeyError):
+            pass
+        nodes = []
+        for node in spec.nodes:
+            agent = self.agent_status(node.name)
+            host_key = (node_dir(self.dir, node.name) / "ssh_host_ed25519_key.pub").read_text().strip()
+            nodes.append(
+                {
+                    "name": node.name,
+                    "netns": node.netns,
+                    "management_address": node.mgmt_ip,
+                    "ssh_port": node.ssh_port,
+                    "user": "root",
+                    "key_file": str(ssh_dir / "id_ed25519"),
+                    "known_hosts": str(ssh_dir / "known_hosts"),
+                    "host_key": host_key,
+                    "powered": is_powered(self.dir, node.name),
+                    "agent_synced": agent is not None,
+                    "boot_id": (agent or {}).get("boot_id"),
+                    "l3_agent_id": node.agent_id,
+                }
+            )
+        routers = []
+        for router in spec.routers:
+            replicas = []
+            for rep in router.replicas:
+                addrs = self.replica_addresses(rep.node, router)
+                replicas.append(
+                    {
+                        "node": rep.node,
+                        "ha_device": rep.ha_device,
+                        "ha_ip": rep.ha_ip,
+                        "state": self.replica_state(rep.node, router),
+                        "holds_addresses": bool(addrs) and router.gateway_ip in addrs,
+                        "keepalived_pids": self.keepalived_pids(rep.node, router),
+                    }
+                )
+            routers.append(
+                {
+                    "id": router.id,
+                    "name": router.name,
+                    "project_id": router.project_id,
+                    "vrid": router.vrid,
+                    "ha_vip": router.ha_vip,
+                    "gateway_ip": router.gateway_ip,
+                    "internal_ip": router.internal_ip,
+                    "tenant_cidr": router.tenant_cidr,
+                    "namespace": router.namespace,
+                    "replicas": replicas,
+                    "floating_ips": [{"address": f.address, "fixed_ip": f.fixed_ip} for f in router.floating_ips],
+                    "vms": [{"name": vm.name, "netns": vm.netns, "ip": vm.ip, "echo_port": 7, "ssh_port": 22} for vm in router.vms],
+                }
+            )
+        return {
+            "name": self.name,
+            "dir": str(self.dir),
+            "options": spec.options.model_dump(),
+            "fabric_netns": spec.fabric_netns,
+            "vantage": {**spec.vantage.model_dump(), "external_network": spec.external_cidr},
+            "services": services,
+            "inventory": str(self.dir / "inventory.json"),
+            "nodes": nodes,
+            "routers": routers,
+        }
+
+    def write_inventory(self, spec: LabSpec) -> Topology:
+        ssh_dir = self.dir / "ssh"
+        topo = Topology(
+            source=f"lab:{self.name}",
+            nodes=tuple(
+                Node(
+                    name=n.name,
+                    address=n.mgmt_ip,
+                    port=n.ssh_port,
+                    key_file=ssh_dir / "id_ed25519",
+                    known_hosts=ssh_dir / "known_hosts",
+                    netns=spec.vantage.netns,
+                )
+                for n in spec.nodes
+            ),
+            routers=tuple(
+                Router(
+                    id=r.id,
+                    name=r.name,
+                    project_id=r.project_id,
+                    vrid=r.vrid,
+                    ha_vip=r.ha_vip,
+                    replicas=tuple(Replica(node=rep.node, ha_device=rep.ha_device, ha_ip=rep.ha_ip) for rep in r.replicas),
+                    floating_ips=tuple(FloatingIP(address=f.address, fixed_ip=f.fixed_ip, echo_port=7) for f in r.floating_ips),
+                    gateway_ip=r.gateway_ip,
+                    internal_ip=r.internal_ip,
+                )
+                for r in spec.routers
+            ),
+            vantage=Vantage(netns=spec.vantage.netns, echo_address=spec.vantage.ext_ip, echo_port=spec.vantage.echo_port),
+            bmc_url=None,
+            bmc_credentials_file=self.dir / "bmc.json",
+        )
+        tmp = self.dir / "inventory.json.tmp"
+        tmp.write_text(topo.model_dump_json(indent=2))
+        tmp.replace(self.dir / "inventory.json")
+        return topo
+
+    # ------------------------------------------------------------------ reboot
+    def reboot(self, node_name: str, wait: bool = True, timeout: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Power-cycle a node through its BMC, as one would a server, and wait for it to be back."""
+        import base64
+        import urllib.request
+
+        spec = self.spec()
+        spec.node(node_name)
+        url, user, password = self.bmc()
+        old_boot = (self.agent_status(node_name) or {}).get("boot_id")
+        req = urllib.request.Request(
+            f"{url}/redfish/v1/Systems/{node_name}/Actions/ComputerSystem.Reset",
+            data=json.dumps({"ResetType": "ForceRestart"}).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback BMC
+                resp.read()
+        except OSError as exc:
+            raise InfrastructureError(f"the lab BMC did not accept the reset of {node_name}: {exc}") from exc
+        progress(f"{node_name}: power cycled; boot delay {spec.options.boot_delay:g}s")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            agent = self.agent_status(node_name)
+            if agent is not None and agent.get("boot_id") not in (None, old_boot) and not self.not_ready(spec, [node_name]):
+                progress(f"{node_name}: back, replicas synced")
+                return
+            time.sleep(0.2)
+        raise InfrastructureError(f"{node_name} did not come back within {timeout:.0f}s")
+
+    # ------------------------------------------------------------------ down
+    def down(self, progress: Callable[[str], None] = lambda _: None) -> list[str]:
+        """Remove everything of the lab; works from the name alone after a crash."""
+        removed: list[str] = []
+        pid = self.services_pid()
+        for p in {*(pids_matching(f"chaos.lab.services --lab-dir {self.dir}")), *([pid] if pid else [])}:
+            terminate(p, 5.0)
+            removed.append(f"services pid {p}")
+        spec = LabSpec.load(self.spec_path) if self.spec_path.exists() else None
+        if spec is not None:
+            for node in spec.nodes:
+                power_off(spec, self.dir, node)
+        for p in pids_matching(f"chaos.lab.node_init --lab-dir {self.dir} "):
+            kill(p)
+            removed.append(f"node init pid {p}")
+        for ns in self.leftover_namespaces():
+            for p in pids_in_netns(Path("/run/netns") / ns):
+                kill(p)
+            remove_netns(ns)
+            removed.append(f"netns {ns}")
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+            removed.append(str(self.dir))
+        marker = self.root / ".created-var-lib-neutron"
+        if marker.exists() and not any(p.is_dir() for p in self.root.iterdir() if p.name != marker.name):
+            try:
+                NEUTRON_STATE.rmdir()
+            except OSError:
+                pass
+            marker.unlink(missing_ok=True)
+        if self.root.exists() and not any(self.root.iterdir()):
+            self.root.rmdir()
+        progress(f"lab {self.name} removed ({len(removed)} items)")
+        return removed
+
+
+def _key_part(pub_line: str) -> str:
+    kind, key, *_ = pub_line.split()
+    return f"{kind} {key}"
+
+
+def _describe(options: LabOptions) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.model_dump().items() if k != "name")
+
+
+def parse_options(**kwargs: Any) -> LabOptions:
+    try:
+        return LabOptions(**{k: v for k, v in kwargs.items() if v is not None})
+    except Exception as exc:  # pydantic ValidationError: name the option
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise InvalidInput(f"--{field.replace('_', '-')}: {err['msg']}") from None
+        raise

@@ -1,0 +1,113 @@
+"""The domain: routers, their replicas on network nodes, floating IPs, and how to reach nodes.
+
+A ``Topology`` is what every target (the lab, a static inventory, OpenStack discovery) resolves
+to, and all the runner ever sees. Models are immutable and validated at the boundary, so a
+router id or a device name that reaches a shell command has already been checked here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+
+
+def _router_id(value: str) -> str:
+    if not _UUID_RE.match(value):
+        raise ValueError(f"router id {value!r} is not a lowercase UUID like Neutron's")
+    return value
+
+
+def _device(value: str) -> str:
+    if not _DEVICE_RE.match(value):
+        raise ValueError(f"device {value!r} is not a Neutron ha-/qr-/qg- device name")
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not _HOST_RE.match(value):
+        raise ValueError(f"host name {value!r} has characters a host name cannot have")
+    return value
+
+
+RouterId = Annotated[str, AfterValidator(_router_id)]
+DeviceName = Annotated[str, AfterValidator(_device)]
+HostName = Annotated[str, AfterValidator(_hostname)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Node(_Model):
+    """A network node and how to reach it over SSH."""
+
+    name: HostName
+    address: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+    key_file: Path | None = None
+    known_hosts: Path | None = None
+    jump_host: str | None = None
+    netns: str | None = Field(default=None, description="open the SSH socket inside this network namespace")
+    sudo: bool = Field(default=False, description="prefix privileged commands with `sudo -n`")
+    state_path: Path = Path("/var/lib/neutron")
+
+
+class FloatingIP(_Model):
+    address: IPvAnyAddress
+    fixed_ip: IPvAnyAddress | None = None
+    echo_port: int | None = Field(default=None, description="TCP echo service behind the floating IP")
+
+
+class Replica(_Model):
+    """One keepalived instance of a router, on one node."""
+
+    node: HostName
+    ha_device: DeviceName
+    ha_ip: str | None = None
+
+
+class Router(_Model):
+    id: RouterId
+    name: str = ""
+    project_id: str = ""
+    vrid: int | None = Field(default=None, ge=1, le=255)
+    ha_vip: str | None = None
+    replicas: tuple[Replica, ...]
+    floating_ips: tuple[FloatingIP, ...] = ()
+    gateway_ip: str | None = None
+    internal_ip: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        return f"qrouter-{self.id}"
+
+
+class Vantage(_Model):
+    """Where probes run from: the operator's point of view on the external network."""
+
+    netns: str | None = None
+    echo_address: str | None = None
+    echo_port: int | None = None
+
+
+class Topology(_Model):
+    source: str
+    nodes: tuple[Node, ...]
+    routers: tuple[Router, ...]
+    vantage: Vantage = Vantage()
+    bmc_url: str | None = Field(default=None, description="Redfish endpoint that can power-cycle nodes")
+    bmc_credentials_file: Path | None = None
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""How the tool reaches nodes: SSH (asyncssh), sockets inside lab namespaces, node commands."""
