@@ -64,6 +64,9 @@ class FloatingIP(_Model):
     address: IPvAnyAddress
     fixed_ip: IPvAnyAddress | None = None
     echo_port: int | None = Field(default=None, description="TCP echo service behind the floating IP")
+    vm_netns: str | None = Field(
+        default=None, description="lab only: namespace of the VM behind it, where outbound probes open sockets"
+    )
 
 
 class Replica(_Model):

@@ -26,7 +26,7 @@ from chaos.lab.node import generate_key, init_pid, is_powered, node_dir, power_o
 from chaos.lab.procs import kill, pid_alive, pids_in_netns, pids_matching, run_checked, terminate
 from chaos.lab.router import keepalived_paths
 from chaos.lab.services import new_credentials
-from chaos.lab.spec import LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
+from chaos.lab.spec import ECHO_PORT, LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
 from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
 
 log = structlog.get_logger("lab")
@@ -366,14 +366,17 @@ class Lab:
                     vrid=r.vrid,
                     ha_vip=r.ha_vip,
                     replicas=tuple(Replica(node=rep.node, ha_device=rep.ha_device, ha_ip=rep.ha_ip) for rep in r.replicas),
-                    floating_ips=tuple(FloatingIP(address=f.address, fixed_ip=f.fixed_ip, echo_port=7) for f in r.floating_ips),
+                    floating_ips=tuple(
+                        FloatingIP(address=f.address, fixed_ip=f.fixed_ip, echo_port=ECHO_PORT, vm_netns=r.vms[0].netns)
+                        for f in r.floating_ips
+                    ),
                     gateway_ip=r.gateway_ip,
                     internal_ip=r.internal_ip,
                 )
                 for r in spec.routers
             ),
             vantage=Vantage(netns=spec.vantage.netns, echo_address=spec.vantage.ext_ip, echo_port=spec.vantage.echo_port),
-            bmc_url=None,
+            bmc_url=self.bmc()[0],
             bmc_credentials_file=self.dir / "bmc.json",
         )
         tmp = self.dir / "inventory.json.tmp"

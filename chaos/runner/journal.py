@@ -1,0 +1,83 @@
+"""The run journal: one JSON object per line, appended and flushed as the run goes.
+
+The journal is the only record of a run; metrics, the verdict and every report are computed
+from it and can be recomputed. Each line is an event ``{"t": <unix time>, "kind": <kind>,
+...fields}``. ``t`` is ``time.time()`` of the runner's host, the one clock every component of
+a run uses, so events and samples line up.
+
+Event kinds (fields beyond ``t`` and ``kind``):
+
+- ``run.started``: run_id, experiment (path), title, tool_version, target (lab name or cloud),
+  safeguards (dict)
+- ``run.plan``: actions: list of {action_id, fault, router_id, node, inject: [cmd], undo: [cmd]}
+- ``fault.undo_recorded``: action_id, fault, router_id, node, undo: [cmd] (written *before* the
+  injection, so ``chaos recover`` can undo what a killed run left behind)
+- ``fault.injected``: action_id, fault, router_id, node, detail
+- ``fault.verified``: action_id, took (bool), detail
+- ``fault.undone``: action_id, ok (bool), detail
+- ``probe.icmp``: router_id, address, sent: [t...], rtt: [seconds or null...] (a batch of
+  echo requests to one floating IP; null = no reply within the probe's timeout)
+- ``probe.tcp``: router_id, session (id), direction ("inbound" | "outbound"),
+  event ("opened" | "stall" | "resumed" | "reset" | "timeout" | "closed"), detail
+- ``probe.newconn``: router_id, direction, ok (bool), latency (seconds or null), error
+- ``observe.replica``: router_id, node, state ("primary" | "backup" | ...), holds (bool: the
+  replica holds the router's addresses), source ("monitor" | "poll")
+- ``conntrack.snapshot``: router_id, node, phase ("before" | "after"), flows: [...]
+- ``arp.garp``: router_id, address, mac, port
+- ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok
+- ``run.finished``: verdict ("held" | "deviated" | "aborted" | "interrupted" | "error"),
+  exit_code, reason
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class Journal:
+    """Append-only, flushed on every event; safe to call from threads and asyncio tasks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the run
+        self._lock = threading.Lock()
+
+    def write(self, kind: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
+        event = {"t": time.time() if t is None else t, "kind": kind, **fields}
+        line = json.dumps(event, separators=(",", ":"), default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if kind.startswith(("fault.", "run.")):
+                os.fsync(self._file.fileno())  # what recovery depends on must reach the disk
+        return event
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Events of a journal; a last line cut short by a crash is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,93 @@
+"""Shared fixtures. Lab tests need root and the lab's Debian packages.
+
+Outside CI a machine without them skips lab tests with the reason; with ``CI=true`` a missing
+prerequisite fails the run instead, so CI can never pass by skipping. One lab is shared by
+every test of a session (``lab`` fixture, advert_int 1); tests that need other lab options
+make their own with ``make_lab``. Every lab created here is removed at the end, and a lab
+left behind by a crashed run is removed before a new one starts (``Lab.up`` does that).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chaos.errors import ChaosError
+from chaos.lab.manager import Lab, check_prerequisites
+from chaos.lab.spec import LabOptions, LabSpec
+
+LAB_ROOT = Path(os.environ.get("CHAOS_TEST_LAB_ROOT", "/run/chaos-lab"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def lab_name(suffix: str = "") -> str:
+    """Names unique per test process, so concurrent test runs never share a lab."""
+    return f"t{os.getpid() % 100000}{suffix}"[:10]
+
+
+def require_lab_prerequisites() -> None:
+    try:
+        check_prerequisites()
+    except ChaosError as exc:
+        if IN_CI:
+            pytest.fail(f"lab prerequisites missing in CI: {exc}")
+        pytest.skip(f"lab prerequisites missing: {exc}")
+
+
+class LabHandle:
+    """A running lab for tests: its manager, its plan and its root folder."""
+
+    def __init__(self, lab: Lab, spec: LabSpec) -> None:
+        self.lab = lab
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.lab.name
+
+    @property
+    def dir(self) -> Path:
+        return self.lab.dir
+
+    def status(self) -> dict:
+        return self.lab.status()
+
+
+@pytest.fixture(scope="session")
+def make_lab() -> Iterator[Callable[..., LabHandle]]:
+    """Factory: ``make_lab(suffix, **options)`` brings up a lab that is removed at session end."""
+    created: list[Lab] = []
+
+    def make(suffix: str = "", **options: object) -> LabHandle:
+        require_lab_prerequisites()
+        lab = Lab(LAB_ROOT, lab_name(suffix))
+        created.append(lab)
+        spec = lab.up(LabOptions(name=lab.name, **options), timeout=180)
+        return LabHandle(lab, spec)
+
+    yield make
+    for lab in created:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
+    """The shared lab: 3 nodes, 4 routers, 2 replicas, advert_int 1."""
+    return make_lab("", nodes=3, routers=4, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0)
+
+
+def wait_lab_ready(handle: LabHandle, timeout: float = 60.0) -> None:
+    """Block until every agent is synced and every router has exactly one primary."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    problems: list[str] = []
+    while time.monotonic() < deadline:
+        problems = handle.lab.not_ready(handle.spec)
+        if not problems:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"lab not ready after {timeout}s: {problems}")
