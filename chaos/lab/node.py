@@ -76,6 +76,10 @@ def prepare_node_disk(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> str:
     return host_pub
 
 
+def node_mac(node: NodeSpec) -> str:
+    return f"52:54:00:00:{node.index >> 8:02x}:{node.index & 0xFF:02x}"
+
+
 def init_pid(lab_dir: Path, node: str) -> int | None:
     """Host pid of the node's init (PID 1 inside the node), if it runs."""
     marker = f"chaos.lab.node_init --lab-dir {lab_dir} --node {node}"
@@ -98,7 +102,8 @@ def power_on(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> int:
     remove_netns(node.netns)
     new_netns(node.netns)
     prefix = spec.mgmt_cidr.rsplit("/", 1)[1]
-    attach(spec, node.netns, "eth0", f"mgmt-{node.index}", "br-mgmt", f"{node.mgmt_ip}/{prefix}")
+    # A server keeps its NIC's MAC across reboots; so does a lab node (no stale ARP after boot).
+    attach(spec, node.netns, "eth0", f"mgmt-{node.index}", "br-mgmt", f"{node.mgmt_ip}/{prefix}", node_mac(node))
     log = open(d / "console.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(

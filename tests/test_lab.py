@@ -1,0 +1,269 @@
+"""The embedded lab behaves like Neutron L3 HA: real keepalived, state files, respawn, reboot.
+
+All of these run against real namespaces, keepalived and sshd (root only; see conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chaos.errors import ExitCode, InvalidInput
+from chaos.lab.manager import Lab
+from chaos.lab.netlink import list_netns
+from chaos.lab.procs import pids_matching
+from chaos.lab.spec import LabOptions, plan_lab
+from tests.conftest import LAB_ROOT, LabHandle, lab_name, require_lab_prerequisites, wait_lab_ready
+
+CHAOS = [sys.executable, "-m", "chaos.cli"]
+
+
+def master_down_interval(advert_int: float, priority: int = 50) -> float:
+    return 3 * advert_int + (256 - priority) / 256 * advert_int
+
+
+def root_netns_snapshot() -> str:
+    out = []
+    for args in (["link"], ["-4", "addr"], ["-6", "addr"], ["route"], ["-6", "route"]):
+        text = subprocess.run(["ip", "-o", *args], capture_output=True, text=True, check=True).stdout
+        # Counters and timers change by themselves; names, addresses and routes must not.
+        out.append("\n".join(sorted(line.split(" valid_lft")[0] for line in text.splitlines())))
+    return "\n".join(out)
+
+
+ROOT_BEFORE = root_netns_snapshot()
+
+
+def chaos_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CHAOS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ssh(handle: LabHandle, node: str, command: str) -> str:
+    proc = chaos_cli("lab", "ssh", "--name", handle.name, node, "--", command, timeout=30)
+    assert proc.returncode == 0, f"ssh {node} {command!r}: {proc.stderr}"
+    return proc.stdout
+
+
+def ping(handle: LabHandle, address: str) -> bool:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", handle.spec.vantage.netns, "ping", "-c", "1", "-W", "1", address],
+        capture_output=True,
+        timeout=10,
+    )
+    return proc.returncode == 0
+
+
+def router_status(handle: LabHandle, router_id: str) -> dict:
+    return next(r for r in handle.status()["routers"] if r["id"] == router_id)
+
+
+# --------------------------------------------------------------------------- plan (pure)
+def test_plan_refuses_the_255th_router_of_a_project() -> None:
+    plan_lab(LabOptions(name="p", routers=254, nodes=2))
+    with pytest.raises(InvalidInput, match="VRID"):
+        plan_lab(LabOptions(name="p", routers=255, nodes=2))
+    # Two projects have two HA networks, so 255 routers fit.
+    spec = plan_lab(LabOptions(name="p", routers=255, nodes=2, projects=2))
+    vrids = {(r.project_id, r.vrid) for r in spec.routers}
+    assert len(vrids) == 255 and max(v for _, v in vrids) == 128
+
+
+def test_plan_uses_neutron_names_and_lab_ranges_only() -> None:
+    spec = plan_lab(LabOptions(name="p", routers=3, nodes=3, replicas=3))
+    for router in spec.routers:
+        assert router.gateway_device.startswith("qg-") and len(router.gateway_device) == 14
+        assert router.ha_vip == f"169.254.0.{router.vrid}"
+        assert {rep.node for rep in router.replicas} == {"network-1", "network-2", "network-3"}
+        for addr in [router.gateway_ip, router.internal_ip, *(f.address for f in router.floating_ips)]:
+            assert addr.startswith(("100.64.", "100.96.")), addr
+    assert all(n.mgmt_ip.startswith("198.51.100.") for n in spec.nodes)
+
+
+def test_cli_rejects_impossible_lab_before_creating_anything() -> None:
+    name = lab_name("x")
+    proc = chaos_cli("lab", "up", "--name", name, "--routers", "255")
+    assert proc.returncode == ExitCode.INVALID_INPUT, proc.stderr
+    assert "VRID" in proc.stderr and "Traceback" not in proc.stderr
+    proc = chaos_cli("lab", "up", "--name", name, "--replicas", "4", "--nodes", "3")
+    assert proc.returncode == ExitCode.INVALID_INPUT and "replicas" in proc.stderr
+    assert not any(ns.startswith(f"{name}-") for ns in list_netns())
+
+
+# --------------------------------------------------------------------------- a running lab
+def test_every_router_has_exactly_one_primary_holding_its_addresses(lab: LabHandle) -> None:
+    wait_lab_ready(lab)
+    for router in lab.status()["routers"]:
+        primaries = [r for r in router["replicas"] if r["state"] == "primary"]
+        holders = [r for r in router["replicas"] if r["holds_addresses"]]
+        assert len(primaries) == 1, router
+        assert [r["node"] for r in holders] == [primaries[0]["node"]], router
+        assert all(r["keepalived_pids"] for r in router["replicas"]), router
+        for fip in router["floating_ips"]:
+            assert ping(lab, fip["address"]), f"{fip['address']} of {router['name']} does not answer"
+
+
+def test_nodes_look_like_neutron_network_nodes(lab: LabHandle) -> None:
+    router = lab.spec.routers[0]
+    macs = {}
+    for rep in router.replicas:
+        out = ssh(lab, rep.node, f"hostname; ip netns list; ps -eo args; ip -n qrouter-{router.id} -o link; "
+                  f"cat /var/lib/neutron/ha_confs/{router.id}/keepalived.conf")
+        assert out.splitlines()[0] == rep.node
+        assert f"qrouter-{router.id}" in out
+        assert (
+            f"keepalived -P -f /var/lib/neutron/ha_confs/{router.id}/keepalived.conf "
+            f"-p /var/lib/neutron/ha_confs/{router.id}.pid -r /var/lib/neutron/ha_confs/{router.id}.pid-vrrp"
+        ) in out
+        for needle in ("state BACKUP", "nopreempt", "priority 50", "advert_int 1", f"virtual_router_id {router.vrid}",
+                       f"{router.ha_vip}/24 dev {rep.ha_device}", "virtual_ipaddress_excluded",
+                       f"{router.floating_ips[0].address}/32 dev {router.gateway_device}",
+                       f"0.0.0.0/0 via {lab.spec.external_gateway_ip} dev {router.gateway_device}"):
+            assert needle in out, needle
+        for line in out.splitlines():
+            if f" {router.internal_device}" in line and "link/ether" in line:
+                macs[rep.node] = line.split("link/ether ")[1].split()[0]
+    assert len(macs) == 2 and len(set(macs.values())) == 1, f"qr- MAC must be the same on every replica: {macs}"
+
+
+def test_nodes_are_hosts_of_their_own(lab: LabHandle) -> None:
+    """Each node has its own qrouter namespaces, /var/lib/neutron and boot id."""
+    outs = {n.name: ssh(lab, n.name, "cat /proc/sys/kernel/random/boot_id; ls /var/lib/neutron/ha_confs") for n in lab.spec.nodes}
+    boot_ids = {out.splitlines()[0] for out in outs.values()}
+    assert len(boot_ids) == len(lab.spec.nodes)
+    for node in lab.spec.nodes:
+        hosted = {r.id for r, _ in lab.spec.replicas_on(node.name)}
+        listed = {line for line in outs[node.name].splitlines()[1:] if not line.endswith((".pid", ".pid-vrrp"))}
+        assert listed == hosted
+    # The root namespace sees none of the qrouter namespaces.
+    assert not [ns for ns in list_netns() if ns.startswith("qrouter-")]
+
+
+def test_sigkill_of_primary_keepalived_fails_over_and_agent_respawns(lab: LabHandle) -> None:
+    wait_lab_ready(lab)
+    router = lab.spec.routers[1]
+    before = router_status(lab, router.id)
+    primary = next(r for r in before["replicas"] if r["state"] == "primary")
+    backup = next(r for r in before["replicas"] if r["state"] == "backup")
+    pids_before = set(primary["keepalived_pids"])
+    try:
+        t0 = time.monotonic()
+        ssh(lab, primary["node"], f"kill -9 $(cat /var/lib/neutron/ha_confs/{router.id}.pid) "
+                                  f"$(cat /var/lib/neutron/ha_confs/{router.id}.pid-vrrp)")
+        took_over = None
+        respawned = False
+        deadline = t0 + master_down_interval(1) + lab.spec.options.respawn_interval + 10
+        while time.monotonic() < deadline:
+            now = router_status(lab, router.id)
+            reps = {r["node"]: r for r in now["replicas"]}
+            if took_over is None and reps[backup["node"]]["state"] == "primary":
+                took_over = time.monotonic() - t0
+            pids = set(reps[primary["node"]]["keepalived_pids"])
+            if pids and not pids & pids_before:
+                respawned = True
+            if took_over is not None and respawned and not reps[primary["node"]]["holds_addresses"]:
+                break
+            time.sleep(0.1)
+        assert took_over is not None, "the backup never became primary"
+        assert took_over <= master_down_interval(1) + 1.0, f"failover took {took_over:.2f}s"
+        assert respawned, "the agent did not respawn the killed keepalived"
+        final = {r["node"]: r for r in router_status(lab, router.id)["replicas"]}
+        # The respawned keepalived starts in BACKUP (nopreempt) and removes what the killed one left.
+        assert final[primary["node"]]["state"] == "backup"
+        assert not final[primary["node"]]["holds_addresses"]
+        assert final[backup["node"]]["holds_addresses"]
+        assert ping(lab, router.floating_ips[0].address)
+    finally:
+        wait_lab_ready(lab)
+
+
+def test_reboot_moves_primaries_and_brings_replicas_back_as_backups(lab: LabHandle) -> None:
+    wait_lab_ready(lab)
+    status = lab.status()
+    node = "network-1"
+    old_boot = next(n["boot_id"] for n in status["nodes"] if n["name"] == node)
+    hosted = [r for r in status["routers"] if any(rep["node"] == node for rep in r["replicas"])]
+    assert hosted
+    try:
+        proc = chaos_cli("lab", "reboot", "--name", lab.name, node, "--no-wait")
+        assert proc.returncode == 0, proc.stderr
+        # Powered off: the node is gone from the management network at once.
+        time.sleep(0.3)
+        assert not ping(lab, lab.spec.node(node).mgmt_ip)
+        assert not next(n for n in lab.status()["nodes"] if n["name"] == node)["powered"]
+        wait_lab_ready(lab, timeout=60)
+        after = lab.status()
+        new_boot = next(n["boot_id"] for n in after["nodes"] if n["name"] == node)
+        assert new_boot and new_boot != old_boot
+        assert ssh(lab, node, "hostname").strip() == node
+        for router in after["routers"]:
+            reps = {r["node"]: r for r in router["replicas"]}
+            if node in reps:
+                assert reps[node]["state"] == "backup", router
+                assert reps[node]["keepalived_pids"], router
+            assert [r["node"] for r in router["replicas"] if r["holds_addresses"]] != [node]
+            assert ping(lab, router["floating_ips"][0]["address"])
+    finally:
+        wait_lab_ready(lab, timeout=60)
+
+
+def test_up_is_idempotent_and_refuses_other_options(lab: LabHandle) -> None:
+    o = lab.spec.options
+    same = ["--nodes", str(o.nodes), "--routers", str(o.routers), "--replicas", str(o.replicas),
+            "--advert-int", str(o.advert_int), "--respawn-interval", str(o.respawn_interval),
+            "--boot-delay", str(o.boot_delay)]
+    t0 = time.monotonic()
+    proc = chaos_cli("lab", "up", "--name", lab.name, *same)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 < 10
+    proc = chaos_cli("lab", "up", "--name", lab.name, "--routers", "7")
+    assert proc.returncode == ExitCode.CONFLICT
+    assert "lab down" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_status_json_and_inventory_describe_the_lab(lab: LabHandle) -> None:
+    proc = chaos_cli("lab", "status", "--name", lab.name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert [n["name"] for n in status["nodes"]] == ["network-1", "network-2", "network-3"]
+    node = status["nodes"][0]
+    assert Path(node["key_file"]).exists() and node["host_key"].startswith("ssh-ed25519 ")
+    assert node["host_key"].split()[1] in Path(node["known_hosts"]).read_text()
+    assert len(status["routers"]) == 4
+    from chaos.model import Topology
+
+    topo = Topology.model_validate_json(Path(status["inventory"]).read_text())
+    assert {r.id for r in topo.routers} == {r["id"] for r in status["routers"]}
+    assert topo.bmc_url and topo.bmc_url.startswith("http://127.0.0.1:")
+
+
+def test_status_without_lab_is_a_clear_error() -> None:
+    proc = chaos_cli("lab", "status", "--name", "nosuchlab")
+    assert proc.returncode == ExitCode.CONFLICT
+    assert "chaos lab up" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_down_removes_everything_even_after_a_crash() -> None:
+    require_lab_prerequisites()
+    lab = Lab(LAB_ROOT, lab_name("d"))
+    try:
+        lab.up(LabOptions(name=lab.name, nodes=2, routers=1, advert_int=1), timeout=120)
+        # Simulate a crashed manager: its state file is gone, its processes and namespaces are not.
+        (lab.dir / "lab.json").unlink()
+        assert lab.leftover_namespaces()
+    finally:
+        lab.down()
+    assert not lab.leftover_namespaces()
+    assert not lab.dir.exists()
+    assert not pids_matching(str(lab.dir))
+    # Nothing of it is left running in any namespace: no keepalived without a lab.
+    leftover = subprocess.run(["pgrep", "-f", f"chaos-lab/{lab.name}"], capture_output=True, text=True).stdout
+    assert not leftover.strip()
+
+
+def test_root_namespace_is_untouched(lab: LabHandle) -> None:
+    assert root_netns_snapshot() == ROOT_BEFORE
