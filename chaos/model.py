@@ -87,6 +87,7 @@ class Router(_Model):
     floating_ips: tuple[FloatingIP, ...] = ()
     gateway_ip: str | None = None
     internal_ip: str | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def namespace(self) -> str:

@@ -1,0 +1,1 @@
+"""Where a topology comes from: the lab, a static inventory file, or OpenStack discovery."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the lab and the tests need on Debian 12, as root: Debian packages, then the
+# project in a virtual environment at .venv (Debian's own Python refuses system-wide pip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (the lab needs network, mount and PID namespaces)" >&2
+    exit 6
+fi
+
+PACKAGES=(
+    keepalived conntrack conntrackd openssh-server openssh-client iptables iproute2
+    iputils-ping fping procps util-linux python3 python3-venv python3-pip ca-certificates
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian packages start system-wide daemons on install; the lab runs its own, per node.
+for unit in keepalived conntrackd ssh; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+done
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "installed: $(.venv/bin/chaos --version)"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything, then runs the whole test suite (lab tests included; they need root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests; that is a failure" >&2
+    exit 1
+fi
+exit "$status"
