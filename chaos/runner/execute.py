@@ -1,0 +1,266 @@
+"""``chaos run``: from an experiment file to a run folder with its journal and summary.
+
+The steps read each other's output in one direction only: the experiment is validated, the
+target resolved into a topology, the ground truth observed, the plan made inside the
+safeguards (and printed and stopped there with ``--dry-run``), then the scheduler runs it
+while the probes record, and the summary is computed from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from chaos import __version__
+from chaos.analysis.hypothesis import check_hypothesis
+from chaos.analysis.summary import summarize, write_summary
+from chaos.errors import ChaosError, ExitCode, InvalidInput
+from chaos.experiment.load import load_experiment
+from chaos.experiment.schema import Experiment
+from chaos.faults import FAULTS
+from chaos.faults.base import Fault, FaultContext
+from chaos.model import Router, Topology
+from chaos.probes.replicas import observe
+from chaos.runner.journal import Journal, read_journal
+from chaos.runner.plan import (
+    NODE_FAULTS,
+    Plan,
+    PlannedAction,
+    affected_by_node,
+    build_waves,
+    check_replica_count,
+    choose_replica,
+    describe,
+    holders_by_router,
+    select_routers,
+)
+from chaos.runner.scheduler import Progress, Scheduler, exit_code_for
+from chaos.settings import Settings
+from chaos.targets.lab import lab_topology
+from chaos.transport.ssh import SshPool
+
+log = structlog.get_logger("run")
+
+
+def resolve_topology(experiment: Experiment, settings: Settings) -> Topology:
+    target = experiment.target
+    if target.source == "lab":
+        return lab_topology(settings.lab_root, target.lab or settings.lab_name)
+    if target.source == "inventory":
+        from chaos.targets.inventory import load_inventory
+
+        assert target.inventory is not None
+        return load_inventory(target.inventory)
+    from chaos.targets.openstack import discover_topology  # the OpenStack issue
+
+    return discover_topology(target.cloud)
+
+
+def new_run_id(experiment_path: Path) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{experiment_path.stem}-{secrets.token_hex(3)}"
+
+
+async def make_plan(
+    experiment: Experiment, topology: Topology, ssh: SshPool, ctx: FaultContext
+) -> tuple[Plan, dict[str, Fault], dict[str, list[str]]]:
+    t = experiment.target
+    routers = select_routers(topology, t.routers, t.mode, t.value, t.seed)
+    observations = await observe(ssh, topology, routers)
+    holders = holders_by_router(observations)
+    rng = random.Random(t.seed)
+    fault_spec = experiment.fault
+    cls = FAULTS[fault_spec.type]
+    actions: list[PlannedAction] = []
+    faults: dict[str, Fault] = {}
+
+    def add(node: str, router: Router | None, role: str, affected: list[str]) -> None:
+        action_id = f"a{len(actions) + 1}"
+        fault = cls(
+            ctx, router=router, node=topology.node(node), params=fault_spec.params,
+            duration=fault_spec.duration, action_id=action_id,
+        )
+        faults[action_id] = fault
+        actions.append(
+            PlannedAction(
+                action_id=action_id, fault=fault_spec.type, node=node,
+                router_id=router.id if router else None, router_name=router.name if router else None,
+                replica_role=role, affected_routers=affected,
+                inject=fault.inject_commands(), undo=[s.model_dump() for s in fault.undo_steps()],
+            )
+        )
+
+    if fault_spec.type in NODE_FAULTS:
+        nodes: list[str] = []
+        explicit = getattr(fault_spec.params, "node", None)
+        if explicit:
+            nodes = [explicit]
+        else:
+            for router in routers:
+                check_replica_count(router)
+                node = choose_replica(router, holders.get(router.id, []), fault_spec.replica, rng).node
+                if node not in nodes:
+                    nodes.append(node)
+        for node in nodes:
+            add(node, None, fault_spec.replica, affected_by_node(topology, node))
+    else:
+        for router in routers:
+            check_replica_count(router)
+            replica = choose_replica(router, holders.get(router.id, []), fault_spec.replica, rng)
+            add(replica.node, router, fault_spec.replica, [router.id])
+    plan = Plan(
+        fault=fault_spec.type,
+        routers=[r.id for r in routers],
+        actions=actions,
+        waves=build_waves(actions, topology, experiment.safeguards),
+    )
+    return plan, faults, holders
+
+
+def build_probes(
+    experiment: Experiment, topology: Topology, plan: Plan, journal: Journal
+) -> list[Callable[[asyncio.Event, float], Awaitable[None]]]:
+    """The traffic probes the experiment asks for, over every floating IP of the affected routers."""
+    from chaos.probes.icmp import IcmpProbe, IcmpTarget
+    from chaos.probes.newconn import NewConnectionProbe
+    from chaos.probes.tcp import TcpSessionProbe
+
+    ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
+    routers = [r for r in topology.routers if r.id in ids]
+    probes = experiment.probes
+    runners: list[Callable[[asyncio.Event, float], Awaitable[None]]] = []
+    if probes.icmp is not None:
+        targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in routers for f in r.floating_ips]
+        if targets:
+            icmp = IcmpProbe(targets, journal, interval=probes.icmp.interval, timeout=probes.icmp.timeout,
+                             netns=topology.vantage.netns)
+            runners.append(icmp.run)
+    if probes.tcp is not None:
+        tcp = TcpSessionProbe(routers, topology.vantage, journal, sessions=probes.tcp.sessions,
+                              interval=probes.tcp.interval, stall=probes.tcp.stall,
+                              directions=tuple(probes.tcp.directions))
+        runners.append(tcp.run)
+    if probes.new_connections is not None:
+        nc = NewConnectionProbe(routers, topology.vantage, journal, interval=probes.new_connections.interval,
+                                timeout=probes.new_connections.timeout,
+                                directions=tuple(probes.new_connections.directions))
+        runners.append(nc.run)
+    return runners
+
+
+def _progress_printer() -> Callable[[Progress], None]:
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(p: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] < (0.5 if interactive else 5.0):
+            return
+        last[0] = now
+        line = (f"injected {p.injected}/{p.total}  undone {p.undone}  recovered {p.recovered}  "
+                f"without primary {len(p.without_primary)}  split brain {len(p.split_brain)}")
+        if interactive:
+            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+        else:
+            log.info("progress", injected=p.injected, total=p.total, undone=p.undone, recovered=p.recovered,
+                     without_primary=len(p.without_primary), split_brain=len(p.split_brain))
+
+    return show
+
+
+async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = False) -> tuple[int, Path | None]:
+    experiment = load_experiment(path)
+    topology = resolve_topology(experiment, settings)
+    run_id = new_run_id(path)
+    run_dir = settings.reports_dir / run_id
+    if dry_run:
+        async with SshPool(topology.nodes) as ssh:
+            ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
+            plan, _, holders = await make_plan(experiment, topology, ssh, ctx)
+        print(describe(plan, topology))
+        return ExitCode.OK, None
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "topology.json").write_text(topology.model_dump_json(indent=2))
+    (run_dir / "experiment.yaml").write_text(path.read_text())
+    journal = Journal(run_dir / "journal.jsonl")
+    tolerances = {name: tol.model_dump(exclude_none=True) for name, tol in experiment.steady_state_hypothesis.tolerances.items()}
+    journal.write(
+        "run.started", run_id=run_id, experiment=str(path), title=experiment.title, tool_version=__version__,
+        target=topology.source, safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
+        hypothesis=experiment.steady_state_hypothesis.title,
+    )
+    verdict, reason = "error", ""
+    try:
+        async with SshPool(topology.nodes) as ssh:
+            ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
+            plan, faults, _ = await make_plan(experiment, topology, ssh, ctx)
+            journal.write("run.plan", routers=plan.routers, waves=plan.waves, actions=[a.model_dump() for a in plan.actions])
+            log.info("plan", routers=len(plan.routers), actions=len(plan.actions), waves=len(plan.waves))
+
+            def steady(phase: str) -> tuple[bool, str]:
+                result = check_hypothesis(read_journal(journal.path), tolerances, phase)  # type: ignore[arg-type]
+                for r in result.results:
+                    journal.write("hypothesis.check", **r.journal_fields())
+                return result.ok, "; ".join(r.describe() for r in result.failed)
+
+            fault_spec = experiment.fault
+            scheduler = Scheduler(
+                topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
+                safeguards=experiment.safeguards,
+                duration=None if fault_spec.type in NODE_FAULTS else fault_spec.duration,
+                warmup=experiment.probes.warmup, settle=experiment.probes.settle,
+                recovery_timeout=float(getattr(fault_spec.params, "boot_timeout", 120.0)),
+                observe_interval=0.5,
+                probes=build_probes(experiment, topology, plan, journal),
+                steady_state_check=steady,
+                on_progress=_progress_printer(),
+            )
+            await scheduler.run()
+        verdict = "held"
+    except ChaosError as exc:
+        verdict = {
+            ExitCode.ABORTED: "aborted",
+            ExitCode.INTERRUPTED: "interrupted",
+            ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
+            ExitCode.INVALID_INPUT: "invalid",
+        }.get(exc.exit_code, "error")
+        reason = str(exc)
+        log.error("run stopped", verdict=verdict, reason=reason)
+    finally:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+    summary = summarize(read_journal(journal.path), tolerances)
+    if verdict == "held" and summary.verdict == "deviated":
+        verdict = "deviated"
+    code = exit_code_for(verdict)
+    journal.write("run.finished", verdict=verdict, exit_code=int(code), reason=reason)
+    journal.close()
+    summary = summarize(read_journal(journal.path), tolerances)
+    write_summary(summary, run_dir / "summary.json")
+    _print_verdict(summary, verdict, reason)
+    return code, run_dir
+
+
+def _print_verdict(summary: Any, verdict: str, reason: str) -> None:
+    print(f"verdict: {verdict}" + (f" ({reason})" if reason else ""))
+    for tol in getattr(summary, "tolerances", []):
+        mark = "ok  " if tol.ok else "FAIL"
+        print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")
+
+
+def run(path: Path, settings: Settings, *, dry_run: bool = False) -> int:
+    if not path.exists():
+        raise InvalidInput(f"{path}: no such experiment file")
+    code, run_dir = asyncio.run(run_experiment(path, settings, dry_run=dry_run))
+    if run_dir is not None:
+        print(run_dir)
+    return int(code)

@@ -1,0 +1,294 @@
+"""Run a planned experiment: probes in the background, faults in waves, rollback guaranteed.
+
+Structured concurrency throughout: one TaskGroup owns the probes, the replica observer (which
+also enforces the runtime safeguards) and the fault waves; every network await has a timeout;
+whatever was injected and not yet undone is rolled back in ``finally`` by a task that neither a
+safeguard abort, an error, a second Ctrl-C nor SIGTERM can skip. Each undo is journaled before
+its injection, so ``chaos recover`` can finish the job if this process is killed outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from chaos.errors import ExitCode, Interrupted, SafeguardAbort, SteadyStateBroken
+from chaos.faults import FAULTS
+from chaos.faults.base import Fault, FaultContext, run_undo_steps
+from chaos.model import Router, Topology
+from chaos.probes.replicas import observe
+from chaos.runner.journal import Journal
+from chaos.runner.plan import Plan, PlannedAction, Safeguards
+
+log = structlog.get_logger("runner")
+
+OBSERVE_TIMEOUT = 15.0
+UNDO_TIMEOUT = 60.0
+
+
+class Progress:
+    """Counters the terminal shows while a run goes on."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.injected = 0
+        self.undone = 0
+        self.recovered = 0
+        self.without_primary: set[str] = set()
+        self.split_brain: set[str] = set()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        topology: Topology,
+        plan: Plan,
+        faults: dict[str, Fault],
+        ctx: FaultContext,
+        journal: Journal,
+        safeguards: Safeguards,
+        duration: float | None,
+        warmup: float,
+        settle: float,
+        recovery_timeout: float,
+        observe_interval: float,
+        probes: list[Callable[[asyncio.Event, float], Awaitable[None]]],
+        steady_state_check: Callable[[str], tuple[bool, str]] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.topology = topology
+        self.plan = plan
+        self.faults = faults
+        self.ctx = ctx
+        self.journal = journal
+        self.safeguards = safeguards
+        self.duration = duration
+        self.warmup = warmup
+        self.settle = settle
+        self.recovery_timeout = recovery_timeout
+        self.observe_interval = observe_interval
+        self.probes = probes
+        self.steady_state_check = steady_state_check
+        self.on_progress = on_progress
+        self.active: dict[str, Fault] = {}
+        self.progress = Progress(len(plan.actions))
+        self.routers: list[Router] = [r for r in topology.routers if r.id in set(plan.routers) | _affected(plan)]
+        self.interrupted: str | None = None
+        self.injection_started = False
+
+    # ------------------------------------------------------------------ entry point
+    async def run(self) -> None:
+        """Raises SafeguardAbort, SteadyStateBroken or Interrupted; returns when the run completed."""
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def on_signal(signame: str) -> None:
+            if self.interrupted is None:
+                self.interrupted = signame
+                log.warning("signal received: rolling back", signal=signame)
+                main.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            await self._run_guarded()
+        except asyncio.CancelledError:
+            if self.interrupted is None:
+                raise
+        finally:
+            await self._rollback_uncancellable()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if self.interrupted is not None:
+            raise Interrupted(f"interrupted by {self.interrupted}; every injected fault was rolled back")
+
+    async def _run_guarded(self) -> None:
+        stop = asyncio.Event()
+        limit = self.safeguards.max_run_duration
+        try:
+            async with asyncio.timeout(limit):
+                async with asyncio.TaskGroup() as tg:
+                    for probe in self.probes:
+                        tg.create_task(probe(stop, limit))
+                    observer = tg.create_task(self._observe(stop))
+                    await self._waves()
+                    await _sleep_unless(stop, self.settle)
+                    stop.set()
+                    await observer
+        except TimeoutError:
+            raise SafeguardAbort(
+                f"the run exceeded safeguards.max_run_duration ({limit:g}s); everything was rolled back"
+            ) from None
+        except* SafeguardAbort as group:
+            raise group.exceptions[0] from None
+        except* SteadyStateBroken as group:
+            raise group.exceptions[0] from None
+
+    # ------------------------------------------------------------------ faults
+    async def _waves(self) -> None:
+        await asyncio.sleep(self.warmup)
+        if self.steady_state_check is not None:
+            ok, detail = self.steady_state_check("before")
+            if not ok:
+                raise SteadyStateBroken(f"the steady-state hypothesis did not hold before injection: {detail}")
+        self.injection_started = True
+        for number, wave in enumerate(self.plan.waves, start=1):
+            log.info("wave", number=number, actions=len(wave))
+            async with asyncio.TaskGroup() as tg:
+                for action_id in wave:
+                    tg.create_task(self._action(self.plan.action(action_id)))
+
+    async def _action(self, action: PlannedAction) -> None:
+        fault = self.faults[action.action_id]
+        common = {"action_id": action.action_id, "fault": action.fault, "router_id": action.router_id, "node": action.node}
+        self.journal.write("fault.undo_recorded", **common, undo=[s.model_dump() for s in fault.undo_steps()])
+        self.active[action.action_id] = fault
+        detail = await fault.inject()
+        self.journal.write("fault.injected", **common, detail=detail)
+        self.progress.injected += 1
+        self._report()
+        took, why = await fault.took()
+        self.journal.write("fault.verified", action_id=action.action_id, took=took, detail=why)
+        if self.duration:
+            await asyncio.sleep(self.duration)
+        await self._undo(action.action_id)
+        ok, why = await self._wait_recovered(fault)
+        self.journal.write("fault.recovered", action_id=action.action_id, ok=ok, detail=why)
+        if ok:
+            self.progress.recovered += 1
+        self._report()
+
+    async def _undo(self, action_id: str) -> None:
+        fault = self.active.get(action_id)
+        if fault is None:
+            return
+        try:
+            async with asyncio.timeout(UNDO_TIMEOUT):
+                detail = await fault.undo()
+            ok = True
+        except Exception as exc:  # fall back to the journaled steps
+            log.error("undo failed; replaying its steps", action_id=action_id, error=str(exc))
+            try:
+                async with asyncio.timeout(UNDO_TIMEOUT):
+                    detail = "; ".join(await run_undo_steps(self.ctx, fault.undo_steps()))
+                ok = True
+            except Exception as exc2:
+                detail, ok = f"undo failed: {exc}; replay failed: {exc2}", False
+        self.journal.write("fault.undone", action_id=action_id, ok=ok, detail=detail)
+        if ok:
+            self.active.pop(action_id, None)
+            self.progress.undone += 1
+
+    async def _wait_recovered(self, fault: Fault) -> tuple[bool, str]:
+        deadline = time.monotonic() + self.recovery_timeout
+        why = "not checked"
+        while time.monotonic() < deadline:
+            try:
+                async with asyncio.timeout(OBSERVE_TIMEOUT):
+                    ok, why = await fault.recovered()
+            except (TimeoutError, OSError, Exception) as exc:  # a node still booting, say
+                ok, why = False, str(exc)
+            if ok:
+                return True, why
+            await asyncio.sleep(0.5)
+        return False, f"not recovered within {self.recovery_timeout:g}s: {why}"
+
+    async def _rollback_uncancellable(self) -> None:
+        if not self.active:
+            return
+        task = asyncio.ensure_future(self._rollback())
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        task.result()
+
+    async def _rollback(self) -> None:
+        log.warning("rolling back", actions=sorted(self.active))
+        async with asyncio.TaskGroup() as tg:
+            for action_id in list(self.active):
+                tg.create_task(self._undo(action_id))
+
+    # ------------------------------------------------------------------ observer + safeguards
+    async def _observe(self, stop: asyncio.Event) -> None:
+        """Poll the ground truth, journal every change per replica, enforce the runtime safeguards."""
+        last: dict[tuple[str, str], tuple[Any, bool]] = {}
+        without_since: dict[str, float] = {}
+        threshold = self.safeguards.abort_when_routers_without_primary
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(OBSERVE_TIMEOUT):
+                    observations = await observe(self.ctx.ssh, self.topology, self.routers)
+            except (TimeoutError, Exception) as exc:
+                log.warning("observation failed", error=str(exc))
+                observations = {}
+            now = time.time()
+            for rid, obs in observations.items():
+                holders = [o.node for o in obs if o.holds_addresses]
+                for o in obs:
+                    key = (rid, o.node)
+                    value = (o.state, o.holds_addresses)
+                    if last.get(key) != value:
+                        last[key] = value
+                        self.journal.write(
+                            "observe.replica", t=now, router_id=rid, node=o.node, state=o.state,
+                            holds=o.holds_addresses, reachable=o.reachable, source="poll",
+                        )
+                if holders:
+                    without_since.pop(rid, None)
+                    self.progress.without_primary.discard(rid)
+                else:
+                    without_since.setdefault(rid, now)
+                    self.progress.without_primary.add(rid)
+                if len(holders) > 1:
+                    self.progress.split_brain.add(rid)
+                else:
+                    self.progress.split_brain.discard(rid)
+            if threshold is not None and self.injection_started:
+                long_without = [rid for rid, since in without_since.items() if now - since > self.safeguards.grace]
+                if len(long_without) >= threshold:
+                    raise SafeguardAbort(
+                        f"{len(long_without)} router(s) had no primary for more than {self.safeguards.grace:g}s "
+                        f"(safeguards.abort_when_routers_without_primary: {threshold}); everything was rolled back"
+                    )
+            self._report()
+            await _sleep_unless(stop, max(0.0, self.observe_interval - (time.monotonic() - started)))
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+
+def _affected(plan: Plan) -> set[str]:
+    return {rid for a in plan.actions for rid in a.affected_routers}
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def exit_code_for(verdict: str) -> ExitCode:
+    return {
+        "held": ExitCode.OK,
+        "deviated": ExitCode.DEVIATED,
+        "aborted": ExitCode.ABORTED,
+        "interrupted": ExitCode.INTERRUPTED,
+        "steady-state-broken": ExitCode.STEADY_STATE_BROKEN,
+    }.get(verdict, ExitCode.INFRASTRUCTURE)
+
+
+def fault_class(name: str) -> type[Fault]:
+    return FAULTS[name]
+
+
+__all__ = ["Scheduler", "Progress", "exit_code_for", "fault_class", "Path"]
