@@ -1,0 +1,733 @@
+"""Metrics of a run, computed from the journal's raw events and nothing else.
+
+Every number a report shows comes from here, so that a report can always be recomputed from a
+journal (see ``chaos.runner.journal`` for the event kinds). The functions are pure: the same
+events give the same metrics. Definitions, units and resolutions are documented in
+docs/metrics.md; the names in ``CATALOG`` are the names an experiment's tolerances use.
+
+A metric that cannot be computed is ``None``, never 0, and the reason is kept next to it
+(``RouterMetrics.missing``): "no data" must never pass for "no problem".
+
+Time windows: a hypothesis tolerance is checked over a phase of the run (``before`` the first
+injection, ``during`` the faults, ``after`` = the whole run). Samples are filtered by the window;
+replica state is carried into the window from observations made before it, so a window that
+starts mid-failover still knows who held the addresses.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Phase = Literal["before", "during", "after"]
+PHASES: tuple[Phase, ...] = ("before", "during", "after")
+Value = float | int | None
+
+
+class MetricSpec(BaseModel):
+    """One entry of the metric catalog: what a tolerance name means."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    unit: Literal["s", "count"]
+    scope: Literal["fip", "router"]
+    worse: Literal["higher", "lower"]  # which way a floating IP's value is worse, to pick the router's value
+    description: str
+
+
+def _spec(name: str, unit: Literal["s", "count"], scope: Literal["fip", "router"], description: str,
+          worse: Literal["higher", "lower"] = "higher") -> MetricSpec:
+    return MetricSpec(name=name, unit=unit, scope=scope, worse=worse, description=description)
+
+
+CATALOG: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        _spec("outage_s", "s", "fip", "longest run of consecutive lost echo requests"),
+        _spec("lost", "count", "fip", "echo requests without reply"),
+        _spec("sent", "count", "fip", "echo requests sent", worse="lower"),
+        _spec("outages", "count", "fip", "separate runs of lost echo requests"),
+        _spec("failover_s", "s", "router", "injection to a new replica holding the addresses"),
+        _spec("split_brain_s", "s", "router", "time with two or more replicas holding the addresses"),
+        _spec("no_primary_s", "s", "router", "time with no replica holding the addresses"),
+        _spec("transitions", "count", "router", "changes of the set of replicas holding the addresses"),
+        _spec("primaries_before", "count", "router", "replicas holding the addresses before injection"),
+        _spec("primaries_after", "count", "router", "replicas holding the addresses at the end"),
+        _spec("tcp_sessions", "count", "router", "TCP probe sessions"),
+        _spec("tcp_dropped", "count", "router", "TCP sessions ended by reset or timeout"),
+        _spec("tcp_dropped_inbound", "count", "router", "inbound TCP sessions ended by reset or timeout"),
+        _spec("tcp_dropped_outbound", "count", "router", "outbound TCP sessions ended by reset or timeout"),
+        _spec("tcp_max_stall_s", "s", "router", "longest stall of a TCP session"),
+        _spec("new_conn_recovery_inbound_s", "s", "router", "injection to new inbound connections working again"),
+        _spec("new_conn_recovery_outbound_s", "s", "router", "injection to new outbound connections working again"),
+        _spec("garp_delay_s", "s", "router", "new primary taking the addresses to its first gratuitous ARP"),
+        _spec("garp_count", "count", "router", "gratuitous ARPs for the router's addresses"),
+        _spec("conntrack_entries", "count", "router", "probe flows tracked on the primary before the fault"),
+        _spec("conntrack_replicated", "count", "router", "of those, present on the backup before the fault"),
+        _spec("conntrack_lost", "count", "router", "of those, absent on the new primary after failover"),
+        _spec("api_lag_s", "s", "router", "real change of primary to the API showing it active"),
+        _spec("api_disagreements", "count", "router", "API polls whose active agents differ from the real holders"),
+    )
+}
+
+AGGREGATES: tuple[str, ...] = ("p50", "p95", "p99", "max", "min", "mean", "sum", "count")
+
+_DROP_EVENTS = frozenset({"reset", "timeout"})
+_END_EVENTS = frozenset({"reset", "timeout", "closed"})
+_DIRECTIONS = ("inbound", "outbound")
+
+
+# --- models of what is computed -------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossRun(_Model):
+    """Consecutive lost echo requests: [send of the first lost, send of the next answered)."""
+
+    start: float
+    end: float
+    lost: int
+    answered_again: bool  # False: the run lasted to the last send (a lower bound)
+
+
+class FipMetrics(_Model):
+    address: str
+    outage_s: float | None
+    lost: int | None
+    sent: int | None
+    outages: int | None
+    interval_s: float | None  # median gap between sends: the resolution of outage_s
+    loss_runs: list[LossRun]
+
+
+class HolderChange(_Model):
+    """From ``t`` on, these replicas (node names) held the router's addresses."""
+
+    t: float
+    holders: list[str]
+
+
+class TcpEvent(_Model):
+    t: float
+    session: str
+    direction: str | None
+    event: str
+    detail: Any = None
+
+
+class FaultRecord(_Model):
+    action_id: str | None
+    fault: str | None
+    node: str | None
+    injected: float | None
+    undone: float | None
+    undo_ok: bool | None
+
+
+class RouterMetrics(_Model):
+    router_id: str
+    targeted: bool
+    metrics: dict[str, Value]  # every CATALOG name, None where missing
+    missing: dict[str, str]  # metric -> why it is None
+    floating_ips: list[FipMetrics]
+    holders: list[HolderChange]  # the holder set at the window's start, then every change in it
+    holders_before: list[str] | None
+    holders_after: list[str] | None
+    new_primary: list[str] | None  # replicas that took the addresses at failover
+    injected: float | None  # first injection affecting the router, in the window
+    takeover: float | None  # observation that showed the new primary
+    tcp_events: list[TcpEvent]
+    faults: list[FaultRecord]
+
+
+class Distribution(_Model):
+    """A metric over the targeted routers; None values are left out (count says how many stayed)."""
+
+    p50: Value = None
+    p95: Value = None
+    p99: Value = None
+    max: Value = None
+    min: Value = None
+    mean: float | None = None
+    sum: Value = None
+    count: int = 0
+
+
+# --- reading the journal --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of the run; ``closed_end`` False means events at ``end`` exactly are outside."""
+
+    phase: Phase
+    start: float
+    end: float
+    closed_end: bool = True
+
+    def contains(self, t: float) -> bool:
+        return self.start <= t and (t <= self.end if self.closed_end else t < self.end)
+
+
+@dataclass(frozen=True)
+class _Observation:
+    t: float
+    node: str
+    holds: bool
+
+
+@dataclass
+class _RouterEvents:
+    icmp: dict[str, list[tuple[float, float | None]]] = field(default_factory=lambda: defaultdict(list))
+    observations: list[_Observation] = field(default_factory=list)
+    injections: list[dict[str, Any]] = field(default_factory=list)
+    tcp: list[dict[str, Any]] = field(default_factory=list)
+    newconn: list[dict[str, Any]] = field(default_factory=list)
+    garp: list[dict[str, Any]] = field(default_factory=list)
+    conntrack: list[dict[str, Any]] = field(default_factory=list)
+    api: list[dict[str, Any]] = field(default_factory=list)
+
+
+_ROUTER_KINDS = {
+    "probe.tcp": "tcp",
+    "probe.newconn": "newconn",
+    "arp.garp": "garp",
+    "conntrack.snapshot": "conntrack",
+    "api.ha_state": "api",
+}
+
+
+class RunRecord:
+    """The journal's events indexed by router, in time order; built once, read by every metric."""
+
+    def __init__(self, events: Iterable[Mapping[str, Any]]) -> None:
+        ordered = sorted((dict(e) for e in events if _is_event(e)), key=lambda e: float(e["t"]))
+        self.events = ordered
+        self.started: dict[str, Any] | None = None
+        self.finished: dict[str, Any] | None = None
+        self.plan: list[dict[str, Any]] = []
+        self.injections: list[dict[str, Any]] = []
+        self.undos: list[dict[str, Any]] = []
+        self.routers: dict[str, _RouterEvents] = defaultdict(_RouterEvents)
+        self.garp_watched = False
+        for e in ordered:
+            self._add(e)
+        self._assign_node_faults()
+        # A probe batch is written after its requests were sent: its samples may predate its ``t``.
+        earliest = min(
+            [float(ordered[0]["t"])] + [s for r in self.routers.values() for ss in r.icmp.values() for s, _ in ss]
+        ) if ordered else 0.0
+        self.start = float(self.started["t"]) if self.started else earliest
+        last = float(ordered[-1]["t"]) if ordered else self.start
+        self.end = float(self.finished["t"]) if self.finished else last
+
+    def _add(self, e: dict[str, Any]) -> None:
+        kind, t = e["kind"], float(e["t"])
+        router_id = e.get("router_id")
+        if kind == "run.started" and self.started is None:
+            self.started = e
+        elif kind == "run.finished":
+            self.finished = e
+        elif kind == "run.plan":
+            self.plan.extend(a for a in e.get("actions") or [] if isinstance(a, Mapping))
+        elif kind == "fault.injected":
+            self.injections.append(e)
+            if router_id:
+                self.routers[router_id].injections.append(e)
+        elif kind == "fault.undone":
+            self.undos.append(e)
+        elif kind == "probe.icmp" and router_id:
+            samples = self.routers[router_id].icmp[str(e.get("address"))]
+            samples.extend((float(s), None if r is None else float(r)) for s, r in zip(e.get("sent") or [], e.get("rtt") or []))
+        elif kind == "observe.replica" and router_id and e.get("node"):
+            self.routers[router_id].observations.append(_Observation(t, str(e["node"]), bool(e.get("holds"))))
+        elif kind in _ROUTER_KINDS and router_id:
+            getattr(self.routers[router_id], _ROUTER_KINDS[kind]).append(e)
+        if kind == "arp.garp":
+            self.garp_watched = True
+
+    def _assign_node_faults(self) -> None:
+        """A fault without a router id (a node reboot) affects every router with a replica there."""
+        for e in self.injections:
+            if e.get("router_id") or not e.get("node"):
+                continue
+            for router in self.routers.values():
+                if any(o.node == e["node"] for o in router.observations):
+                    router.injections.append(e)
+                    router.injections.sort(key=lambda x: float(x["t"]))
+
+    @functools.cached_property
+    def targeted(self) -> frozenset[str]:
+        return frozenset(self.targeted_routers())
+
+    def targeted_routers(self) -> list[str]:
+        """Routers the plan (or, without a plan, an injection) names; all routers seen if neither."""
+        actions = self.plan or self.injections
+        targeted: set[str] = set()
+        for a in actions:
+            if a.get("router_id"):
+                targeted.add(str(a["router_id"]))
+            elif a.get("node"):
+                targeted.update(r for r, ev in self.routers.items() if any(o.node == a["node"] for o in ev.observations))
+        return sorted(targeted) if actions else sorted(self.routers)
+
+    def first_injection(self) -> float | None:
+        return float(self.injections[0]["t"]) if self.injections else None
+
+    def window(self, phase: Phase) -> Window | None:
+        """``before``: up to the first injection (everything if none yet); ``during``: first
+        injection to last undo (or the end); ``after``: the whole run. None: the phase did not occur."""
+        first = self.first_injection()
+        if phase == "before":
+            return Window("before", self.start, first, closed_end=False) if first is not None else Window(
+                "before", self.start, self.end
+            )
+        if phase == "during":
+            if first is None:
+                return None
+            last_undo = max((float(u["t"]) for u in self.undos), default=self.end)
+            return Window("during", first, max(last_undo, first))
+        return Window("after", self.start, self.end)
+
+    def faults_of(self, router_id: str) -> list[FaultRecord]:
+        undone = {u.get("action_id"): u for u in self.undos}
+        records = []
+        for inj in self.routers[router_id].injections if router_id in self.routers else []:
+            u = undone.get(inj.get("action_id"))
+            records.append(
+                FaultRecord(
+                    action_id=_opt_str(inj.get("action_id")),
+                    fault=_opt_str(inj.get("fault")),
+                    node=_opt_str(inj.get("node")),
+                    injected=float(inj["t"]),
+                    undone=float(u["t"]) if u else None,
+                    undo_ok=bool(u.get("ok")) if u else None,
+                )
+            )
+        return records
+
+
+def _is_event(e: Any) -> bool:
+    return isinstance(e, Mapping) and isinstance(e.get("kind"), str) and isinstance(e.get("t"), int | float)
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+# --- replica state over time ----------------------------------------------------------------
+
+
+class HolderTimeline:
+    """Which replicas held the addresses, after each observation (per-replica state carried forward)."""
+
+    def __init__(self, observations: Sequence[_Observation]) -> None:
+        state: dict[str, bool] = {}
+        self.times: list[float] = []
+        self.sets: list[frozenset[str]] = []
+        for o in observations:
+            state[o.node] = o.holds
+            self.times.append(o.t)
+            self.sets.append(frozenset(n for n, h in state.items() if h))
+
+    def at(self, t: float, *, inclusive: bool = True) -> frozenset[str] | None:
+        """Holders after every observation up to ``t``; None before the first observation."""
+        i = bisect.bisect_right(self.times, t) if inclusive else bisect.bisect_left(self.times, t)
+        return self.sets[i - 1] if i else None
+
+    def at_end(self, w: Window) -> frozenset[str] | None:
+        return self.at(w.end, inclusive=w.closed_end)
+
+    def changes(self, w: Window) -> list[HolderChange]:
+        out: list[HolderChange] = []
+        initial = self.at(w.start, inclusive=False)
+        if initial is not None:
+            out.append(HolderChange(t=w.start, holders=sorted(initial)))
+        previous = initial
+        for t, s in zip(self.times, self.sets):
+            if w.contains(t) and s != previous:
+                out.append(HolderChange(t=t, holders=sorted(s)))
+            if t < w.start or w.contains(t):
+                previous = s
+        return out
+
+    def transitions(self, w: Window) -> int:
+        return sum(1 for k in range(1, len(self.sets)) if w.contains(self.times[k]) and self.sets[k] != self.sets[k - 1])
+
+    def time_where(self, w: Window, holders_count_ok: Callable[[int], bool]) -> float:
+        """Seconds of the window (after the first observation) whose holder count satisfies the test."""
+        total = 0.0
+        for k, (t, s) in enumerate(zip(self.times, self.sets)):
+            seg_end = self.times[k + 1] if k + 1 < len(self.times) else w.end
+            lo, hi = max(t, w.start), min(seg_end, w.end)
+            if hi > lo and holders_count_ok(len(s)):
+                total += hi - lo
+        return total
+
+
+def _seconds(value: float) -> float:
+    """Durations to the microsecond: the journal's clock (time.time()) resolves no finer, and a
+    difference of two unix times carries float noise (~1e-7 s) that must not decide a tolerance."""
+    return round(float(value), 6)
+
+
+# --- per floating IP ------------------------------------------------------------------------
+
+
+def fip_metrics(address: str, samples: Sequence[tuple[float, float | None]]) -> FipMetrics:
+    """Loss runs of one floating IP's echo requests, in send order; ``rtt`` None = lost."""
+    samples = sorted(samples, key=lambda s: s[0])
+    if not samples:
+        return FipMetrics(address=address, outage_s=None, lost=None, sent=None, outages=None, interval_s=None, loss_runs=[])
+    runs: list[LossRun] = []
+    i, n = 0, len(samples)
+    while i < n:
+        if samples[i][1] is not None:
+            i += 1
+            continue
+        j = i
+        while j < n and samples[j][1] is None:
+            j += 1
+        answered = j < n
+        end = samples[j][0] if answered else samples[-1][0]
+        runs.append(LossRun(start=samples[i][0], end=end, lost=j - i, answered_again=answered))
+        i = j
+    gaps = sorted(b[0] - a[0] for a, b in zip(samples, samples[1:]))
+    return FipMetrics(
+        address=address,
+        outage_s=_seconds(max((r.end - r.start for r in runs), default=0.0)),
+        lost=sum(r.lost for r in runs),
+        sent=n,
+        outages=len(runs),
+        interval_s=_seconds(gaps[len(gaps) // 2]) if gaps else None,
+        loss_runs=runs,
+    )
+
+
+# --- per router -----------------------------------------------------------------------------
+
+
+class _Result:
+    """Collects a router's values and the reasons for the missing ones."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Value] = dict.fromkeys(CATALOG)
+        self.missing: dict[str, str] = {}
+
+    def set(self, name: str, value: Value, reason: str = "") -> None:
+        self.values[name] = _seconds(value) if CATALOG[name].unit == "s" and value is not None else value
+        if value is None:
+            self.missing[name] = reason or "no data"
+
+
+def router_metrics(record: RunRecord, router_id: str, window: Window | None = None) -> RouterMetrics:
+    """Every catalog metric of one router over a window (the whole run by default)."""
+    w = window or record.window("after")
+    assert w is not None
+    ev = record.routers[router_id] if router_id in record.routers else _RouterEvents()
+    res = _Result()
+    timeline = HolderTimeline(ev.observations)
+
+    fips = _icmp(res, ev, w)
+    injection = next((float(i["t"]) for i in ev.injections if w.contains(float(i["t"]))), None)
+    before, after, takeover, new = _replicas(res, timeline, w, injection, bool(ev.observations))
+    _tcp(res, ev, w)
+    _newconn(res, ev, w, injection)
+    _garp(res, ev, w, record.garp_watched, injection, takeover)
+    _conntrack(res, ev, w, before, new)
+    _api(res, ev, w, timeline, takeover, new)
+
+    return RouterMetrics(
+        router_id=router_id,
+        targeted=router_id in record.targeted,
+        metrics=res.values,
+        missing=res.missing,
+        floating_ips=fips,
+        holders=timeline.changes(w),
+        holders_before=None if before is None else sorted(before),
+        holders_after=None if after is None else sorted(after),
+        new_primary=None if new is None else sorted(new),
+        injected=injection,
+        takeover=takeover,
+        tcp_events=[
+            TcpEvent(t=float(e["t"]), session=str(e.get("session")), direction=e.get("direction"),
+                     event=str(e.get("event")), detail=e.get("detail"))
+            for e in ev.tcp if w.contains(float(e["t"]))
+        ],
+        faults=[f for f in record.faults_of(router_id) if f.injected is not None and w.contains(f.injected)],
+    )
+
+
+def _icmp(res: _Result, ev: _RouterEvents, w: Window) -> list[FipMetrics]:
+    fips = [fip_metrics(a, [s for s in samples if w.contains(s[0])]) for a, samples in sorted(ev.icmp.items())]
+    for name in ("outage_s", "lost", "sent", "outages"):
+        values = [getattr(f, name) for f in fips if getattr(f, name) is not None]
+        pick = min if CATALOG[name].worse == "lower" else max
+        res.set(name, pick(values) if values else None, "no icmp samples")
+    return fips
+
+
+def _replicas(
+    res: _Result, tl: HolderTimeline, w: Window, injection: float | None, observed: bool
+) -> tuple[frozenset[str] | None, frozenset[str] | None, float | None, frozenset[str] | None]:
+    no_obs = "no replica observations"
+    first_seen = tl.times[0] if tl.times else None
+    if first_seen is None or first_seen > w.end or (not w.closed_end and first_seen >= w.end):
+        for name in ("failover_s", "split_brain_s", "no_primary_s", "transitions", "primaries_before", "primaries_after"):
+            res.set(name, None, no_obs if not observed else "no replica observation before the window's end")
+        return None, None, None, None
+    res.set("split_brain_s", tl.time_where(w, lambda n: n >= 2))
+    res.set("no_primary_s", tl.time_where(w, lambda n: n == 0))
+    res.set("transitions", tl.transitions(w))
+    after = tl.at_end(w)
+    res.set("primaries_after", None if after is None else len(after), no_obs)
+
+    before = tl.at(injection, inclusive=False) if injection is not None else after
+    res.set("primaries_before", None if before is None else len(before), "no replica observation before the fault")
+    takeover: float | None = None
+    new: frozenset[str] | None = None
+    if injection is None:
+        res.set("failover_s", None, "no fault injected")
+    elif before is None:
+        res.set("failover_s", None, "no replica observation before the fault")
+    else:
+        for t, s in zip(tl.times, tl.sets):
+            if t >= injection and w.contains(t) and s - before:
+                takeover, new = t, s - before
+                break
+        res.set("failover_s", None if takeover is None else takeover - injection, "no failover: no other replica took the addresses")
+    return before, after, takeover, new
+
+
+def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
+    sessions: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in ev.tcp:
+        sessions[str(e.get("session"))].append(e)
+    counted = 0
+    dropped = dict.fromkeys(_DIRECTIONS, 0)
+    dropped_other = 0
+    max_stall = 0.0
+    for events in sessions.values():
+        begin = float(events[0]["t"])
+        end_event = next((e for e in events if e.get("event") in _END_EVENTS), None)
+        end = float(end_event["t"]) if end_event else math.inf
+        if begin > w.end or end < w.start:
+            continue
+        counted += 1
+        if end_event is not None and end_event.get("event") in _DROP_EVENTS and w.contains(end):
+            direction = next((e.get("direction") for e in events if e.get("direction")), None)
+            if direction in dropped:
+                dropped[direction] += 1
+            else:
+                dropped_other += 1
+        stalled_at: float | None = None
+        for e in events:
+            t = float(e["t"])
+            if e.get("event") == "stall" and stalled_at is None:
+                stalled_at = t
+            elif e.get("event") in {"resumed", *_END_EVENTS} and stalled_at is not None:
+                max_stall = max(max_stall, _clipped(stalled_at, t, w))
+                stalled_at = None
+        if stalled_at is not None:
+            max_stall = max(max_stall, _clipped(stalled_at, w.end, w))
+    reason = "no tcp samples"
+    has = bool(sessions)
+    res.set("tcp_sessions", counted if has else None, reason)
+    res.set("tcp_dropped", sum(dropped.values()) + dropped_other if has else None, reason)
+    for d in _DIRECTIONS:
+        res.set(f"tcp_dropped_{d}", dropped[d] if has else None, reason)
+    res.set("tcp_max_stall_s", max_stall if has else None, reason)
+
+
+def _clipped(lo: float, hi: float, w: Window) -> float:
+    return max(0.0, min(hi, w.end) - max(lo, w.start))
+
+
+def _newconn(res: _Result, ev: _RouterEvents, w: Window, injection: float | None) -> None:
+    for d in _DIRECTIONS:
+        name = f"new_conn_recovery_{d}_s"
+        attempts = [e for e in ev.newconn if e.get("direction") == d and w.contains(float(e["t"]))]
+        if not attempts:
+            res.set(name, None, f"no {d} new-connection samples")
+            continue
+        if injection is None:
+            res.set(name, None, "no fault injected")
+            continue
+        after = [e for e in attempts if float(e["t"]) >= injection]
+        failed = [float(e["t"]) for e in after if not e.get("ok")]
+        if not failed:
+            res.set(name, 0.0)
+            continue
+        last_failure = failed[-1]
+        success = next((float(e["t"]) for e in after if e.get("ok") and float(e["t"]) > last_failure), None)
+        res.set(name, None if success is None else success - injection, f"new {d} connections still failing at the end")
+
+
+def _garp(
+    res: _Result, ev: _RouterEvents, w: Window, watched: bool, injection: float | None, takeover: float | None
+) -> None:
+    garps = [float(e["t"]) for e in ev.garp if w.contains(float(e["t"]))]
+    res.set("garp_count", len(garps) if watched else None, "no arp.garp events in the journal (GARP watcher not running)")
+    if not watched:
+        res.set("garp_delay_s", None, "no arp.garp events in the journal (GARP watcher not running)")
+    elif takeover is None or injection is None:
+        res.set("garp_delay_s", None, "no failover")
+    else:
+        # From the injection on, not from the takeover: a GARP sent before the observation saw the
+        # addresses gives a negative delay, which is exactly the "GARP before ports" problem.
+        first = next((t for t in garps if t >= injection), None)
+        res.set("garp_delay_s", None if first is None else first - takeover, "no gratuitous ARP after the fault")
+
+
+_FLOW_KEY_RE = re.compile(r"\b(src|dst|sport|dport)=(\S+)")
+
+
+def flow_key(flow: Any) -> str:
+    """Identity of a conntrack flow, the same on every node: protocol and original tuple.
+
+    Counters, timeouts and states differ between replicas, so they are not part of it. Accepts
+    the dicts a probe may write (proto/src/dst/sport/dport keys) or raw ``conntrack -L`` lines.
+    """
+    if isinstance(flow, Mapping):
+        keys = ("proto", "src", "dst", "sport", "dport")
+        if any(k in flow for k in keys):
+            return "|".join(str(flow.get(k, "")) for k in keys)
+        return json.dumps(flow, sort_keys=True, default=str)
+    text = str(flow)
+    proto = text.split()[0] if text.split() else ""
+    seen: dict[str, str] = {}
+    for k, v in _FLOW_KEY_RE.findall(text):
+        seen.setdefault(k, v)  # the first tuple is the original direction
+    return "|".join([proto] + [seen.get(k, "") for k in ("src", "dst", "sport", "dport")]) if seen else text
+
+
+def _conntrack(
+    res: _Result, ev: _RouterEvents, w: Window, before: frozenset[str] | None, new: frozenset[str] | None
+) -> None:
+    snaps: dict[tuple[str, str], set[str]] = {}
+    for e in ev.conntrack:
+        if w.contains(float(e["t"])):
+            snaps[(str(e.get("node")), str(e.get("phase")))] = {flow_key(f) for f in e.get("flows") or []}
+    names = ("conntrack_entries", "conntrack_replicated", "conntrack_lost")
+    if not snaps:
+        for name in names:
+            res.set(name, None, "no conntrack snapshots")
+        return
+    if not before:
+        for name in names:
+            res.set(name, None, "primary before the fault unknown")
+        return
+    primary = [snaps[(n, "before")] for n in sorted(before) if (n, "before") in snaps]
+    if not primary:
+        for name in names:
+            res.set(name, None, "no conntrack snapshot on the primary before the fault")
+        return
+    flows: set[str] = set().union(*primary)
+    res.set("conntrack_entries", len(flows))
+    if new:
+        on_new = [snaps[(n, "before")] for n in sorted(new) if (n, "before") in snaps]
+        replicated = len(flows & set().union(*on_new)) if on_new else None
+    else:
+        backups = [s for (n, p), s in snaps.items() if p == "before" and n not in before]
+        replicated = max((len(flows & s) for s in backups), default=None)
+    res.set("conntrack_replicated", replicated, "no conntrack snapshot on a backup before the fault")
+    if not new:
+        res.set("conntrack_lost", None, "no failover")
+        return
+    after = [snaps[(n, "after")] for n in sorted(new) if (n, "after") in snaps]
+    res.set("conntrack_lost", len(flows - set().union(*after)) if after else None,
+            "no conntrack snapshot on the new primary after failover")
+
+
+def _api_polls(events: Sequence[dict[str, Any]]) -> list[tuple[float, frozenset[str]]]:
+    """API rows grouped into polls: a poll ends when a node shows up a second time."""
+    polls: list[tuple[float, frozenset[str]]] = []
+    nodes: set[str] = set()
+    active: set[str] = set()
+    start = 0.0
+    for e in events:
+        node = str(e.get("node"))
+        if not nodes or node in nodes:
+            if nodes:
+                polls.append((start, frozenset(active)))
+            nodes, active, start = set(), set(), float(e["t"])
+        nodes.add(node)
+        if e.get("ha_state") == "active":
+            active.add(node)
+    if nodes:
+        polls.append((start, frozenset(active)))
+    return polls
+
+
+def _api(
+    res: _Result, ev: _RouterEvents, w: Window, tl: HolderTimeline, takeover: float | None, new: frozenset[str] | None
+) -> None:
+    polls = [p for p in _api_polls(ev.api) if w.contains(p[0])]
+    if not polls:
+        res.set("api_disagreements", None, "no API polls")
+        res.set("api_lag_s", None, "no API polls")
+        return
+    compared = [(t, active, tl.at(t)) for t, active in polls]
+    compared = [c for c in compared if c[2] is not None]
+    res.set("api_disagreements", sum(1 for _, active, real in compared if active != real) if compared else None,
+            "no replica observation to compare the API with")
+    if takeover is None or not new:
+        res.set("api_lag_s", None, "no failover")
+        return
+    shown = next((t for t, active in polls if t >= takeover and active & new), None)
+    res.set("api_lag_s", None if shown is None else shown - takeover, "the API never showed the new primary active")
+
+
+# --- over routers ---------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float | int], p: float) -> float | int:
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def distribution(values: Iterable[Value]) -> Distribution:
+    present = [v for v in values if v is not None]
+    if not present:
+        return Distribution()
+    return Distribution(
+        p50=percentile(present, 50),
+        p95=percentile(present, 95),
+        p99=percentile(present, 99),
+        max=max(present),
+        min=min(present),
+        mean=sum(present) / len(present),
+        sum=sum(present),
+        count=len(present),
+    )
+
+
+def run_metrics(record: RunRecord, phase: Phase = "after") -> dict[str, RouterMetrics]:
+    """Metrics of every router seen in the journal over a phase; empty if the phase did not occur."""
+    w = record.window(phase)
+    if w is None:
+        return {}
+    return {r: router_metrics(record, r, w) for r in sorted(set(record.routers) | record.targeted)}
+
+
+def aggregates(routers: Mapping[str, RouterMetrics]) -> dict[str, Distribution]:
+    """Distribution of every metric over the targeted routers."""
+    targeted = [m for m in routers.values() if m.targeted]
+    return {name: distribution(m.metrics[name] for m in targeted) for name in CATALOG}

@@ -1,0 +1,149 @@
+"""The run summary: the verdict, every tolerance's outcome and every router's metrics, in one file.
+
+It is computed from the journal alone (``summarize``), so it can be recomputed at any time, and
+it is what every report renders. The file format is versioned (``schema_version``) and
+documented field by field in docs/metrics.md; a change that renames or removes a field must
+bump the version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chaos.analysis.hypothesis import ToleranceResult, evaluate_all, parse_tolerances
+from chaos.analysis.metrics import Distribution, RouterMetrics, RunRecord, aggregates, run_metrics
+from chaos.errors import InvalidInput
+
+SCHEMA_VERSION = 1
+Verdict = Literal["held", "deviated", "aborted", "interrupted", "error"]
+
+
+class RunInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    experiment: str | None = None
+    title: str | None = None
+    target: str | None = None
+    started: float | None = None  # unix time of run.started
+    finished: float | None = None  # unix time of run.finished; None if the run did not finish
+    duration: float | None = None  # seconds from started to finished (or to the last event)
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run: RunInfo
+    verdict: Verdict
+    tolerances: list[ToleranceResult]
+    routers: list[RouterMetrics]
+    aggregates: dict[str, Distribution]
+    notes: list[str]
+
+
+def _run_info(record: RunRecord) -> RunInfo:
+    s, f = record.started or {}, record.finished or {}
+    started = float(s["t"]) if s else None
+    finished = float(f["t"]) if f else None
+    return RunInfo(
+        id=_str(s.get("run_id")),
+        experiment=_str(s.get("experiment")),
+        title=_str(s.get("title")),
+        target=_str(s.get("target")),
+        started=started,
+        finished=finished,
+        duration=(record.end - started) if started is not None and record.events else None,
+        exit_code=f.get("exit_code") if isinstance(f.get("exit_code"), int) else None,
+        reason=_str(f.get("reason")),
+    )
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _verdict(record: RunRecord, results: list[ToleranceResult], notes: list[str]) -> Verdict:
+    """run.finished's verdict; a failed tolerance turns "held" into "deviated"; no run.finished
+    means the run was cut short (killed, or still going)."""
+    failed = [r.name for r in results if not r.ok]
+    written = (record.finished or {}).get("verdict")
+    if written in ("held", "deviated", "aborted", "interrupted", "error"):
+        if written == "held" and failed:
+            notes.append(f"the journal says held but these tolerances fail when recomputed: {', '.join(failed)}")
+            return "deviated"
+        if written == "deviated" and not failed:
+            notes.append("the journal says deviated though every tolerance holds when recomputed")
+        return written  # type: ignore[return-value]
+    if record.finished is not None:
+        notes.append(f"run.finished has an unknown verdict {written!r}")
+        return "error"
+    if failed:
+        return "deviated"
+    notes.append("the journal has no run.finished event: the run did not finish (killed, or still running)")
+    return "interrupted"
+
+
+def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]) -> Summary:
+    """The summary of a run from its journal events and the experiment's tolerances."""
+    record = RunRecord(events)
+    parsed = parse_tolerances(tolerances)
+    routers = run_metrics(record, "after")
+    results = evaluate_all(record, parsed)
+    notes: list[str] = []
+    if not record.events:
+        notes.append("the journal is empty")
+    if not routers:
+        notes.append("no router appears in the journal")
+    for r in routers.values():
+        if r.targeted:
+            notes.extend(f"router {r.router_id}: {name}: {why}" for name, why in sorted(r.missing.items()))
+    verdict = _verdict(record, results, notes)
+    return Summary(
+        run=_run_info(record),
+        verdict=verdict,
+        tolerances=results,
+        routers=list(routers.values()),
+        aggregates=aggregates(routers),
+        notes=notes,
+    )
+
+
+def write_summary(summary: Summary, path: Path) -> None:
+    """Write atomically (temporary file, then rename), so a reader never sees half a summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(summary.model_dump_json(indent=2))
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_summary(path: Path) -> Summary:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"cannot read summary {path}: {exc}") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise InvalidInput(
+            f"summary {path} has schema_version {version!r}; this chaos reads version {SCHEMA_VERSION}",
+            hint="recompute it from the run's journal",
+        )
+    try:
+        return Summary.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"summary {path} is not a valid summary: {exc}") from exc
