@@ -1,0 +1,594 @@
+"""What an experiment file may say: pydantic models of the YAML, and the rules across fields.
+
+The models check each field on its own (types, ranges, unknown keys: ``extra="forbid"``);
+``combination_problems`` checks what no single field can (a ``value`` with ``mode: all``, a
+tolerance on a metric whose probe is off, a run that cannot fit in ``max_run_duration``) and
+returns every problem with the field path it belongs to, so the loader can point at the line.
+``Experiment`` runs the same checks when built directly, so an ``Experiment`` object is always
+a valid one, whoever made it.
+
+Nothing here touches the network or the lab: a file is fully judged before anything runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from chaos.experiment.durations import Duration, NonNegativeDuration, format_duration, parse_cron
+from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
+from chaos.model import HostName, RouterId
+
+Loc = tuple[str | int, ...]
+"""A field path in the file: ("fault", "params", "signal"), ("probes", "tcp", "directions", 1)."""
+
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]  # strict float still takes an int; never a string or a bool
+Text = Annotated[str, Strict()]
+
+FaultType = Literal["keepalived-kill", "ha-link-down", "gateway-reboot", "vrrp-partition", "agent-evacuate"]
+FAULT_TYPES: tuple[str, ...] = FaultType.__args__  # type: ignore[attr-defined]
+TargetMode = Literal["one", "all", "fixed", "fixed-percent", "random-max-percent"]
+Source = Literal["lab", "inventory", "openstack"]
+ReplicaRole = Literal["primary", "backup", "any"]
+Direction = Literal["inbound", "outbound"]
+
+_LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # the lab's own rule (chaos.lab.spec); namespaces derive from it
+
+
+def _lab_name(value: str) -> str:
+    if not _LAB_NAME_RE.match(value):
+        reason = f"invalid lab name {value!r}: use 1 to 10 lowercase letters or digits, starting with a letter"
+        raise PydanticCustomError("lab_name", "{reason}", {"reason": reason})
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    return value
+
+
+def _signal(value: object) -> object:
+    """`SIGKILL` and `kill` are what people type; the file format says KILL."""
+    if isinstance(value, str):
+        value = value.strip().upper()
+        return value[3:] if value.startswith("SIG") else value
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- target
+class RouterSelector(_Model):
+    """Which routers are candidates; every selector given must match (AND)."""
+
+    name: Text | None = Field(default=None, description="glob on the router's name, e.g. 'web-*'")
+    ids: tuple[RouterId, ...] | None = Field(default=None, min_length=1)
+    project: Text | None = Field(default=None, description="project (tenant) id")
+    tags: tuple[Text, ...] | None = Field(default=None, min_length=1, description="every tag must be on the router")
+
+    def matches(self, *, name: str, router_id: str, project_id: str = "", tags: tuple[str, ...] = ()) -> bool:
+        if self.name is not None and not fnmatch.fnmatchcase(name, self.name):
+            return False
+        if self.ids is not None and router_id not in self.ids:
+            return False
+        if self.project is not None and project_id != self.project:
+            return False
+        return self.tags is None or set(self.tags) <= set(tags)
+
+
+class Target(_Model):
+    """Which routers an experiment acts on, and where they come from."""
+
+    routers: RouterSelector = RouterSelector()
+    mode: TargetMode = "one"
+    value: Number | None = Field(default=None, description="count for fixed, percent for the percent modes")
+    seed: Int | None = Field(default=None, description="seed of the random choice, for a reproducible sample")
+    source: Source = "lab"
+    lab: Annotated[Text, AfterValidator(_lab_name)] | None = Field(
+        default=None, description="lab name; None: the runner's setting (CHAOS_LAB_NAME, default chaoslab)"
+    )
+    inventory: Annotated[Path, Strict(False)] | None = Field(
+        default=None, description="static inventory file (source: inventory), relative to the experiment file"
+    )
+    cloud: Text | None = Field(default=None, description="clouds.yaml entry (source: openstack); None: OS_CLOUD")
+
+    def lab_name(self, default: str) -> str:
+        return self.lab or default
+
+    def describe(self) -> str:
+        how = {
+            "one": "one router",
+            "all": "all routers",
+            "fixed": f"{_number(self.value)} routers",
+            "fixed-percent": f"{_number(self.value)}% of routers",
+            "random-max-percent": f"up to {_number(self.value)}% of routers (random)",
+        }[self.mode]
+        sel = self.routers
+        filters = [f"name {sel.name!r}" if sel.name is not None and sel.name != "*" else ""]
+        filters += [f"{len(sel.ids)} ids" if sel.ids else "", f"project {sel.project}" if sel.project else ""]
+        filters += [f"tags {','.join(sel.tags)}" if sel.tags else ""]
+        where = {
+            "lab": f"lab {self.lab or '(default)'}",
+            "inventory": f"inventory {self.inventory}",
+            "openstack": f"cloud {self.cloud or '(OS_CLOUD)'}",
+        }[self.source]
+        chosen = ", ".join(f for f in filters if f)
+        seed = f", seed {self.seed}" if self.seed is not None else ""
+        return f"{how}{' matching ' + chosen if chosen else ''} in {where}{seed}"
+
+
+# --------------------------------------------------------------------------- faults
+class KeepalivedKillParams(_Model):
+    signal: Annotated[Literal["TERM", "KILL", "STOP"], BeforeValidator(_signal)] = "KILL"
+    respawn_wait: Duration = Field(
+        default=10.0, description="how long undo waits for the agent to respawn keepalived before starting it itself"
+    )
+
+
+class GatewayRebootParams(_Model):
+    method: Literal["lab", "ssh", "sysrq"] = "lab"
+    boot_timeout: Duration = Field(default=300.0, description="how long to wait for the node to come back")
+
+
+class AgentEvacuateParams(_Model):
+    mode: Literal["graceful", "abrupt"] = "graceful"
+    disable_agent: Annotated[bool, Strict()] = True
+    node: HostName | None = Field(default=None, description="evacuate this node instead of choosing by replica")
+
+
+class NoParams(_Model):
+    """Faults that take no parameters still accept an empty ``params: {}``."""
+
+
+class _Fault(_Model):
+    replica: ReplicaRole = Field(default="primary", description="which replica of each chosen router is hit")
+    duration: Duration | None = Field(default=None, description="how long the fault holds, where that applies")
+
+    def describe(self) -> str:
+        params = ", ".join(f"{k} {_plain(v)}" for k, v in self.params.model_dump().items())  # type: ignore[attr-defined]
+        hold = f" for {format_duration(self.duration)}" if self.duration else ""
+        node_wide = self.type in ("gateway-reboot", "agent-evacuate")  # type: ignore[attr-defined]
+        replica = "any replica" if self.replica == "any" else f"the {self.replica} replica"
+        where = f"the node of {replica}" if node_wide else replica
+        if getattr(self.params, "node", None):  # type: ignore[attr-defined]
+            where = f"node {self.params.node}"  # type: ignore[attr-defined]
+        return f"{self.type}{' (' + params + ')' if params else ''} on {where}{hold}"  # type: ignore[attr-defined]
+
+
+class KeepalivedKill(_Fault):
+    type: Literal["keepalived-kill"]
+    params: KeepalivedKillParams = KeepalivedKillParams()
+
+
+class HaLinkDown(_Fault):
+    type: Literal["ha-link-down"]
+    params: NoParams = NoParams()
+
+
+class GatewayReboot(_Fault):
+    type: Literal["gateway-reboot"]
+    params: GatewayRebootParams = GatewayRebootParams()
+
+
+class VrrpPartition(_Fault):
+    type: Literal["vrrp-partition"]
+    params: NoParams = NoParams()
+
+
+class AgentEvacuate(_Fault):
+    type: Literal["agent-evacuate"]
+    params: AgentEvacuateParams = AgentEvacuateParams()
+
+
+Fault = Annotated[
+    KeepalivedKill | HaLinkDown | GatewayReboot | VrrpPartition | AgentEvacuate,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- safeguards
+class Safeguards(_Model):
+    """Limits the runner enforces; crossing one aborts the run and rolls everything back."""
+
+    max_concurrent_routers: Int = Field(default=10, ge=1)
+    max_nodes_at_once: Int = Field(default=1, ge=1)
+    abort_when_routers_without_primary: Int = Field(
+        default=1, ge=1, description="abort when this many routers have no primary for longer than grace"
+    )
+    grace: Duration = 15.0
+    max_run_duration: Duration = 600.0
+
+
+# --------------------------------------------------------------------------- probes
+class IcmpProbe(_Model):
+    interval: Annotated[Duration, Field(ge=0.001)] = 0.02
+    timeout: Duration = 1.0
+
+
+class TcpProbe(_Model):
+    sessions: Int = Field(default=2, ge=1, le=32, description="sessions per direction and router")
+    interval: Annotated[Duration, Field(ge=0.001)] = 0.2
+    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
+    stall: Duration = Field(default=1.0, description="a session silent this long is stalled")
+
+
+class NewConnectionsProbe(_Model):
+    interval: Annotated[Duration, Field(ge=0.01)] = 0.5
+    timeout: Duration = 1.0
+    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
+
+
+class PrimaryObserver(_Model):
+    """Watches each replica's addresses and state file (address events), no settings."""
+
+
+class ConntrackProbe(_Model):
+    """Snapshots conntrack on the replicas before and after, no settings."""
+
+
+class ArpProbe(_Model):
+    """Listens for gratuitous ARPs on the external network, no settings."""
+
+
+class ApiLagProbe(_Model):
+    interval: Annotated[Duration, Field(ge=0.1)] = 1.0
+
+
+PROBE_NAMES = ("icmp", "tcp", "new_connections", "primary", "conntrack", "arp", "api_lag")
+
+
+class Probes(_Model):
+    """The probes that run; a probe runs when its key is present (``arp:`` alone is enough)."""
+
+    icmp: IcmpProbe | None = None
+    tcp: TcpProbe | None = None
+    new_connections: NewConnectionsProbe | None = None
+    primary: PrimaryObserver | None = None
+    conntrack: ConntrackProbe | None = None
+    arp: ArpProbe | None = None
+    api_lag: ApiLagProbe | None = None
+    warmup: NonNegativeDuration = Field(default=5.0, description="probes run this long before the injection")
+    settle: NonNegativeDuration = Field(default=10.0, description="and this long after the recovery")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_keys_enable(cls, data: Any) -> Any:
+        """``arp:`` (null) and ``arp: true`` switch a probe on with defaults; ``false`` off."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name in PROBE_NAMES:
+            if name in out and (out[name] is None or out[name] is True):
+                out[name] = {}
+            elif name in out and out[name] is False:
+                del out[name]
+        return out
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in PROBE_NAMES if getattr(self, name) is not None)
+
+
+DEFAULT_PROBES = Probes(icmp=IcmpProbe(), primary=PrimaryObserver())
+
+
+# --------------------------------------------------------------------------- hypothesis
+def _metric_ref(value: str) -> str:
+    try:
+        parse_metric_ref(value)
+    except ValueError as exc:
+        raise PydanticCustomError("unknown_metric", "{reason}", {"reason": str(exc)}) from None
+    return value
+
+
+MetricName = Annotated[Text, AfterValidator(_metric_ref)]
+
+
+class Tolerance(_Model):
+    """Bounds on one metric: ``max``/``min`` are inclusive; ``equals`` is exact."""
+
+    max: Number | None = None
+    min: Number | None = None
+    equals: Number | None = None
+    phase: Phase = "after"
+
+    def holds(self, value: float) -> bool:
+        if self.equals is not None:
+            return math.isclose(value, self.equals, abs_tol=1e-9)
+        if self.max is not None and value > self.max:
+            return False
+        return not (self.min is not None and value < self.min)
+
+    def describe(self) -> str:
+        if self.equals is not None:
+            return f"= {_number(self.equals)}"
+        parts = [f">= {_number(self.min)}" if self.min is not None else "", f"<= {_number(self.max)}" if self.max is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+
+def _one_or_many(value: Any) -> Any:
+    """A metric takes one tolerance (a mapping) or several (a list: one per phase, say)."""
+    return [value] if isinstance(value, dict) else value
+
+
+Tolerances = Annotated[tuple[Tolerance, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+@dataclass(frozen=True)
+class ToleranceCheck:
+    """One bound to check: the name as written, the metric it names, and the bound."""
+
+    name: str
+    ref: MetricRef
+    tolerance: Tolerance
+
+
+class Hypothesis(_Model):
+    title: Text = ""
+    tolerances: dict[MetricName, Tolerances] = Field(min_length=1)
+
+    def checks(self, phase: Phase | None = None) -> list[ToleranceCheck]:
+        """Every tolerance, flattened, optionally only those of one phase."""
+        return [
+            ToleranceCheck(name, parse_metric_ref(name), tolerance)
+            for name, tolerances in self.tolerances.items()
+            for tolerance in tolerances
+            if phase is None or tolerance.phase == phase
+        ]
+
+
+# --------------------------------------------------------------------------- experiment
+def _cron(value: str) -> str:
+    try:
+        schedule = parse_cron(value)
+    except ValueError as exc:
+        raise PydanticCustomError("cron", "{reason}", {"reason": str(exc)}) from None
+    if schedule.next_after(datetime.now(timezone.utc).replace(tzinfo=None)) is None:
+        raise PydanticCustomError("cron", "{reason}", {"reason": f"schedule {value!r} never fires (no such date)"})
+    return value
+
+
+class Experiment(_Model):
+    """One experiment file, validated: what to hit, how, within which limits, and what must hold."""
+
+    title: Annotated[Text, AfterValidator(_non_blank)]
+    description: Text = ""
+    tags: tuple[Text, ...] = ()
+    target: Target
+    fault: Fault
+    safeguards: Safeguards = Safeguards()
+    probes: Probes = DEFAULT_PROBES
+    steady_state_hypothesis: Hypothesis
+    schedule: Annotated[Text, AfterValidator(_cron)] | None = Field(
+        default=None, description="cron, 5 fields (UTC), for an operator mode that runs experiments on a schedule"
+    )
+
+    @model_validator(mode="after")
+    def _combinations(self, info: ValidationInfo) -> Experiment:
+        """Field combinations; the loader checks them itself (to place each one on its line)."""
+        if info.context and info.context.get("combinations_checked_by_loader"):
+            return self
+        problems = combination_problems(
+            target=self.target, fault=self.fault, safeguards=self.safeguards,
+            probes=self.probes, hypothesis=self.steady_state_hypothesis,
+        )
+        if problems:
+            text = "; ".join(f"{format_loc(loc)}: {message}" for loc, message in problems)
+            raise PydanticCustomError("combination", "{problems}", {"problems": text})
+        return self
+
+    def summary(self) -> str:
+        """One line for `chaos validate`: what it targets and what it injects."""
+        n = len(self.steady_state_hypothesis.checks())
+        return (
+            f"targets {self.target.describe()}; injects {self.fault.describe()}; "
+            f"probes {', '.join(self.probes.enabled()) or 'none'}; {n} tolerance{'s' if n != 1 else ''}"
+        )
+
+
+SECTIONS: dict[str, Any] = {
+    "target": Target,
+    "fault": Fault,
+    "safeguards": Safeguards,
+    "probes": Probes,
+    "steady_state_hypothesis": Hypothesis,
+}
+"""Top-level sections the combination checks read, each validatable on its own."""
+
+SECTION_DEFAULTS: dict[str, Any] = {"safeguards": Safeguards(), "probes": DEFAULT_PROBES}
+
+
+# --------------------------------------------------------------------------- combinations
+def combination_problems(
+    *,
+    target: Target | None,
+    fault: Any | None,
+    safeguards: Safeguards | None,
+    probes: Probes | None,
+    hypothesis: Hypothesis | None,
+) -> list[tuple[Loc, str]]:
+    """Every rule that spans fields. A section that did not validate is None; rules that need
+    it are skipped (its own errors are reported already)."""
+    problems: list[tuple[Loc, str]] = []
+    if target is not None:
+        problems += _target_problems(target)
+    if fault is not None:
+        problems += _fault_problems(fault)
+    if probes is not None:
+        problems += _probe_problems(probes)
+    if hypothesis is not None:
+        problems += _tolerance_problems(hypothesis, probes)
+    if probes is not None and target is not None and probes.api_lag is not None and target.source != "openstack":
+        problems.append(
+            (("probes", "api_lag"), f"needs target.source: openstack (the API to compare with); the source is {target.source}")
+        )
+    if target is not None and safeguards is not None and target.mode == "fixed" and target.value is not None:
+        if target.value > safeguards.max_concurrent_routers:
+            problems.append(
+                (("target", "value"), f"{_number(target.value)} routers exceed safeguards.max_concurrent_routers "
+                 f"({safeguards.max_concurrent_routers})")
+            )
+    if safeguards is not None:
+        if safeguards.grace >= safeguards.max_run_duration:
+            problems.append(
+                (("safeguards", "grace"), f"{format_duration(safeguards.grace)} is not shorter than "
+                 f"max_run_duration ({format_duration(safeguards.max_run_duration)})")
+            )
+        if probes is not None:
+            hold = fault.duration if fault is not None and fault.duration else 0.0
+            least = probes.warmup + hold + probes.settle
+            if least > safeguards.max_run_duration:
+                problems.append(
+                    (("safeguards", "max_run_duration"), f"{format_duration(safeguards.max_run_duration)} is shorter than "
+                     f"warmup + fault.duration + settle ({format_duration(least)}): the run would always abort")
+                )
+    return problems
+
+
+def _target_problems(target: Target) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    if target.mode in ("one", "all"):
+        if target.value is not None:
+            problems.append((("target", "value"), f"not allowed with mode {target.mode} (it takes no count or percent)"))
+    elif target.value is None:
+        what = "a router count" if target.mode == "fixed" else "a percent (0-100]"
+        problems.append((("target", "value"), f"required with mode {target.mode}: {what}"))
+    elif target.mode == "fixed":
+        if not float(target.value).is_integer() or target.value < 1:
+            problems.append((("target", "value"), f"mode fixed takes a whole number of routers >= 1, got {_number(target.value)}"))
+    elif not 0 < target.value <= 100:
+        problems.append((("target", "value"), f"a percent must be greater than 0 and at most 100, got {_number(target.value)}"))
+    owner = {"lab": "lab", "inventory": "inventory", "cloud": "openstack"}
+    for key, source in owner.items():
+        if getattr(target, key) is not None and target.source != source:
+            problems.append((("target", key), f"only with source: {source} (the source is {target.source})"))
+    if target.source == "inventory" and target.inventory is None:
+        problems.append((("target", "inventory"), "required with source: inventory (path of the inventory file)"))
+    return problems
+
+
+def _fault_problems(fault: Any) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    loc: Loc = ("fault", "duration")
+    if isinstance(fault, HaLinkDown | VrrpPartition) and fault.duration is None:
+        what = "the ha- link stays down" if isinstance(fault, HaLinkDown) else "VRRP stays blocked between replicas"
+        problems.append((loc, f"required for {fault.type}: how long {what}"))
+    elif isinstance(fault, KeepalivedKill):
+        if fault.params.signal == "STOP" and fault.duration is None:
+            problems.append((loc, "required with signal STOP: how long keepalived stays stopped before CONT"))
+        elif fault.params.signal != "STOP" and fault.duration is not None:
+            problems.append(
+                (loc, f"applies only to signal STOP; {fault.params.signal} ends keepalived and undo restarts it "
+                 "(see params.respawn_wait)")
+            )
+    elif isinstance(fault, GatewayReboot) and fault.duration is not None:
+        problems.append((loc, "does not apply to gateway-reboot: the node is down until it boots (see params.boot_timeout)"))
+    elif isinstance(fault, AgentEvacuate) and fault.params.node is not None and "replica" in fault.model_fields_set:
+        problems.append((("fault", "replica"), "choose the node either by replica or by params.node, not both"))
+    return problems
+
+
+def _probe_problems(probes: Probes) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for name in ("tcp", "new_connections"):
+        probe = getattr(probes, name)
+        if probe is not None and len(set(probe.directions)) != len(probe.directions):
+            problems.append((("probes", name, "directions"), "lists a direction twice"))
+    if probes.tcp is not None and probes.tcp.stall <= probes.tcp.interval:
+        problems.append(
+            (("probes", "tcp", "stall"), f"must be longer than probes.tcp.interval ({format_duration(probes.tcp.interval)}): "
+             "a session is silent between two echoes")
+        )
+    return problems
+
+
+def _tolerance_problems(hypothesis: Hypothesis, probes: Probes | None) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for name, index, tolerance in (
+        (name, i, t) for name, tolerances in hypothesis.tolerances.items() for i, t in enumerate(tolerances)
+    ):
+        loc: Loc = ("steady_state_hypothesis", "tolerances", name, index)
+        ref = parse_metric_ref(name)
+        metric = ref.metric
+        bounds = {k: v for k, v in (("max", tolerance.max), ("min", tolerance.min), ("equals", tolerance.equals)) if v is not None}
+        if not bounds:
+            problems.append((loc, "needs a bound: max, min or equals"))
+        if tolerance.equals is not None and (tolerance.max is not None or tolerance.min is not None):
+            problems.append((loc, "equals cannot be combined with max or min"))
+        if tolerance.max is not None and tolerance.min is not None and tolerance.min > tolerance.max:
+            problems.append((loc, f"min ({_number(tolerance.min)}) is greater than max ({_number(tolerance.max)}): it can never hold"))
+        for key, bound in bounds.items():
+            if bound < 0:
+                problems.append((loc + (key,), f"{_number(bound)} is negative; {ref.name} never is"))
+            elif key == "equals" and _whole(ref) and not float(bound).is_integer():
+                problems.append((loc + (key,), f"{ref.name} is a whole number; equals {_number(bound)} can never hold"))
+        if tolerance.phase not in metric.phases:
+            problems.append(
+                (loc + ("phase",), f"{metric.name} has no value in phase {tolerance.phase} "
+                 f"(possible: {', '.join(metric.phases)})")
+            )
+        if probes is None:  # invalid: its own problems are reported
+            continue
+        if getattr(probes, metric.probe) is None:
+            problems.append((loc, f"{metric.name} comes from the {metric.probe} probe, which is not enabled (add probes.{metric.probe})"))
+        if tolerance.phase == "before" and probes.warmup == 0:
+            problems.append((loc + ("phase",), "phase before needs probes.warmup greater than 0"))
+    return problems
+
+
+# --------------------------------------------------------------------------- helpers
+def format_loc(loc: Loc) -> str:
+    """``("probes", "tcp", "directions", 1)`` -> ``probes.tcp.directions[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = part if re.fullmatch(r"[A-Za-z0-9_()-]+", part) else repr(part)
+            out += f".{text}" if out else text
+    return out or "(top level)"
+
+
+def _whole(ref: MetricRef) -> bool:
+    """Whether every value of ``ref`` is a whole number (counts, and sums/extremes of counts)."""
+    if ref.aggregate == "count":
+        return True
+    return ref.metric.unit == "count" and ref.aggregate in (None, "max", "min", "sum")
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, float):
+        return format_duration(value)
+    return str(value)
+
+
+__all__ = [
+    "FAULT_TYPES", "PHASES", "Experiment", "Fault", "Hypothesis", "Loc", "Probes", "RouterSelector",
+    "Safeguards", "Target", "Tolerance", "ToleranceCheck", "combination_problems", "format_loc",
+]
