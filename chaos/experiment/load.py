@@ -33,7 +33,7 @@ from chaos.experiment.schema import (
     Experiment,
     Hypothesis,
     Loc,
-    Tolerances,
+    Tolerance,
     combination_problems,
     format_loc,
 )
@@ -228,7 +228,7 @@ def _valid_tolerances(raw: Any) -> Hypothesis | None:
     for name, body in tolerances.items():
         try:
             parse_metric_ref(name)
-            valid[name] = TypeAdapter(Tolerances).validate_python(body)
+            valid[name] = Tolerance.model_validate(body)
         except (ValueError, ValidationError):
             continue
     return Hypothesis.model_construct(title="", tolerances=valid) if valid else None

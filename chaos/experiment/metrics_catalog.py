@@ -66,10 +66,14 @@ _CATALOG: tuple[Metric, ...] = (
         worst="min",
     ),
     Metric(
+        "outages", "count", "floating-ip", "icmp",
+        "Separate runs of consecutive lost echo requests to the floating IP (a flapping address "
+        "shows several).",
+    ),
+    Metric(
         "failover_s", "s", "router", "primary",
-        "From the first injection to the first report, after it, of a replica on another node than "
-        "the faulted one in state primary holding the router's addresses; 0 when the faulted "
-        "replica was not the primary, no value when no replica took over.",
+        "From the first injection to the first time a replica that did not hold the router's "
+        "addresses before takes them; no value when none took over.",
         phases=("during", "after"),
     ),
     Metric(
@@ -84,18 +88,17 @@ _CATALOG: tuple[Metric, ...] = (
     ),
     Metric(
         "transitions", "count", "router", "primary",
-        "State changes reported for the router's replicas (primary, backup, fault, ...), summed "
-        "over its replicas.",
+        "Changes of the set of replicas holding the router's addresses (a clean failover is one "
+        "change: {a} -> {b}; through a gap it is two: {a} -> {} -> {b}).",
     ),
     Metric(
         "primaries_before", "count", "router", "primary",
-        "Replicas in state primary at the first injection (the latest report of each replica).",
+        "Replicas holding the router's addresses just before the first injection.",
         phases=("before", "after"),
     ),
     Metric(
         "primaries_after", "count", "router", "primary",
-        "Replicas in state primary at the end of the settle time (the latest report of each "
-        "replica).",
+        "Replicas holding the router's addresses at the end of the run (after the settle time).",
         phases=("after",),
     ),
     Metric(
@@ -108,15 +111,22 @@ _CATALOG: tuple[Metric, ...] = (
         "TCP sessions that ended with a reset or a timeout before the probe closed them.",
     ),
     Metric(
+        "tcp_dropped_inbound", "count", "router", "tcp",
+        "tcp_dropped for the sessions opened from the vantage to the floating IP.",
+    ),
+    Metric(
+        "tcp_dropped_outbound", "count", "router", "tcp",
+        "tcp_dropped for the sessions opened from the VM out through the router's SNAT.",
+    ),
+    Metric(
         "tcp_max_stall_s", "s", "router", "tcp",
         "Longest time a TCP session went without an echoed byte beyond the probe's stall "
         "threshold: from the stall report to the resume (or to the session's end).",
     ),
     Metric(
         "new_conn_recovery_inbound_s", "s", "router", "new_connections",
-        "New TCP connections from the vantage to the floating IP: from the first failed attempt "
-        "after the injection to the first successful attempt after the last failure; 0 when "
-        "none failed.",
+        "New TCP connections from the vantage to the floating IP: from the injection to the first "
+        "successful attempt after the last failed one; 0 when none failed.",
         phases=("during", "after"),
     ),
     Metric(
@@ -142,14 +152,13 @@ _CATALOG: tuple[Metric, ...] = (
     ),
     Metric(
         "conntrack_replicated", "count", "router", "conntrack",
-        "Of those entries, how many the new primary held after the failover.",
+        "Of those entries, how many the backup held before the fault (conntrackd replication).",
         worst="min",
         phases=("after",),
     ),
     Metric(
         "conntrack_lost", "count", "router", "conntrack",
-        "Entries from before the injection missing on the new primary afterwards "
-        "(conntrack_entries - conntrack_replicated).",
+        "Of those entries, how many were missing on the new primary after the failover.",
         phases=("after",),
     ),
     Metric(

@@ -305,7 +305,7 @@ MetricName = Annotated[Text, AfterValidator(_metric_ref)]
 
 
 class Tolerance(_Model):
-    """Bounds on one metric: ``max``/``min`` are inclusive; ``equals`` is exact."""
+    """One bound on one metric: ``max``/``min`` are inclusive; ``equals`` is exact."""
 
     max: Number | None = None
     min: Number | None = None
@@ -326,14 +326,6 @@ class Tolerance(_Model):
         return " and ".join(p for p in parts if p)
 
 
-def _one_or_many(value: Any) -> Any:
-    """A metric takes one tolerance (a mapping) or several (a list: one per phase, say)."""
-    return [value] if isinstance(value, dict) else value
-
-
-Tolerances = Annotated[tuple[Tolerance, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
-
-
 @dataclass(frozen=True)
 class ToleranceCheck:
     """One bound to check: the name as written, the metric it names, and the bound."""
@@ -345,14 +337,13 @@ class ToleranceCheck:
 
 class Hypothesis(_Model):
     title: Text = ""
-    tolerances: dict[MetricName, Tolerances] = Field(min_length=1)
+    tolerances: dict[MetricName, Tolerance] = Field(min_length=1)
 
     def checks(self, phase: Phase | None = None) -> list[ToleranceCheck]:
-        """Every tolerance, flattened, optionally only those of one phase."""
+        """Every tolerance with its parsed metric, optionally only those of one phase."""
         return [
             ToleranceCheck(name, parse_metric_ref(name), tolerance)
-            for name, tolerances in self.tolerances.items()
-            for tolerance in tolerances
+            for name, tolerance in self.tolerances.items()
             if phase is None or tolerance.phase == phase
         ]
 
@@ -524,19 +515,15 @@ def _probe_problems(probes: Probes) -> list[tuple[Loc, str]]:
 
 def _tolerance_problems(hypothesis: Hypothesis, probes: Probes | None) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
-    for name, index, tolerance in (
-        (name, i, t) for name, tolerances in hypothesis.tolerances.items() for i, t in enumerate(tolerances)
-    ):
-        loc: Loc = ("steady_state_hypothesis", "tolerances", name, index)
+    for name, tolerance in hypothesis.tolerances.items():
+        loc: Loc = ("steady_state_hypothesis", "tolerances", name)
         ref = parse_metric_ref(name)
         metric = ref.metric
         bounds = {k: v for k, v in (("max", tolerance.max), ("min", tolerance.min), ("equals", tolerance.equals)) if v is not None}
-        if not bounds:
-            problems.append((loc, "needs a bound: max, min or equals"))
-        if tolerance.equals is not None and (tolerance.max is not None or tolerance.min is not None):
-            problems.append((loc, "equals cannot be combined with max or min"))
-        if tolerance.max is not None and tolerance.min is not None and tolerance.min > tolerance.max:
-            problems.append((loc, f"min ({_number(tolerance.min)}) is greater than max ({_number(tolerance.max)}): it can never hold"))
+        if len(bounds) != 1:  # one bound per name keeps a verdict readable: which bound failed
+            given = ", ".join(bounds) or "none"
+            problems.append((loc, f"give exactly one of max, min or equals (given: {given}); "
+                                  f"bound a metric from both sides with a second name such as max({metric.name})"))
         for key, bound in bounds.items():
             if bound < 0:
                 problems.append((loc + (key,), f"{_number(bound)} is negative; {ref.name} never is"))
