@@ -1,0 +1,211 @@
+"""What every traffic probe shares: live counters, the run bound, and TCP sockets in a namespace.
+
+Probes run in the background while a fault holds. Each one writes raw samples to the journal
+and keeps a few live counters for progress display; metrics are computed later from the
+journal alone. Every probe stops by itself at ``max_duration`` or when the runner sets its stop
+event, whichever comes first, so a forgotten probe can never run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chaos.model import Topology
+from chaos.transport.netns import socket_in_netns
+
+
+class ProbeStats(BaseModel):
+    """Live counters of one probe, for progress display only (the journal is the record)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    probe: str
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    failing: tuple[str, ...] = Field(default=(), description="targets failing right now")
+    detail: dict[str, float] = Field(default_factory=dict, description="probe-specific counters")
+
+
+class RunBound:
+    """The end of a probe run: a monotonic deadline or the stop event, whichever comes first."""
+
+    def __init__(self, stop: asyncio.Event, max_duration: float) -> None:
+        if max_duration <= 0:
+            raise ValueError(f"max_duration must be positive, not {max_duration}")
+        self.stop = stop
+        self.deadline = time.monotonic() + max_duration
+
+    def over(self) -> bool:
+        return self.stop.is_set() or time.monotonic() >= self.deadline
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (never past the deadline); True when the run is over.
+
+        Wakes early when the stop event is set, so a probe stops promptly whatever its interval.
+        """
+        seconds = min(seconds, self.remaining())
+        if seconds > 0 and not self.stop.is_set():
+            try:
+                async with asyncio.timeout(seconds):
+                    await self.stop.wait()
+            except TimeoutError:
+                pass
+        return self.over()
+
+
+def tcp_socket(netns: str | None) -> socket.socket:
+    """A non-blocking TCP socket in ``netns`` (None: this process's namespace), tuned for probing.
+
+    Nagle off, so each small numbered message leaves at once and its echo time is the path's,
+    not the coalescing delay's. Keepalive off, so only the probe's own traffic decides whether
+    a session is alive.
+    """
+    if netns is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    else:
+        sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_tcp(
+    netns: str | None, host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect from inside ``netns`` to ``host:port`` within ``timeout`` seconds.
+
+    The socket is created in the namespace by a helper thread, but the connect itself runs on
+    the event loop (non-blocking), so a cancelled or timed-out connect is abandoned at once and
+    the socket closed, instead of a thread blocking on it.
+    """
+    loop = asyncio.get_running_loop()
+    sock = await asyncio.to_thread(tcp_socket, netns)
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, (host, port))
+            return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def close_writer(writer: asyncio.StreamWriter, timeout: float = 1.0) -> None:
+    """Close a stream and wait (bounded) for it to be closed; errors of a dead peer are moot."""
+    writer.close()
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.wait_closed()
+    except (TimeoutError, OSError):
+        pass
+
+
+def error_name(exc: BaseException) -> str:
+    """A short, stable name for a socket failure, for the journal (``ECONNRESET``, ``timeout``)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import errno
+
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "EOF"
+    return type(exc).__name__
+
+
+# --------------------------------------------------------------------------- TCP paths
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+DIRECTIONS = (INBOUND, OUTBOUND)
+
+
+class TcpPath(BaseModel):
+    """Where a TCP probe connects from and to, for one router and one direction.
+
+    Inbound: from the vantage point to a floating IP's echo service (through the 1:1 NAT).
+    Outbound: from the VM behind the floating IP to the vantage point's echo service (through
+    the router's SNAT); only the lab can open sockets inside a VM.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    router_id: str
+    direction: str
+    address: str = Field(description="the floating IP this path goes through")
+    netns: str | None = Field(description="namespace the socket is opened in (None: this process's)")
+    host: str
+    port: int
+
+
+class SkippedPath(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    router_id: str
+    direction: str
+    reason: str
+
+
+def tcp_paths(
+    topology: Topology,
+    router_ids: Iterable[str] | None = None,
+    directions: Iterable[str] = DIRECTIONS,
+) -> tuple[list[TcpPath], list[SkippedPath]]:
+    """One path per router and direction through the router's first floating IP with an echo service.
+
+    A path that cannot be probed is returned as skipped with the reason, so the probe can say
+    so in the journal instead of silently measuring less.
+    """
+    wanted = None if router_ids is None else set(router_ids)
+    directions = tuple(directions)
+    for d in directions:
+        if d not in DIRECTIONS:
+            raise ValueError(f"direction {d!r} is not one of {DIRECTIONS}")
+    vantage = topology.vantage
+    paths: list[TcpPath] = []
+    skipped: list[SkippedPath] = []
+    for router in topology.routers:
+        if wanted is not None and router.id not in wanted:
+            continue
+        fip = next((f for f in router.floating_ips if f.echo_port is not None), None)
+        for direction in directions:
+            if fip is None:
+                skipped.append(SkippedPath(router_id=router.id, direction=direction, reason="no floating IP with an echo service"))
+            elif direction == INBOUND:
+                paths.append(
+                    TcpPath(
+                        router_id=router.id, direction=INBOUND, address=str(fip.address),
+                        netns=vantage.netns, host=str(fip.address), port=fip.echo_port or 0,
+                    )
+                )
+            elif fip.vm_netns is None:
+                skipped.append(
+                    SkippedPath(
+                        router_id=router.id, direction=OUTBOUND,
+                        reason="outbound needs the VM's namespace (lab only); this floating IP has none",
+                    )
+                )
+            elif vantage.echo_address is None or vantage.echo_port is None:
+                skipped.append(
+                    SkippedPath(router_id=router.id, direction=OUTBOUND, reason="the vantage point has no echo service")
+                )
+            else:
+                paths.append(
+                    TcpPath(
+                        router_id=router.id, direction=OUTBOUND, address=str(fip.address),
+                        netns=fip.vm_netns, host=vantage.echo_address, port=vantage.echo_port,
+                    )
+                )
+    return paths, skipped
