@@ -65,7 +65,10 @@ def test_comparators_dispatch_on_type() -> None:
     [
         ("outage_secs", {"max": 1}, "unknown metric"),
         ("p42(outage_s)", {"max": 1}, "unknown statistic"),
-        ("outage_s", {"max": 1, "min": 0}, "exactly one"),
+        ("outage_s", {"max": 1, "equals": 1}, "equals alone"),
+        ("outage_s", {"min": 3, "max": 1}, "never hold"),
+        ("outage_s", {}, "got none"),
+        ("outage_s", [], "empty list"),
         ("outage_s", {"maximum": 1}, "unknown keys"),
         ("outage_s", {"max": "1"}, "finite number"),
         ("outage_s", {"max": True}, "finite number"),
@@ -206,3 +209,34 @@ def test_summary_of_a_journal_written_by_the_journal_class(tmp_path: Path) -> No
     assert s.verdict == "deviated"
     assert s.tolerances[0].failing_routers == [R1]
     assert s.aggregates["lost"].sum == 3 and s.aggregates["lost"].count == 2
+
+
+def test_several_tolerances_per_metric_and_ranges() -> None:
+    events = run((R1, "xxx......."), (R2, "x........."))
+    res = check_hypothesis(events, {"lost": [{"max": 0, "phase": "before"}, {"min": 1, "max": 2}]})
+    assert [(r.phase, r.comparator, r.ok) for r in res.results] == [
+        ("before", "max", True), ("after", "max", False), ("after", "min", True)]
+    assert res.results[1].failing_routers == [R1]
+    assert res.results[1].describe() == f"lost <= 2 [after]: 3 (failing: {R1})"
+
+
+def test_tolerances_as_the_experiment_schema_models_them() -> None:
+    schema = pytest.importorskip("chaos.experiment.schema")
+    tol = schema.Tolerance(max=0.5, phase="during")
+    res = check_hypothesis(run((R1, "xxx.......")), {"outage_s": (tol,), "primaries_after": schema.Tolerance(equals=1)})
+    assert [(r.name, r.phase, r.ok) for r in res.results] == [("outage_s", "during", True), ("primaries_after", "after", True)]
+
+
+def test_metric_names_match_the_experiment_catalog() -> None:
+    catalog = pytest.importorskip("chaos.experiment.metrics_catalog")
+    from chaos.analysis.metrics import AGGREGATES, CATALOG
+
+    assert set(catalog.METRICS) <= set(CATALOG)
+    assert tuple(catalog.AGGREGATES) == AGGREGATES
+
+
+def test_steady_state_broken_is_kept_as_the_verdict() -> None:
+    s = summarize(run((R1, ".........."), finished="steady-state-broken"), {"lost": {"max": 0}})
+    assert s.verdict == "steady-state-broken"
+    s = summarize(run((R1, ".........."), finished="bogus"), {"lost": {"max": 0}})
+    assert s.verdict == "error" and any("bogus" in n for n in s.notes)

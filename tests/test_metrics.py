@@ -164,8 +164,8 @@ def test_no_primary_counts_from_the_first_observation_to_the_end() -> None:
 # --- TCP and new connections ---------------------------------------------------------------
 
 
-def tcp(t: float, session: str, direction: str, event: str) -> dict[str, Any]:
-    return ev(t, "probe.tcp", router_id=R1, session=session, direction=direction, event=event, detail=None)
+def tcp(t: float, session: str | None, direction: str, event: str, **extra: Any) -> dict[str, Any]:
+    return ev(t, "probe.tcp", router_id=R1, session=session, direction=direction, event=event, detail=None, **extra)
 
 
 def test_tcp_dropped_counts_resets_and_timeouts_by_direction() -> None:
@@ -293,3 +293,38 @@ def test_every_catalog_metric_is_computed_for_a_recorded_journal() -> None:
     assert rm.metrics["failover_s"] == pytest.approx(3.6)
     assert rm.metrics["outage_s"] == pytest.approx(3.6)
     assert json.loads(rm.model_dump_json())["metrics"]["outages"] == 1
+
+
+def test_tcp_stall_starts_at_since_and_unopened_sessions_are_not_counted() -> None:
+    events = [
+        tcp(0, None, "inbound", "skipped"),
+        tcp(0, "s1", "inbound", "opened"), tcp(0, "s2", "outbound", "failed"),
+        tcp(5.0, "s1", "inbound", "stall", since=T0 + 4.2), tcp(6.0, "s1", "inbound", "resumed", since=T0 + 4.2),
+        tcp(9, "s1", "inbound", "closed"),
+    ]
+    m = metrics_of(events)
+    assert (m["tcp_sessions"], m["tcp_dropped"], m["tcp_dropped_outbound"]) == (1, 0, 0)
+    assert m["tcp_max_stall_s"] == pytest.approx(1.8)
+    rm = router_metrics(RunRecord([tcp(0, "s2", "outbound", "failed")]), R1)
+    assert rm.metrics["tcp_dropped"] is None and rm.missing["tcp_dropped"] == "no TCP session could be opened"
+
+
+def test_new_connections_are_ordered_by_attempt_start_and_skips_ignored() -> None:
+    def nc(t: float, started: float, ok: bool | None) -> dict[str, Any]:
+        return ev(t, "probe.newconn", router_id=R1, direction="inbound", ok=ok, latency=None, error=None,
+                  started=None if ok is None else T0 + started)
+
+    # the attempt started at 3 times out at 6; the one started at 3.5 succeeds at once
+    events = [obs(0, R1, "net1", True), inject(1, R1), nc(1, 1, None), nc(2.5, 2, False), nc(6, 3, False), nc(3.51, 3.5, True)]
+    assert metrics_of(events)["new_conn_recovery_inbound_s"] == pytest.approx(2.51)
+
+
+def test_plan_routers_and_affected_routers_decide_what_is_targeted() -> None:
+    plan = ev(0, "run.plan", routers=[R1, R2], waves=[["a1"]], actions=[
+        {"action_id": "a1", "fault": "reboot", "node": "net1", "router_id": None, "affected_routers": [R1, R2]}])
+    events = [plan, obs(0.5, R1, "net1", True), obs(0.5, R2, "net2", True), inject(1, None, node="net1", action="a1"),
+              obs(3, R1, "net2", True), obs(4, R2, "net3", True)]
+    record = RunRecord(events)
+    assert record.targeted_routers() == [R1, R2]
+    assert router_metrics(record, R1).metrics["failover_s"] == pytest.approx(2.0)
+    assert router_metrics(record, R2).metrics["failover_s"] == pytest.approx(3.0)  # affected though not on net1

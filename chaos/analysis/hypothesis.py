@@ -122,8 +122,13 @@ class Tolerance:
         return "run" if self.aggregate else "router"
 
 
-def parse_tolerance(name: str, spec: Any) -> Tolerance:
-    """Check one tolerance as written in an experiment; raise InvalidInput saying what is wrong."""
+def parse_tolerance(name: str, spec: Any) -> list[Tolerance]:
+    """Check one metric's tolerance(s) as written in an experiment; raise InvalidInput saying
+    what is wrong. A list gives several (one per phase, say); ``{min: a, max: b}`` gives two."""
+    if isinstance(spec, list | tuple):
+        if not spec:
+            raise InvalidInput(f"tolerance {name!r}: an empty list bounds nothing")
+        return [t for one in spec for t in parse_tolerance(name, one)]
     if hasattr(spec, "model_dump"):
         spec = spec.model_dump(exclude_none=True)
     if not isinstance(spec, Mapping):
@@ -138,19 +143,25 @@ def parse_tolerance(name: str, spec: Any) -> Tolerance:
     if unknown:
         raise InvalidInput(f"tolerance {name!r}: unknown keys {sorted(unknown)}", hint="use max, min or equals, and phase")
     given = [k for k in _COMPARATORS if k in spec]
-    if len(given) != 1:
-        raise InvalidInput(f"tolerance {name!r}: give exactly one of max, min, equals (got {given or 'none'})")
-    threshold = spec[given[0]]
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
-        raise InvalidInput(f"tolerance {name!r}: {given[0]} must be a finite number, got {threshold!r}")
+    if not given or ("equals" in given and len(given) > 1):
+        raise InvalidInput(f"tolerance {name!r}: give max, min (or both), or equals alone (got {given or 'none'})")
+    for key in given:
+        threshold = spec[key]
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+            raise InvalidInput(f"tolerance {name!r}: {key} must be a finite number, got {threshold!r}")
+    if "min" in given and "max" in given and spec["min"] > spec["max"]:
+        raise InvalidInput(f"tolerance {name!r}: min {spec['min']} is greater than max {spec['max']}: it can never hold")
     phase = spec.get("phase", "after")
     if phase not in PHASES:
         raise InvalidInput(f"tolerance {name!r}: phase {phase!r} is not one of {', '.join(PHASES)}")
-    return Tolerance(name=name, metric=metric, aggregate=aggregate, comparator=_COMPARATORS[given[0]](threshold), phase=phase)
+    return [
+        Tolerance(name=name, metric=metric, aggregate=aggregate, comparator=_COMPARATORS[key](spec[key]), phase=phase)
+        for key in given
+    ]
 
 
 def parse_tolerances(tolerances: Mapping[str, Any]) -> list[Tolerance]:
-    return [parse_tolerance(name, spec) for name, spec in tolerances.items()]
+    return [t for name, spec in tolerances.items() for t in parse_tolerance(name, spec)]
 
 
 # --- results -------------------------------------------------------------------------------
@@ -174,6 +185,17 @@ class ToleranceResult(BaseModel):
     ok: bool
     failing_routers: list[str]
     reason: str | None = None
+
+    def describe(self) -> str:
+        """One line for people: ``outage_s <= 2 [after]: 3.1 (failing: <router>, ...)``."""
+        symbol = {"max": "<=", "min": ">=", "equals": "=="}[self.comparator]
+        text = f"{self.name} {symbol} {self.threshold:g} [{self.phase}]: "
+        text += "no value" if self.value is None else f"{self.value:g}"
+        if self.failing_routers:
+            text += f" (failing: {', '.join(self.failing_routers)})"
+        if self.reason:
+            text += f" ({self.reason})"
+        return text
 
     def journal_fields(self) -> dict[str, Any]:
         """Fields of the ``hypothesis.check`` journal event for this result."""

@@ -219,6 +219,7 @@ class RunRecord:
         self.started: dict[str, Any] | None = None
         self.finished: dict[str, Any] | None = None
         self.plan: list[dict[str, Any]] = []
+        self.plan_routers: list[str] | None = None
         self.injections: list[dict[str, Any]] = []
         self.undos: list[dict[str, Any]] = []
         self.routers: dict[str, _RouterEvents] = defaultdict(_RouterEvents)
@@ -243,6 +244,8 @@ class RunRecord:
             self.finished = e
         elif kind == "run.plan":
             self.plan.extend(a for a in e.get("actions") or [] if isinstance(a, Mapping))
+            if isinstance(e.get("routers"), list):
+                self.plan_routers = (self.plan_routers or []) + [str(r) for r in e["routers"]]
         elif kind == "fault.injected":
             self.injections.append(e)
             if router_id:
@@ -260,26 +263,36 @@ class RunRecord:
             self.garp_watched = True
 
     def _assign_node_faults(self) -> None:
-        """A fault without a router id (a node reboot) affects every router with a replica there."""
+        """A fault without a router id (a node reboot) affects the routers its plan action lists
+        as affected or, without that, every router with a replica observed on the node."""
+        affected = {a.get("action_id"): a.get("affected_routers") for a in self.plan}
         for e in self.injections:
             if e.get("router_id") or not e.get("node"):
                 continue
-            for router in self.routers.values():
-                if any(o.node == e["node"] for o in router.observations):
-                    router.injections.append(e)
-                    router.injections.sort(key=lambda x: float(x["t"]))
+            listed = affected.get(e.get("action_id"))
+            routers = [str(r) for r in listed] if isinstance(listed, list) else [
+                r for r, ev in self.routers.items() if any(o.node == e["node"] for o in ev.observations)
+            ]
+            for r in routers:
+                self.routers[r].injections.append(e)
+                self.routers[r].injections.sort(key=lambda x: float(x["t"]))
 
     @functools.cached_property
     def targeted(self) -> frozenset[str]:
         return frozenset(self.targeted_routers())
 
     def targeted_routers(self) -> list[str]:
-        """Routers the plan (or, without a plan, an injection) names; all routers seen if neither."""
+        """The plan's routers; else those its actions (or, without a plan, the injections) name;
+        all routers seen if neither."""
+        if self.plan_routers is not None:
+            return sorted(set(self.plan_routers))
         actions = self.plan or self.injections
         targeted: set[str] = set()
         for a in actions:
             if a.get("router_id"):
                 targeted.add(str(a["router_id"]))
+            elif isinstance(a.get("affected_routers"), list):
+                targeted.update(str(r) for r in a["affected_routers"])
             elif a.get("node"):
                 targeted.update(r for r, ev in self.routers.items() if any(o.node == a["node"] for o in ev.observations))
         return sorted(targeted) if actions else sorted(self.routers)
@@ -515,7 +528,10 @@ def _replicas(
 def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
     sessions: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in ev.tcp:
-        sessions[str(e.get("session"))].append(e)
+        if e.get("session") is not None and e.get("event") != "skipped":
+            sessions[str(e["session"])].append(e)
+    # A session that never opened ("failed") was never at risk of being dropped.
+    sessions = {sid: events for sid, events in sessions.items() if any(e.get("event") == "opened" for e in events)}
     counted = 0
     dropped = dict.fromkeys(_DIRECTIONS, 0)
     dropped_other = 0
@@ -537,13 +553,14 @@ def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
         for e in events:
             t = float(e["t"])
             if e.get("event") == "stall" and stalled_at is None:
-                stalled_at = t
+                # ``since``: when the oldest unanswered line was sent, where the stall really began
+                stalled_at = float(e["since"]) if isinstance(e.get("since"), int | float) else t
             elif e.get("event") in {"resumed", *_END_EVENTS} and stalled_at is not None:
                 max_stall = max(max_stall, _clipped(stalled_at, t, w))
                 stalled_at = None
         if stalled_at is not None:
             max_stall = max(max_stall, _clipped(stalled_at, w.end, w))
-    reason = "no tcp samples"
+    reason = "no tcp samples" if not ev.tcp else "no TCP session could be opened"
     has = bool(sessions)
     res.set("tcp_sessions", counted if has else None, reason)
     res.set("tcp_dropped", sum(dropped.values()) + dropped_other if has else None, reason)
@@ -559,7 +576,12 @@ def _clipped(lo: float, hi: float, w: Window) -> float:
 def _newconn(res: _Result, ev: _RouterEvents, w: Window, injection: float | None) -> None:
     for d in _DIRECTIONS:
         name = f"new_conn_recovery_{d}_s"
-        attempts = [e for e in ev.newconn if e.get("direction") == d and w.contains(float(e["t"]))]
+        # ok None: a skipped path, not an attempt. Ordered by start: an attempt that timed out
+        # ends after later ones that already succeeded.
+        attempts = sorted(
+            (e for e in ev.newconn if e.get("direction") == d and e.get("ok") is not None and w.contains(float(e["t"]))),
+            key=_attempt_start,
+        )
         if not attempts:
             res.set(name, None, f"no {d} new-connection samples")
             continue
@@ -567,13 +589,18 @@ def _newconn(res: _Result, ev: _RouterEvents, w: Window, injection: float | None
             res.set(name, None, "no fault injected")
             continue
         after = [e for e in attempts if float(e["t"]) >= injection]
-        failed = [float(e["t"]) for e in after if not e.get("ok")]
+        failed = [_attempt_start(e) for e in after if not e.get("ok")]
         if not failed:
             res.set(name, 0.0)
             continue
         last_failure = failed[-1]
-        success = next((float(e["t"]) for e in after if e.get("ok") and float(e["t"]) > last_failure), None)
+        success = next((float(e["t"]) for e in after if e.get("ok") and _attempt_start(e) > last_failure), None)
         res.set(name, None if success is None else success - injection, f"new {d} connections still failing at the end")
+
+
+def _attempt_start(e: Mapping[str, Any]) -> float:
+    started = e.get("started")
+    return float(started) if isinstance(started, int | float) else float(e["t"])
 
 
 def _garp(

@@ -22,7 +22,8 @@ from chaos.analysis.metrics import Distribution, RouterMetrics, RunRecord, aggre
 from chaos.errors import InvalidInput
 
 SCHEMA_VERSION = 1
-Verdict = Literal["held", "deviated", "aborted", "interrupted", "error"]
+Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken"]
+_VERDICTS: frozenset[str] = frozenset(Verdict.__args__)  # type: ignore[attr-defined]
 
 
 class RunInfo(BaseModel):
@@ -77,7 +78,7 @@ def _verdict(record: RunRecord, results: list[ToleranceResult], notes: list[str]
     means the run was cut short (killed, or still going)."""
     failed = [r.name for r in results if not r.ok]
     written = (record.finished or {}).get("verdict")
-    if written in ("held", "deviated", "aborted", "interrupted", "error"):
+    if written in _VERDICTS:
         if written == "held" and failed:
             notes.append(f"the journal says held but these tolerances fail when recomputed: {', '.join(failed)}")
             return "deviated"
