@@ -122,7 +122,7 @@ class HolderChange(_Model):
 
 class TcpEvent(_Model):
     t: float
-    session: str
+    session: str | None  # None: a path the probe skipped (the detail says why)
     direction: str | None
     event: str
     detail: Any = None
@@ -476,7 +476,7 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
         injected=injection,
         takeover=takeover,
         tcp_events=[
-            TcpEvent(t=float(e["t"]), session=str(e.get("session")), direction=e.get("direction"),
+            TcpEvent(t=float(e["t"]), session=_opt_str(e.get("session")), direction=e.get("direction"),
                      event=str(e.get("event")), detail=e.get("detail"))
             for e in ev.tcp if w.contains(float(e["t"]))
         ],
