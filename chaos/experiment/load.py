@@ -245,7 +245,10 @@ def _translate(exc: ValidationError, document: CommentedMap, name: str, data: di
         if error["type"] == "combination":  # only when built without the loader's context
             continue
         clean, message = _message(error, data)
-        problems.append(_problem(name, document, clean, message, missing=error["type"] in ("missing", "union_tag_not_found")))
+        at_key = error["type"] == "extra_forbidden" or loc[-1:] == ("[key]",)  # the key is what is wrong
+        problems.append(
+            _problem(name, document, clean, message, missing=error["type"] in ("missing", "union_tag_not_found"), at_key=at_key)
+        )
     return problems
 
 
@@ -354,9 +357,11 @@ def _unwrap(annotation: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- positions
-def _problem(name: str, document: CommentedMap, loc: Loc, message: str, *, missing: bool = False) -> Problem:
+def _problem(
+    name: str, document: CommentedMap, loc: Loc, message: str, *, missing: bool = False, at_key: bool = False
+) -> Problem:
     loc = _as_written(document, loc)
-    line, column = _position(document, loc, missing=missing)
+    line, column = _position(document, loc, missing=missing, at_key=at_key)
     return Problem(name, line, column, format_loc(loc), message)
 
 
@@ -379,7 +384,7 @@ def _as_written(document: CommentedMap, loc: Loc) -> Loc:
     return tuple(out)
 
 
-def _position(document: CommentedMap, loc: Loc, *, missing: bool = False) -> tuple[int, int]:
+def _position(document: CommentedMap, loc: Loc, *, missing: bool = False, at_key: bool = False) -> tuple[int, int]:
     """1-based line and column of what ``loc`` names: the value of a scalar, the key of a
     mapping entry that holds a mapping or list, the enclosing key when the entry is absent."""
     node: Any = document
@@ -393,7 +398,7 @@ def _position(document: CommentedMap, loc: Loc, *, missing: bool = False) -> tup
                     return best
                 key_pos = node.lc.key(key)
                 child = node[key]
-                if last and (missing or isinstance(child, CommentedMap | CommentedSeq)):
+                if last and (missing or at_key or isinstance(child, CommentedMap | CommentedSeq)):
                     return key_pos[0] + 1, key_pos[1] + 1
                 value_pos = node.lc.value(key)
                 best = (key_pos[0] + 1, key_pos[1] + 1) if not last else (value_pos[0] + 1, value_pos[1] + 1)
