@@ -1,0 +1,347 @@
+"""Every shell command the tool sends to a network node, built in one place.
+
+Commands are built only from validated values: router ids must be Neutron's lowercase UUIDs,
+devices Neutron's ``ha-``/``qr-``/``qg-`` names, signals come from an enum, durations are
+numbers, markers match a short safe alphabet; and every value is ``shlex.quote``d on top, so
+nothing a user, an inventory or the cloud supplies can turn into shell syntax. Faults and
+probes ask this module for commands and never format shell text themselves.
+
+Paths follow Neutron: ``<state_path>/ha_confs/<router_id>/keepalived.conf``, the pid files
+``<state_path>/ha_confs/<router_id>.pid`` and ``.pid-vrrp``, the state file
+``<state_path>/ha_confs/<router_id>/state``. Commands are POSIX sh (dash or bash).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from pathlib import PurePosixPath
+
+from pydantic import BaseModel, ConfigDict
+
+from chaos.model import _device, _router_id
+
+_MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+VRRP_PROTOCOL = 112
+DEADMAN_TAG = "chaos-deadman"
+# Ground truth is gathered in chunks: one shell argument may not exceed 128 KiB (MAX_ARG_STRLEN).
+GROUND_TRUTH_CHUNK = 400
+
+
+class Signal(str, Enum):
+    """Signals a fault may send to keepalived."""
+
+    TERM = "TERM"
+    KILL = "KILL"
+    STOP = "STOP"
+    CONT = "CONT"
+
+
+class LinkAction(str, Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+def q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def router_id(value: str) -> str:
+    """A router id, refused unless it is a lowercase UUID (ValueError)."""
+    return _router_id(value)
+
+
+def device(value: str) -> str:
+    """A Neutron device name, refused unless it is ha-/qr-/qg- plus up to 11 id characters."""
+    return _device(value)
+
+
+def marker(value: str) -> str:
+    """A run/action marker (iptables comment, dead-man tag): short and shell-inert."""
+    if not _MARKER_RE.match(value):
+        raise ValueError(f"marker {value!r} may only hold letters, digits and _.:- (at most 200)")
+    return value
+
+
+def seconds(value: float) -> str:
+    """A non-negative, finite duration rendered for sleep(1)."""
+    v = float(value)
+    if not (0 <= v < 10**7):
+        raise ValueError(f"duration {value!r} is not a number of seconds between 0 and 10^7")
+    return f"{v:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+def namespace(rid: str) -> str:
+    return f"qrouter-{router_id(rid)}"
+
+
+class KeepalivedPaths(BaseModel):
+    """Where Neutron keeps one replica's keepalived files on a node."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conf: str
+    pid: str
+    pid_vrrp: str
+    state: str
+
+
+def keepalived_paths(state_path: PurePosixPath | str, rid: str) -> KeepalivedPaths:
+    confs = PurePosixPath(state_path) / "ha_confs"
+    rid = router_id(rid)
+    return KeepalivedPaths(
+        conf=str(confs / rid / "keepalived.conf"),
+        pid=str(confs / f"{rid}.pid"),
+        pid_vrrp=str(confs / f"{rid}.pid-vrrp"),
+        state=str(confs / rid / "state"),
+    )
+
+
+def as_root(command: str, sudo: bool) -> str:
+    """Wrap a privileged command for a node whose SSH user is not root."""
+    return f"sudo -n sh -c {q(command)}" if sudo else command
+
+
+# --------------------------------------------------------------------------- ground truth
+# One function per node, called once per router: emits tagged lines the parser understands.
+#   R <router_id>                      start of a router's block
+#   N 0|1                              the qrouter namespace exists
+#   S <state file's first line | ->
+#   A <one line of `ip -o -4 addr`>
+#   K <pid|pid-vrrp> <pid|-> <proc state letter|->   (- = not a running keepalived)
+#   L <one line of `ip -o link show dev <ha>`>
+#   E                                  end of block
+_GROUND_TRUTH_FN = r"""gt() {
+  r=$1; ns=qrouter-$1; c=%(confs)s
+  echo "R $r"
+  if [ -e "/run/netns/$ns" ]; then echo "N 1"; else echo "N 0"; fi
+  s=$(head -n1 "$c/$r/state" 2>/dev/null | tr -cd 'a-zA-Z'); echo "S ${s:--}"
+  ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
+  for k in pid pid-vrrp; do
+    p=$(head -n1 "$c/$r.$k" 2>/dev/null | tr -cd '0-9')
+    if [ -n "$p" ] && grep -qa keepalived "/proc/$p/cmdline" 2>/dev/null; then
+      echo "K $k $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"
+    else echo "K $k ${p:--} -"; fi
+  done
+  ip -n "$ns" -o link show dev "$2" 2>/dev/null | sed 's/^/L /'
+  echo E
+}"""
+
+
+def ground_truth(state_path: PurePosixPath | str, replicas: Iterable[tuple[str, str]]) -> str:
+    """One command reading the ground truth of many replicas on one node.
+
+    ``replicas`` are (router_id, ha_device) pairs of replicas hosted on that node.
+    """
+    confs = PurePosixPath(state_path) / "ha_confs"
+    calls = [f"gt {q(router_id(rid))} {q(device(ha))}" for rid, ha in replicas]
+    return _GROUND_TRUTH_FN % {"confs": q(str(confs))} + "\n" + "\n".join(calls)
+
+
+class KeepalivedProcess(BaseModel):
+    pid: int | None
+    alive: bool
+    stopped: bool  # SIGSTOPped (state T)
+
+
+class ReplicaTruth(BaseModel):
+    """What one replica's node says about it, parsed from ``ground_truth`` output."""
+
+    router_id: str
+    namespace_exists: bool = False
+    state: str | None = None
+    addresses: list[tuple[str, str]] = []  # (device, cidr)
+    keepalived: dict[str, KeepalivedProcess] = {}  # "pid", "pid-vrrp"
+    ha_link_up: bool | None = None
+
+    @property
+    def keepalived_alive(self) -> bool:
+        main = self.keepalived.get("pid")
+        return main is not None and main.alive and not main.stopped
+
+    def has_address(self, address: str) -> bool:
+        return any(cidr.split("/", 1)[0] == address for _, cidr in self.addresses)
+
+
+def parse_ground_truth(output: str) -> dict[str, ReplicaTruth]:
+    """Parse ``ground_truth`` output; routers whose block is cut short keep what was read."""
+    result: dict[str, ReplicaTruth] = {}
+    current: ReplicaTruth | None = None
+    for line in output.splitlines():
+        tag, _, rest = line.partition(" ")
+        if tag == "R":
+            current = ReplicaTruth(router_id=rest.strip())
+            result[current.router_id] = current
+        elif current is None:
+            continue
+        elif tag == "N":
+            current.namespace_exists = rest.strip() == "1"
+        elif tag == "S":
+            current.state = None if rest.strip() in ("", "-") else rest.strip()
+        elif tag == "A":
+            fields = rest.split()
+            # "2: ha-xxx    inet 169.254.192.1/18 brd ... scope global ha-xxx\ ..."
+            if len(fields) >= 4 and fields[2] == "inet":
+                current.addresses.append((fields[1], fields[3]))
+        elif tag == "K":
+            fields = rest.split()
+            if len(fields) == 3:
+                which, pid, st = fields
+                current.keepalived[which] = KeepalivedProcess(
+                    pid=int(pid) if pid.isdigit() else None, alive=st != "-", stopped=st == "T"
+                )
+        elif tag == "L":
+            flags = re.search(r"<([^>]*)>", rest)
+            current.ha_link_up = bool(flags) and "UP" in flags.group(1).split(",")  # type: ignore[union-attr]
+        elif tag == "E":
+            current = None
+    return result
+
+
+# --------------------------------------------------------------------------- keepalived
+def _pids_loop(paths: Sequence[str], body: str) -> str:
+    """Run ``body`` with $x set to each pid from ``paths`` that is a running keepalived."""
+    files = " ".join(q(p) for p in paths)
+    return (
+        f"for f in {files}; do x=$(head -n1 \"$f\" 2>/dev/null | tr -cd '0-9'); "
+        f'[ -n "$x" ] || continue; grep -qa keepalived "/proc/$x/cmdline" 2>/dev/null || continue; '
+        f"{body}; done"
+    )
+
+
+def keepalived_signal(state_path: PurePosixPath | str, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
+    """Signal a replica's keepalived, found through its pid files (never a host-wide pattern).
+
+    Prints ``signalled <pid>`` per process; exits 3 when no running keepalived was found, so an
+    injection against a replica without keepalived fails loudly.
+    """
+    p = keepalived_paths(state_path, rid)
+    sig = Signal(signal).value
+    paths = [p.pid_vrrp, p.pid] if vrrp_child else [p.pid]
+    prelude = ""
+    if sig == Signal.KILL.value and vrrp_child:
+        # keepalived's children get SIGTERM when their parent dies (PDEATHSIG) and its parent
+        # restarts a dead child: freeze the parent first, then kill the child, then the parent,
+        # so that no process gets to clean up, as in a crash.
+        prelude = _pids_loop([p.pid], 'kill -s STOP "$x"') + "; "
+    loop = _pids_loop(paths, f'kill -s {sig} "$x" && echo "signalled $x" && n=$((n+1))')
+    return f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {router_id(rid)}' >&2; exit 3; }}"
+
+
+def keepalived_pids(state_path: PurePosixPath | str, rid: str) -> str:
+    """Print ``<pid> <state letter>`` of each running keepalived process of a replica."""
+    p = keepalived_paths(state_path, rid)
+    return _pids_loop([p.pid, p.pid_vrrp], "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\"")
+
+
+def keepalived_start(state_path: PurePosixPath | str, rid: str) -> str:
+    """Start keepalived with Neutron's exact command line inside ``qrouter-<id>``."""
+    p = keepalived_paths(state_path, rid)
+    argv = ["ip", "netns", "exec", namespace(rid), "keepalived", "-P", "-f", p.conf, "-p", p.pid, "-r", p.pid_vrrp]
+    return shlex.join(argv)
+
+
+def keepalived_ensure_running(state_path: PurePosixPath | str, rid: str) -> str:
+    """Idempotent undo of any keepalived fault: continue stopped processes, start one if none runs."""
+    p = keepalived_paths(state_path, rid)
+    cont = _pids_loop([p.pid, p.pid_vrrp], "s=$(sed 's/.*) //' /proc/$x/stat | cut -c1); [ \"$s\" = T ] && kill -s CONT \"$x\" && echo \"continued $x\"")
+    alive = _pids_loop([p.pid], "alive=1")
+    start = keepalived_start(state_path, rid)
+    return f"{cont}; alive=0; {alive}; [ \"$alive\" = 1 ] || {{ {start} && echo 'started keepalived'; }}"
+
+
+def pids_alive(pids: Iterable[int]) -> str:
+    """Print each pid that still runs and is not a zombie, with its state letter."""
+    checked = " ".join(str(int(p)) for p in pids)
+    return (
+        f"for x in {checked}; do s=$(sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -c1); "
+        f'case "$s" in ""|Z|X) ;; *) echo "$x $s";; esac; done; true'
+    )
+
+
+# --------------------------------------------------------------------------- ha- link
+def ha_link_set(rid: str, ha_device: str, action: LinkAction) -> str:
+    """``ip link set`` of the replica's ha- device inside its namespace."""
+    return shlex.join(["ip", "-n", namespace(rid), "link", "set", "dev", device(ha_device), LinkAction(action).value])
+
+
+# --------------------------------------------------------------------------- VRRP partition
+def _vrrp_rules(ha_device: str, mark: str) -> list[list[str]]:
+    dev = device(ha_device)
+    comment = ["-m", "comment", "--comment", marker(mark)]
+    drop = ["-p", str(VRRP_PROTOCOL), *comment, "-j", "DROP"]
+    return [["INPUT", "-i", dev, *drop], ["OUTPUT", "-o", dev, *drop]]
+
+
+def vrrp_block(rid: str, ha_device: str, mark: str) -> str:
+    """Drop VRRP (IP protocol 112) in and out of the replica's ha- device, tagged with ``mark``."""
+    ns = namespace(rid)
+    return " && ".join(shlex.join(["ip", "netns", "exec", ns, "iptables", "-w", "-I", *rule]) for rule in _vrrp_rules(ha_device, mark))
+
+
+def vrrp_unblock(rid: str, ha_device: str, mark: str) -> str:
+    """Remove only the rules carrying ``mark`` (every copy of them); idempotent."""
+    ns = namespace(rid)
+    parts = [
+        f"while {shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-D', *rule])} 2>/dev/null; do :; done"
+        for rule in _vrrp_rules(ha_device, mark)
+    ]
+    return "; ".join(parts) + "; true"
+
+
+def vrrp_rules_count(rid: str, mark: str) -> str:
+    """Print how many filter rules in the namespace carry ``mark``."""
+    ns = namespace(rid)
+    return f"{shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-S'])} | grep -cF -- {q(marker(mark))} || true"
+
+
+# --------------------------------------------------------------------------- dead-man
+def deadman_schedule(mark: str, after: float, undo: Sequence[str]) -> str:
+    """Schedule ``undo`` to run after ``after`` seconds, detached from the SSH session.
+
+    The detached shell gets a session of its own (setsid), ignores the hang-up (nohup), prints
+    ``deadman <pid>`` on the channel and then closes it, so the SSH command returns at once while
+    the timer survives the session, the connection and the runner. Its command line carries
+    ``chaos-deadman <mark>``, which lets a cancel find exactly this timer.
+    """
+    script = f": {DEADMAN_TAG} {marker(mark)}; echo \"deadman $$\" >&3; exec 3>&-; sleep {seconds(after)}; " + "; ".join(undo)
+    return f"nohup setsid sh -c {q(script)} 3>&1 </dev/null >/dev/null 2>&1 &"
+
+
+def parse_deadman_pid(output: str) -> int | None:
+    match = re.search(r"^deadman (\d+)$", output, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def deadman_cancel(mark: str, pid: int | None = None) -> str:
+    """End the dead-man's process group: the pid if known and still ours, else any carrying ``mark``.
+
+    The search pattern is written so that it does not match the command line of the shell
+    running the search itself (``chaos-deadma[n]``).
+    """
+    pattern = q(f"{DEADMAN_TAG[:-1]}[{DEADMAN_TAG[-1]}] {marker(mark)};")
+    if pid is not None:
+        p = int(pid)
+        return f'if grep -qa {pattern} /proc/{p}/cmdline 2>/dev/null; then kill -s TERM -- -{p} 2>/dev/null; echo "cancelled {p}"; fi; true'
+    return (
+        f"for d in /proc/[0-9]*; do if grep -qa {pattern} \"$d/cmdline\" 2>/dev/null; then "
+        f'kill -s TERM -- "-${{d#/proc/}}" 2>/dev/null; echo "cancelled ${{d#/proc/}}"; fi; done; true'
+    )
+
+
+# --------------------------------------------------------------------------- node
+def boot_id() -> str:
+    return "cat /proc/sys/kernel/random/boot_id"
+
+
+def reboot_systemctl(delay: float = 1.0) -> str:
+    """A clean reboot, detached and delayed so that the SSH command returns before the node goes."""
+    return f"nohup setsid sh -c {q(f'sleep {seconds(delay)}; systemctl reboot')} </dev/null >/dev/null 2>&1 &"
+
+
+def reboot_sysrq(delay: float = 1.0) -> str:
+    """An immediate kernel reboot (no sync, no unmount): as close to a power cut as SSH gets."""
+    script = f"sleep {seconds(delay)}; echo 1 > /proc/sys/kernel/sysrq; echo b > /proc/sysrq-trigger"
+    return f"nohup setsid sh -c {q(script)} </dev/null >/dev/null 2>&1 &"

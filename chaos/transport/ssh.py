@@ -1,0 +1,387 @@
+"""One SSH connection per node, shared by every task of a run.
+
+A fresh ``ssh`` per command costs a key exchange and a login shell each time (about 290 ms
+here); one asyncssh connection with several channels costs a round trip. OpenSSH allows
+``MaxSessions`` (10) channels per connection and refuses the tenth with "open failed", so a
+semaphore keeps at most ``max_channels`` (8) open per node and the rest wait their turn.
+
+Host keys are always verified against the node's ``known_hosts`` (or ``~/.ssh/known_hosts``);
+turning that off takes an explicit ``insecure_no_host_key_check=True`` and logs a warning.
+When a node has ``netns`` set, the TCP socket is opened inside that network namespace and
+handed to asyncssh, which is how lab nodes are reached without any route in the root namespace.
+A connection that breaks (a node rebooted) is dropped and the next command reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import asyncssh
+from pydantic import BaseModel
+
+from chaos.errors import InfrastructureError
+from chaos.log import get_logger
+from chaos.model import Node
+from chaos.transport.netns import open_socket
+from chaos.transport.node_commands import as_root
+
+log = get_logger("ssh")
+
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+KEEPALIVE_INTERVAL = 2.0  # a half-open connection to a node that lost power dies in ~6 s
+KEEPALIVE_COUNT_MAX = 3
+OPEN_RETRIES = 8  # 5 ms doubling: gives sshd up to about 1.3 s to free a session slot
+
+
+class CommandResult(BaseModel):
+    node: str
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class _Client(asyncssh.SSHClient):
+    """Remembers that the connection is gone, so the pool reconnects instead of reusing it."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+class _Conn:
+    def __init__(self, conn: asyncssh.SSHClientConnection, client: _Client, jump: asyncssh.SSHClientConnection | None) -> None:
+        self.conn = conn
+        self.client = client
+        self.jump = jump
+
+    @property
+    def usable(self) -> bool:
+        return not self.client.lost and not self.conn.is_closed()
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.jump is not None:
+            self.jump.close()
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " / ".join(text.strip().splitlines()[-lines:])
+
+
+def parse_jump_host(spec: str) -> tuple[str | None, str, int]:
+    """``user@host:port`` (user and port optional, IPv6 in brackets) -> (user, host, port)."""
+    user, _, hostport = spec.rpartition("@")
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = hostport.partition(":")
+    if not host:
+        raise InfrastructureError(f"jump host {spec!r} is not user@host:port")
+    try:
+        return (user or None, host, int(port) if port else 22)
+    except ValueError:
+        raise InfrastructureError(f"jump host {spec!r} has a port that is not a number") from None
+
+
+class SshPool:
+    """SSH connections to a set of nodes, one each, opened on first use and closed on exit."""
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        *,
+        max_channels: int = 8,
+        connect_timeout: float = 10,
+        command_timeout: float = 30,
+        connect_retries: int = 3,
+        retry_backoff: float = 0.5,
+        insecure_no_host_key_check: bool = False,
+    ) -> None:
+        if not 1 <= max_channels <= 9:
+            raise ValueError("max_channels must be 1..9: OpenSSH refuses the 10th channel (MaxSessions 10)")
+        self.nodes = {n.name: n for n in nodes}
+        self.max_channels = max_channels
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.connect_retries = connect_retries
+        self.retry_backoff = retry_backoff
+        self.insecure = insecure_no_host_key_check
+        if self.insecure:
+            log.warning("SSH host keys will NOT be verified (insecure_no_host_key_check)", nodes=sorted(self.nodes))
+        self._conns: dict[str, _Conn] = {}
+        self._locks = {name: asyncio.Lock() for name in self.nodes}
+        self._channels = {name: asyncio.Semaphore(max_channels) for name in self.nodes}
+
+    async def __aenter__(self) -> SshPool:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            c.close()
+        for c in conns:
+            try:
+                async with asyncio.timeout(5):
+                    await c.conn.wait_closed()
+            except (TimeoutError, OSError, asyncssh.Error):
+                pass
+
+    def node(self, name: str) -> Node:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise InfrastructureError(f"no node named {name!r} in this run's topology") from None
+
+    def forget(self, name: str) -> None:
+        """Drop a node's connection (after a reboot, say); the next command reconnects."""
+        conn = self._conns.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    # ------------------------------------------------------------------ connecting
+    def _known_hosts(self, node: Node) -> Any:
+        if self.insecure:
+            return None
+        path = (node.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+        if not path.is_file():
+            raise InfrastructureError(
+                f"{node.name}: no known_hosts file at {path}; host keys must be verifiable",
+                hint="set known_hosts for the node in the inventory, or add the host key to ~/.ssh/known_hosts",
+            )
+        return str(path)
+
+    def _options(self, node: Node, user: str, known_hosts: Any) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "username": user,
+            "known_hosts": known_hosts,
+            "config": None,  # everything that matters is in the Node; ~/.ssh/config must not change it
+            "connect_timeout": self.connect_timeout,
+            "login_timeout": self.connect_timeout,
+            "keepalive_interval": KEEPALIVE_INTERVAL,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        }
+        if node.key_file is not None:
+            options["client_keys"] = [str(node.key_file.expanduser())]
+            options["agent_path"] = os.environ.get("SSH_AUTH_SOCK") or None
+        return options
+
+    async def _open(self, node: Node) -> _Conn:
+        known_hosts = self._known_hosts(node)
+        jump: asyncssh.SSHClientConnection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout + 2):
+                if node.jump_host:
+                    juser, jhost, jport = parse_jump_host(node.jump_host)
+                    jsock = await open_socket(node.netns, jhost, jport, self.connect_timeout) if node.netns else None
+                    jump = await asyncssh.connect(
+                        jhost, jport, sock=jsock, **self._options(node, juser or node.user, known_hosts)
+                    )
+                    sock = None
+                elif node.netns:
+                    sock = await open_socket(node.netns, node.address, node.port, self.connect_timeout)
+                else:
+                    sock = None
+                client = _Client()
+                conn, _ = await asyncssh.create_connection(
+                    lambda: client,
+                    node.address,
+                    node.port,
+                    sock=sock,
+                    tunnel=jump,
+                    **self._options(node, node.user, known_hosts),
+                )
+                return _Conn(conn, client, jump)
+        except BaseException:
+            if jump is not None:
+                jump.close()
+            raise
+
+    async def _connection(self, name: str) -> _Conn:
+        node = self.node(name)
+        existing = self._conns.get(name)
+        if existing is not None and existing.usable:
+            return existing
+        async with self._locks[name]:
+            existing = self._conns.get(name)
+            if existing is not None and existing.usable:
+                return existing
+            if existing is not None:
+                self.forget(name)
+            last: BaseException | None = None
+            for attempt in range(self.connect_retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+                try:
+                    conn = await self._open(node)
+                except asyncssh.HostKeyNotVerifiable as exc:
+                    raise InfrastructureError(
+                        f"{name}: the host key of {node.address} is not trusted by {node.known_hosts or DEFAULT_KNOWN_HOSTS} ({exc.reason})",
+                        hint="a changed host key can mean a reinstalled node or a man in the middle; check it, then update known_hosts",
+                    ) from None
+                except asyncssh.PermissionDenied as exc:
+                    raise InfrastructureError(
+                        f"{name}: SSH authentication as {node.user} failed ({exc.reason})",
+                        hint="check the node's user and key_file, or the keys of your ssh-agent",
+                    ) from None
+                except (OSError, TimeoutError, asyncssh.Error) as exc:
+                    last = exc
+                    log.debug("ssh connect failed", node=name, attempt=attempt + 1, error=str(exc) or type(exc).__name__)
+                    continue
+                self._conns[name] = conn
+                return conn
+            reason = "timed out" if isinstance(last, TimeoutError) else (str(last) or type(last).__name__)
+            raise InfrastructureError(
+                f"{name}: cannot reach {node.address}:{node.port} over SSH after {self.connect_retries + 1} attempts: {reason}"
+            )
+
+    # ------------------------------------------------------------------ commands
+    def _wrap(self, name: str, command: str) -> str:
+        return as_root(command, self.node(name).sudo)
+
+    async def run(
+        self, node: str, command: str, *, timeout: float | None = None, check: bool = True, input: str | None = None
+    ) -> CommandResult:
+        """Run one command on ``node`` and collect its output.
+
+        Raises InfrastructureError when the node cannot be reached, the command outlives
+        ``timeout`` (its channel is closed), the connection breaks, or, with ``check``, the
+        command exits non-zero (the message carries the tail of stderr).
+        """
+        limit = self.command_timeout if timeout is None else timeout
+        started = time.monotonic()
+        conn = await self._connection(node)
+        process: asyncssh.SSHClientProcess[str] | None = None
+        try:
+            async with asyncio.timeout(limit):
+                async with self._channels[node]:
+                    try:
+                        process = await _open_channel(conn.conn, self._wrap(node, command), input=input)
+                        completed = await process.wait(check=False)
+                    finally:
+                        # sshd counts a session until the close handshake ends; only then is the slot free.
+                        await _close_channel(process)
+        except TimeoutError:
+            raise InfrastructureError(f"{node}: command timed out after {limit:g}s: {_short(command)}") from None
+        except (OSError, asyncssh.Error) as exc:
+            if not conn.usable:
+                self._conns.pop(node, None)
+            raise InfrastructureError(f"{node}: SSH failed while running {_short(command)}: {exc}") from None
+        status = completed.exit_status
+        if status is None:  # ended by a signal
+            status = 128 + _signal_number(completed.exit_signal)
+        result = CommandResult(
+            node=node,
+            command=command,
+            exit_status=status,
+            stdout=str(completed.stdout or ""),
+            stderr=str(completed.stderr or ""),
+            duration_s=time.monotonic() - started,
+        )
+        if check and status != 0:
+            raise InfrastructureError(f"{node}: command exited {status}: {_short(command)}: {_tail(result.stderr) or _tail(result.stdout)}")
+        return result
+
+    async def stream(self, node: str, command: str, *, timeout: float | None = None) -> AsyncIterator[str]:
+        """Lines (without newline) of a long-lived command, until it ends or ``timeout`` passes.
+
+        The channel is closed when the iterator is closed or cancelled: use it inside
+        ``contextlib.aclosing`` (or let cancellation reach it) so the channel is never left open.
+        ``timeout`` (default ``command_timeout``) bounds the whole stream; at the deadline the
+        iteration simply ends.
+        """
+        limit = self.command_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        conn = await self._connection(node)
+        process: asyncssh.SSHClientProcess[str] | None = None
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._channels[node].acquire()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    process = await _open_channel(conn.conn, self._wrap(node, command))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    try:
+                        async with asyncio.timeout(remaining):
+                            line = await process.stdout.readline()
+                    except TimeoutError:
+                        return
+                    if not line:
+                        return
+                    yield line.rstrip("\n")
+            finally:
+                try:
+                    await _close_channel(process)
+                finally:
+                    self._channels[node].release()
+        except TimeoutError:
+            raise InfrastructureError(f"{node}: could not open a channel within {limit:g}s for {_short(command)}") from None
+        except (OSError, asyncssh.Error) as exc:
+            if not conn.usable:
+                self._conns.pop(node, None)
+            raise InfrastructureError(f"{node}: SSH failed while streaming {_short(command)}: {exc}") from None
+
+
+async def _open_channel(
+    conn: asyncssh.SSHClientConnection, command: str, *, input: str | None = None
+) -> asyncssh.SSHClientProcess[str]:
+    """Open a channel, retrying briefly when sshd still counts sessions that just closed.
+
+    sshd frees a session slot only once it has reaped the session's child, a little after the
+    channel's close handshake; at 8 channels in flight it was seen to refuse about one open in
+    ten ("open failed") for a few milliseconds. Those refusals are retried, nothing else.
+    """
+    for attempt in range(OPEN_RETRIES):
+        try:
+            return await conn.create_process(command, input=input, encoding="utf-8", errors="replace")
+        except asyncssh.ChannelOpenError:
+            if attempt == OPEN_RETRIES - 1:
+                raise
+            await asyncio.sleep(0.005 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+async def _close_channel(process: asyncssh.SSHClientProcess[str] | None) -> None:
+    """Close a channel and wait (briefly) for the server to confirm, even when cancelled."""
+    if process is None:
+        return
+    process.close()
+    try:
+        async with asyncio.timeout(2):
+            await asyncio.shield(process.wait_closed())
+    except (TimeoutError, OSError, asyncssh.Error):
+        pass
+
+
+def _short(command: str, limit: int = 120) -> str:
+    one_line = " ".join(command.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+
+
+def _signal_number(name: str | None) -> int:
+    import signal
+
+    try:
+        return int(signal.Signals[f"SIG{name}"]) if name else 0
+    except KeyError:
+        return 0

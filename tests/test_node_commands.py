@@ -1,0 +1,198 @@
+"""Node commands: refused when a value is not what Neutron would produce, quoted always.
+
+The shell snippets are run here with the local sh where they only read files or sleep, so the
+tests check real shell behaviour, not just strings. Reboot commands are only inspected.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from chaos.transport import node_commands as nc
+
+RID = "cfff158b-fb81-50e1-abe2-769b312e5ed7"
+HA = "ha-e7dbb7a0-b5"
+EVIL_IDS = [
+    "cfff158b-fb81-50e1-abe2-769b312e5ed7; rm -rf /",
+    "$(reboot)",
+    "cfff158b-fb81-50e1-abe2-769b312e5ed7`id`",
+    "CFFF158B-FB81-50E1-ABE2-769B312E5ED7",
+    "../../etc/passwd",
+    "",
+]
+
+
+def sh(command: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("bad", EVIL_IDS)
+def test_router_id_with_shell_metacharacters_is_refused(bad: str) -> None:
+    builders = [
+        lambda: nc.ground_truth("/var/lib/neutron", [(bad, HA)]),
+        lambda: nc.keepalived_signal("/var/lib/neutron", bad, nc.Signal.KILL),
+        lambda: nc.keepalived_start("/var/lib/neutron", bad),
+        lambda: nc.keepalived_ensure_running("/var/lib/neutron", bad),
+        lambda: nc.ha_link_set(bad, HA, nc.LinkAction.DOWN),
+        lambda: nc.vrrp_block(bad, HA, "chaos-r1-a1"),
+        lambda: nc.vrrp_unblock(bad, HA, "chaos-r1-a1"),
+    ]
+    for build in builders:
+        with pytest.raises(ValueError):
+            build()
+
+
+@pytest.mark.parametrize("bad", ["eth0", "ha-x; reboot", "ha-$(id)", "qg-0123456789abcdef", "tap-1234"])
+def test_device_names_other_than_neutrons_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        nc.ha_link_set(RID, bad, nc.LinkAction.DOWN)
+    with pytest.raises(ValueError):
+        nc.ground_truth("/var/lib/neutron", [(RID, bad)])
+
+
+@pytest.mark.parametrize("bad", ["a b", "x;y", "'", "-leading", "a" * 201, ""])
+def test_markers_are_refused_unless_shell_inert(bad: str) -> None:
+    with pytest.raises(ValueError):
+        nc.vrrp_block(RID, HA, bad)
+    with pytest.raises(ValueError):
+        nc.deadman_schedule(bad, 1, ["true"])
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), 1e9])
+def test_durations_must_be_sane_numbers(bad: float) -> None:
+    with pytest.raises(ValueError):
+        nc.deadman_schedule("chaos-r1-a1", bad, ["true"])
+
+
+def test_signals_come_from_the_enum() -> None:
+    with pytest.raises(ValueError):
+        nc.keepalived_signal("/var/lib/neutron", RID, "HUP; reboot")  # type: ignore[arg-type]
+
+
+def test_keepalived_start_is_neutrons_command_line() -> None:
+    argv = shlex.split(nc.keepalived_start("/var/lib/neutron", RID))
+    confs = "/var/lib/neutron/ha_confs"
+    assert argv == [
+        "ip", "netns", "exec", f"qrouter-{RID}",
+        "keepalived", "-P", "-f", f"{confs}/{RID}/keepalived.conf", "-p", f"{confs}/{RID}.pid", "-r", f"{confs}/{RID}.pid-vrrp",
+    ]
+
+
+def test_state_path_with_odd_characters_stays_one_word(tmp_path: Path) -> None:
+    odd = tmp_path / "state $(touch pwned) 'q'"
+    confs = odd / "ha_confs" / RID
+    confs.mkdir(parents=True)
+    (confs / "state").write_text("primary\n")
+    (odd / "ha_confs" / f"{RID}.pid").write_text(f"{os.getpid()}\n")  # a live pid that is not keepalived
+    out = sh(nc.ground_truth(odd, [(RID, HA)]), timeout=20)
+    assert not (Path.cwd() / "pwned").exists() and not (tmp_path / "pwned").exists()
+    truth = nc.parse_ground_truth(out.stdout)[RID]
+    assert truth.state == "primary"
+    assert truth.namespace_exists is False  # no such namespace on this machine
+    assert truth.keepalived["pid"].pid == os.getpid() and truth.keepalived["pid"].alive is False
+    assert truth.keepalived_alive is False and truth.addresses == []
+
+
+def test_parse_ground_truth_reads_every_field() -> None:
+    output = "\n".join(
+        [
+            f"R {RID}",
+            "N 1",
+            "S primary",
+            "A 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever",
+            f"A 2: {HA}    inet 169.254.0.1/24 scope global {HA}\\       valid_lft forever",
+            "A 4: qg-7726395c-ff    inet 100.64.1.1/16 scope global qg-7726395c-ff\\       valid_lft forever",
+            "K pid 25 S",
+            "K pid-vrrp 26 T",
+            f"L 2: {HA}@if18: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP",
+            "E",
+            "R 4d436c1e-6fec-59fb-bb5b-139361adc266",
+            "N 1",
+            "S -",
+            "K pid - -",
+            "K pid-vrrp - -",
+            f"L 2: {HA}@if18: <BROADCAST,MULTICAST> mtu 1500 state DOWN",
+            "E",
+        ]
+    )
+    truths = nc.parse_ground_truth(output)
+    a = truths[RID]
+    assert a.state == "primary" and a.has_address("169.254.0.1") and a.has_address("100.64.1.1")
+    assert a.keepalived_alive and a.keepalived["pid-vrrp"].stopped and a.ha_link_up is True
+    b = truths["4d436c1e-6fec-59fb-bb5b-139361adc266"]
+    assert b.state is None and not b.keepalived_alive and b.ha_link_up is False
+
+
+def test_vrrp_rules_drop_protocol_112_both_ways_with_the_marker() -> None:
+    block = nc.vrrp_block(RID, HA, "chaos-run1-a2")
+    assert block.count("-p 112") == 2 and "-I INPUT -i " + HA in block and "-I OUTPUT -o " + HA in block
+    assert block.count("--comment chaos-run1-a2") == 2
+    unblock = nc.vrrp_unblock(RID, HA, "chaos-run1-a2")
+    assert "-I " not in unblock and unblock.count("-D ") == 2 and unblock.count("chaos-run1-a2") == 2
+
+
+def test_sudo_wraps_the_whole_command_quoted() -> None:
+    wrapped = nc.as_root("echo a; echo 'b'", sudo=True)
+    assert shlex.split(wrapped) == ["sudo", "-n", "sh", "-c", "echo a; echo 'b'"]
+    assert nc.as_root("true", sudo=False) == "true"
+
+
+def test_reboot_commands_are_built_detached_and_not_run() -> None:
+    ssh = nc.reboot_systemctl()
+    sysrq = nc.reboot_sysrq()
+    for cmd in (ssh, sysrq):
+        words = shlex.split(cmd)
+        assert words[:4] == ["nohup", "setsid", "sh", "-c"] and cmd.rstrip().endswith("&")
+    assert "systemctl reboot" in shlex.split(ssh)[4]
+    assert "echo b > /proc/sysrq-trigger" in shlex.split(sysrq)[4]
+
+
+def _wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_deadman_fires_by_itself_after_the_shell_is_gone(tmp_path: Path) -> None:
+    flag = tmp_path / "undone"
+    started = time.monotonic()
+    out = sh(nc.deadman_schedule("chaos-test-fire", 0.5, [f"touch {shlex.quote(str(flag))}"]))
+    assert time.monotonic() - started < 0.4, "scheduling must return at once"
+    pid = nc.parse_deadman_pid(out.stdout)
+    assert pid is not None and pid != os.getpid()
+    assert not flag.exists()
+    assert _wait_for(flag.exists, 5)
+
+
+def test_deadman_cancel_by_pid_and_by_marker(tmp_path: Path) -> None:
+    for by_pid in (True, False):
+        flag = tmp_path / f"undone-{by_pid}"
+        mark = f"chaos-test-cancel-{int(by_pid)}"
+        out = sh(nc.deadman_schedule(mark, 1.0, [f"touch {shlex.quote(str(flag))}"]))
+        pid = nc.parse_deadman_pid(out.stdout)
+        assert pid is not None and Path(f"/proc/{pid}").exists()
+        cancel = sh(nc.deadman_cancel(mark, pid if by_pid else None))
+        assert cancel.returncode == 0 and f"cancelled {pid}" in cancel.stdout
+        assert _wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3], 2)
+        time.sleep(1.3)
+        assert not flag.exists(), "a cancelled dead-man must not undo"
+
+
+def test_deadman_cancel_by_pid_leaves_foreign_processes_alone() -> None:
+    proc = subprocess.Popen(["sleep", "5"], start_new_session=True)
+    try:
+        out = sh(nc.deadman_cancel("chaos-test-foreign", proc.pid))
+        assert "cancelled" not in out.stdout
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
