@@ -256,3 +256,15 @@ def test_shipped_hypotheses_follow_vrrp_physics() -> None:
     partition = load_experiment(ROOT / "experiments/vrrp-partition.yaml")
     split = partition.steady_state_hypothesis.tolerances["split_brain_s"]
     assert split.phase == "during" and split.min is not None and 0 < split.min < (partition.fault.duration or 0) - master_down
+
+
+def test_the_documented_example_validates_and_the_docs_list_every_metric() -> None:
+    import re
+
+    doc = (ROOT / "docs/experiment-format.md").read_text()
+    example = re.search(r"## Example\n\n```yaml\n(.*?)```", doc, re.S)
+    assert example is not None
+    check = check_text(example[1], "docs example")
+    assert check.ok, check.problems
+    for name in METRICS:
+        assert f"| `{name}` |" in doc, f"{name} is missing from the docs' catalog"
