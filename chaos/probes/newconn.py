@@ -1,0 +1,173 @@
+"""New TCP connections through each router: can clients still connect while the fault holds?
+
+Held sessions (``chaos.probes.tcp``) answer whether existing flows survive; this probe answers
+whether new ones get through. Every ``interval``, for every router and direction, it opens a
+NEW connection, exchanges one line with the echo service, and closes it. Each attempt is one
+``probe.newconn`` event: router_id, direction, address (the floating IP), ok, latency (seconds
+from the start of the connect to the echo, null on failure), error (null, or ``timeout``,
+``ECONNREFUSED``, ...), phase (where it failed: ``connect`` or ``exchange``; null when ok),
+started (wall time the attempt began).
+
+Attempts of all paths are spread over the interval. An attempt is bounded by ``timeout``,
+which is shorter than the interval, so a path never has two attempts at once; a semaphore
+bounds how many run together across paths. An attempt that cannot get a slot in time is
+skipped (counted in the stats), not recorded as a failure: that would blame the network for
+the probe's own limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from chaos.model import Topology
+from chaos.probes.base import (
+    DIRECTIONS,
+    ProbeStats,
+    RunBound,
+    TcpPath,
+    close_writer,
+    error_name,
+    open_tcp,
+    tcp_paths,
+)
+from chaos.runner.journal import Journal
+
+MESSAGE = b"chaos-newconn\n"
+
+
+class NewConnectionProbe:
+    """Opens a new connection per router and direction every interval; see the module docstring."""
+
+    kind = "probe.newconn"
+
+    def __init__(
+        self,
+        topology: Topology,
+        journal: Journal,
+        *,
+        router_ids: Iterable[str] | None = None,
+        directions: Iterable[str] = DIRECTIONS,
+        interval: float = 1.0,
+        timeout: float | None = None,
+        max_concurrency: int = 32,
+    ) -> None:
+        timeout = min(1.0, 0.8 * interval) if timeout is None else timeout
+        if interval <= 0 or not 0 < timeout < interval:
+            raise ValueError("need 0 < timeout < interval: a path must never have two attempts at once")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.journal = journal
+        self.interval = interval
+        self.timeout = timeout
+        self.paths, self.skipped = tcp_paths(topology, router_ids, directions)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._busy: set[int] = set()
+        self.attempts = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.skipped_attempts = 0
+        self._failing: dict[int, bool] = {}
+
+    async def run(self, stop: asyncio.Event, max_duration: float) -> None:
+        """Attempt until ``stop`` or ``max_duration``; returns within ``max_duration + timeout``."""
+        bound = RunBound(stop, max_duration)
+        for skip in self.skipped:
+            self.journal.write(
+                self.kind, router_id=skip.router_id, direction=skip.direction, ok=None,
+                latency=None, error="skipped", phase=None, detail=skip.reason,
+            )
+        if not self.paths:
+            return
+        n = len(self.paths)
+        step = self.interval / n
+        start = time.monotonic()
+        k = j = 0
+        async with asyncio.TaskGroup() as tg:
+            while not bound.over():
+                due = start + k * self.interval + j * step
+                if await bound.sleep(due - time.monotonic()):
+                    break
+                if j in self._busy:
+                    self.skipped_attempts += 1
+                else:
+                    self._busy.add(j)
+                    tg.create_task(self._attempt(j, self.paths[j]))
+                j += 1
+                if j == n:
+                    j = 0
+                    k += 1
+                    behind = time.monotonic() - (start + k * self.interval)
+                    if behind > self.interval:  # held up for a whole round: resume, do not burst
+                        k += int(behind // self.interval)
+
+    async def _attempt(self, index: int, path: TcpPath) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                self.skipped_attempts += 1
+                return
+            try:
+                await self._connect_and_echo(index, path)
+            finally:
+                self._slots.release()
+        finally:
+            self._busy.discard(index)
+
+    async def _connect_and_echo(self, index: int, path: TcpPath) -> None:
+        started_wall = time.time()
+        started = time.monotonic()
+        deadline = started + self.timeout
+        phase = "connect"
+        error: str | None = None
+        latency: float | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await open_tcp(path.netns, path.host, path.port, self.timeout)
+            phase = "exchange"
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())):
+                writer.write(MESSAGE)
+                await writer.drain()
+                echo = await reader.readline()
+            if echo != MESSAGE:
+                error = "EOF" if not echo else "wrong echo"
+            else:
+                latency = time.monotonic() - started
+        except (OSError, TimeoutError) as exc:
+            error = error_name(exc)
+        finally:
+            if writer is not None:
+                await close_writer(writer, timeout=0.5)
+        ok = error is None
+        self.attempts += 1
+        if ok:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self._failing[index] = not ok
+        self.journal.write(
+            self.kind,
+            router_id=path.router_id,
+            direction=path.direction,
+            address=path.address,
+            ok=ok,
+            latency=None if latency is None else round(latency, 6),
+            error=error,
+            phase=None if ok else phase,
+            started=round(started_wall, 6),
+        )
+
+    def stats(self) -> ProbeStats:
+        return ProbeStats(
+            probe="newconn",
+            sent=self.attempts,
+            received=self.succeeded,
+            lost=self.failed,
+            failing=tuple(
+                f"{self.paths[i].direction}:{self.paths[i].address}" for i, bad in sorted(self._failing.items()) if bad
+            ),
+            detail={"paths": len(self.paths), "skipped_attempts": self.skipped_attempts, "skipped_paths": len(self.skipped)},
+        )
