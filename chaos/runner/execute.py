@@ -145,14 +145,13 @@ def build_probes(
                              netns=topology.vantage.netns)
             runners.append(icmp.run)
     if probes.tcp is not None:
-        tcp = TcpSessionProbe(routers, topology.vantage, journal, sessions=probes.tcp.sessions,
-                              interval=probes.tcp.interval, stall=probes.tcp.stall,
-                              directions=tuple(probes.tcp.directions))
+        tcp = TcpSessionProbe(topology, journal, router_ids=ids, directions=probes.tcp.directions,
+                              sessions=probes.tcp.sessions, interval=probes.tcp.interval, stall=probes.tcp.stall)
         runners.append(tcp.run)
     if probes.new_connections is not None:
-        nc = NewConnectionProbe(routers, topology.vantage, journal, interval=probes.new_connections.interval,
-                                timeout=probes.new_connections.timeout,
-                                directions=tuple(probes.new_connections.directions))
+        nc_spec = probes.new_connections
+        nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
+                                interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
         runners.append(nc.run)
     return runners
 

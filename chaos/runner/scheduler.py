@@ -112,22 +112,26 @@ class Scheduler:
             raise Interrupted(f"interrupted by {self.interrupted}; every injected fault was rolled back")
 
     async def _run_guarded(self) -> None:
-        stop = asyncio.Event()
         limit = self.safeguards.max_run_duration
         try:
             async with asyncio.timeout(limit):
-                async with asyncio.TaskGroup() as tg:
-                    for probe in self.probes:
-                        tg.create_task(probe(stop, limit))
-                    observer = tg.create_task(self._observe(stop))
-                    await self._waves()
-                    await _sleep_unless(stop, self.settle)
-                    stop.set()
-                    await observer
+                await self._run_tasks(limit)
         except TimeoutError:
             raise SafeguardAbort(
                 f"the run exceeded safeguards.max_run_duration ({limit:g}s); everything was rolled back"
             ) from None
+
+    async def _run_tasks(self, limit: float) -> None:
+        stop = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for probe in self.probes:
+                    tg.create_task(probe(stop, limit))
+                observer = tg.create_task(self._observe(stop))
+                await self._waves()
+                await _sleep_unless(stop, self.settle)
+                stop.set()
+                await observer
         except* SafeguardAbort as group:
             raise group.exceptions[0] from None
         except* SteadyStateBroken as group:
