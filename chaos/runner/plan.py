@@ -8,37 +8,18 @@ runs at all.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from chaos.errors import InvalidInput, SafeguardAbort
+from chaos.experiment.schema import ReplicaRole, RouterSelector, Safeguards, TargetMode
 from chaos.model import Replica, Router, Topology
 
-Mode = Literal["one", "all", "fixed", "fixed-percent", "random-max-percent"]
-Role = Literal["primary", "backup", "any"]
 NODE_FAULTS = frozenset({"gateway-reboot", "agent-evacuate"})
-
-
-class RouterSelector(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = None
-    ids: list[str] | None = None
-    project: str | None = None
-    tags: list[str] | None = None
-
-
-class Safeguards(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_concurrent_routers: int = 10
-    max_nodes_at_once: int = 1
-    abort_when_routers_without_primary: int | None = None
-    grace: float = 15.0
-    max_run_duration: float = 600.0
 
 
 class PlannedAction(BaseModel):
@@ -68,12 +49,15 @@ class Plan(BaseModel):
 def select_routers(
     topology: Topology,
     selector: RouterSelector,
-    mode: Mode,
+    mode: TargetMode,
     value: float | None,
     seed: int | None,
 ) -> list[Router]:
     """The routers an experiment targets, sampled reproducibly with ``seed``."""
-    candidates = [r for r in topology.routers if _matches(r, selector)]
+    candidates = [
+        r for r in topology.routers
+        if selector.matches(name=r.name, router_id=r.id, project_id=r.project_id, tags=r.tags)
+    ]
     if not candidates:
         raise InvalidInput(
             f"no router of {topology.source} matches the target selector {selector.model_dump(exclude_none=True)}",
@@ -97,17 +81,7 @@ def select_routers(
     return sorted(chosen, key=lambda r: (r.name, r.id))
 
 
-def _matches(router: Router, sel: RouterSelector) -> bool:
-    if sel.name is not None and not fnmatch.fnmatchcase(router.name, sel.name):
-        return False
-    if sel.ids is not None and router.id not in sel.ids:
-        return False
-    if sel.project is not None and router.project_id != sel.project:
-        return False
-    return sel.tags is None or set(sel.tags) <= set(router.tags)
-
-
-def choose_replica(router: Router, holders: Sequence[str], role: Role, rng: random.Random) -> Replica:
+def choose_replica(router: Router, holders: Sequence[str], role: ReplicaRole, rng: random.Random) -> Replica:
     """The replica a fault hits: the one holding the addresses, one that does not, or any."""
     if role == "primary":
         pool = [rep for rep in router.replicas if rep.node in holders]

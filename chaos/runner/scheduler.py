@@ -25,7 +25,8 @@ from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.replicas import observe
 from chaos.runner.journal import Journal
-from chaos.runner.plan import Plan, PlannedAction, Safeguards
+from chaos.experiment.schema import Safeguards
+from chaos.runner.plan import Plan, PlannedAction
 
 log = structlog.get_logger("runner")
 
