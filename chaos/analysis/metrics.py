@@ -28,59 +28,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Phase = Literal["before", "during", "after"]
-PHASES: tuple[Phase, ...] = ("before", "during", "after")
+from chaos.experiment.metrics_catalog import AGGREGATES, METRICS, PHASES, Metric, Phase
+
 Value = float | int | None
 
 
-class MetricSpec(BaseModel):
-    """One entry of the metric catalog: what a tolerance name means."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    unit: Literal["s", "count"]
-    scope: Literal["fip", "router"]
-    worse: Literal["higher", "lower"]  # which way a floating IP's value is worse, to pick the router's value
-    description: str
-
-
-def _spec(name: str, unit: Literal["s", "count"], scope: Literal["fip", "router"], description: str,
-          worse: Literal["higher", "lower"] = "higher") -> MetricSpec:
-    return MetricSpec(name=name, unit=unit, scope=scope, worse=worse, description=description)
-
-
-CATALOG: dict[str, MetricSpec] = {
-    s.name: s
-    for s in (
-        _spec("outage_s", "s", "fip", "longest run of consecutive lost echo requests"),
-        _spec("lost", "count", "fip", "echo requests without reply"),
-        _spec("sent", "count", "fip", "echo requests sent", worse="lower"),
-        _spec("outages", "count", "fip", "separate runs of lost echo requests"),
-        _spec("failover_s", "s", "router", "injection to a new replica holding the addresses"),
-        _spec("split_brain_s", "s", "router", "time with two or more replicas holding the addresses"),
-        _spec("no_primary_s", "s", "router", "time with no replica holding the addresses"),
-        _spec("transitions", "count", "router", "changes of the set of replicas holding the addresses"),
-        _spec("primaries_before", "count", "router", "replicas holding the addresses before injection"),
-        _spec("primaries_after", "count", "router", "replicas holding the addresses at the end"),
-        _spec("tcp_sessions", "count", "router", "TCP probe sessions"),
-        _spec("tcp_dropped", "count", "router", "TCP sessions ended by reset or timeout"),
-        _spec("tcp_dropped_inbound", "count", "router", "inbound TCP sessions ended by reset or timeout"),
-        _spec("tcp_dropped_outbound", "count", "router", "outbound TCP sessions ended by reset or timeout"),
-        _spec("tcp_max_stall_s", "s", "router", "longest stall of a TCP session"),
-        _spec("new_conn_recovery_inbound_s", "s", "router", "injection to new inbound connections working again"),
-        _spec("new_conn_recovery_outbound_s", "s", "router", "injection to new outbound connections working again"),
-        _spec("garp_delay_s", "s", "router", "new primary taking the addresses to its first gratuitous ARP"),
-        _spec("garp_count", "count", "router", "gratuitous ARPs for the router's addresses"),
-        _spec("conntrack_entries", "count", "router", "probe flows tracked on the primary before the fault"),
-        _spec("conntrack_replicated", "count", "router", "of those, present on the backup before the fault"),
-        _spec("conntrack_lost", "count", "router", "of those, absent on the new primary after failover"),
-        _spec("api_lag_s", "s", "router", "real change of primary to the API showing it active"),
-        _spec("api_disagreements", "count", "router", "API polls whose active agents differ from the real holders"),
-    )
-}
-
-AGGREGATES: tuple[str, ...] = ("p50", "p95", "p99", "max", "min", "mean", "sum", "count")
+# One catalog for the validator, the analysis and the reports: names, units, which end is worse.
+CATALOG: dict[str, Metric] = METRICS
 
 _DROP_EVENTS = frozenset({"reset", "timeout"})
 _END_EVENTS = frozenset({"reset", "timeout", "closed"})
@@ -488,7 +442,7 @@ def _icmp(res: _Result, ev: _RouterEvents, w: Window) -> list[FipMetrics]:
     fips = [fip_metrics(a, [s for s in samples if w.contains(s[0])]) for a, samples in sorted(ev.icmp.items())]
     for name in ("outage_s", "lost", "sent", "outages"):
         values = [getattr(f, name) for f in fips if getattr(f, name) is not None]
-        pick = min if CATALOG[name].worse == "lower" else max
+        pick = min if CATALOG[name].worst == "min" else max
         res.set(name, pick(values) if values else None, "no icmp samples")
     return fips
 
