@@ -325,9 +325,10 @@ def deadman_cancel(mark: str, pid: int | None = None) -> str:
     if pid is not None:
         p = int(pid)
         return f'if grep -qa {pattern} /proc/{p}/cmdline 2>/dev/null; then kill -s TERM -- -{p} 2>/dev/null; echo "cancelled {p}"; fi; true'
+    # One grep over every command line: a loop forking grep per process takes seconds on a busy host.
     return (
-        f"for d in /proc/[0-9]*; do if grep -qa {pattern} \"$d/cmdline\" 2>/dev/null; then "
-        f'kill -s TERM -- "-${{d#/proc/}}" 2>/dev/null; echo "cancelled ${{d#/proc/}}"; fi; done; true'
+        f"for f in $(grep -la {pattern} /proc/[0-9]*/cmdline 2>/dev/null); do p=${{f#/proc/}}; p=${{p%/cmdline}}; "
+        f'kill -s TERM -- "-$p" 2>/dev/null; echo "cancelled $p"; done; true'
     )
 
 
