@@ -76,13 +76,16 @@ async def observe_node(
     for start in range(0, len(hosted), nc.GROUND_TRUTH_CHUNK):
         chunk = hosted[start : start + nc.GROUND_TRUTH_CHUNK]
         try:
-            out = await ssh.run(node, nc.ground_truth(state_path, [(r.id, ha) for r, ha in chunk]), timeout=timeout)
+            # The bound covers connecting too: a node without power must not stall a poll.
+            async with asyncio.timeout(timeout):
+                out = await ssh.run(node, nc.ground_truth(state_path, [(r.id, ha) for r, ha in chunk]), timeout=timeout)
             truths = nc.parse_ground_truth(out.stdout)
-        except InfrastructureError as exc:
+        except (InfrastructureError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, InfrastructureError) else f"no answer within {timeout:g}s"
             result += [
                 ReplicaObservation(
                     router_id=r.id, node=node, state=None, holds_addresses=False, vip=False,
-                    keepalived_alive=False, ha_link_up=None, reachable=False, detail=exc.message,
+                    keepalived_alive=False, ha_link_up=None, reachable=False, detail=reason,
                 )
                 for r, _ in chunk
             ]
