@@ -39,9 +39,9 @@ class UndoStep(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    via: Literal["ssh", "bmc"]
+    via: Literal["ssh", "bmc", "api"]
     node: str
-    command: str  # a shell command (ssh) or a Redfish ResetType (bmc)
+    command: str  # a shell command (ssh), a Redfish ResetType (bmc) or a JSON API command (api)
 
 
 class NoParams(BaseModel):
@@ -243,7 +243,8 @@ class Fault(ABC):
 async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[str]:
     """Run every step in order, even after one fails; raise at the end if any failed.
 
-    Shared by a live undo and by ``chaos recover``. A ``bmc`` step ``On`` is skipped when the
+    Shared by a live undo and by ``chaos recover``. An ``api`` step is replayed by
+    ``chaos.faults.agent_evacuate.replay_api_step``. A ``bmc`` step ``On`` is skipped when the
     system is already on, which keeps it idempotent while a reset is still in progress.
     """
     details: list[str] = []
@@ -253,6 +254,11 @@ async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[s
             if step.via == "ssh":
                 result = await ctx.ssh.run(step.node, step.command)
                 details.append(result.stdout.strip())
+            elif step.via == "api":
+                # Neutron API steps (agent-evacuate) know how to replay themselves.
+                from chaos.faults.agent_evacuate import replay_api_step
+
+                details.append(await replay_api_step(ctx, step))
             else:
                 async with ctx.redfish() as bmc:
                     if step.command == "On" and await bmc.power_state(step.node) == "On":
