@@ -159,6 +159,10 @@ class Lab:
         (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
         new_credentials(self.dir)
         self._start_services()
+        # clouds.yaml for the lab's Keystone/Neutron API (chaos.lab.keystone); credentials never logged.
+        from chaos.lab.keystone import write_clouds_yaml
+
+        write_clouds_yaml(self.dir, self.name, json.loads((self.dir / "services.json").read_text())["api_url"])
         for node in spec.nodes:
             power_on(spec, self.dir, node)
             progress(f"powered on {node.name}")

@@ -165,7 +165,12 @@ async def serve(lab_dir: Path) -> None:
     v = spec.vantage
     servers.append(await asyncio.start_server(_echo, sock=_listener(v.netns, v.ext_ip, v.echo_port)))
 
-    status = {"pid": os.getpid(), "bmc_url": f"http://127.0.0.1:{port}", "started_at": time.time()}
+    # The lab's Keystone + Neutron API (chaos.lab.neutron_api) on a loopback port of its own, so
+    # that the BMC's basic-auth middleware does not apply to it.
+    from chaos.lab.neutron_api import start_lab_api
+
+    lab_api = await start_lab_api(lab_dir)
+    status = {"pid": os.getpid(), "bmc_url": f"http://127.0.0.1:{port}", "api_url": lab_api.url, "started_at": time.time()}
     tmp = lab_dir / "services.json.tmp"
     tmp.write_text(json.dumps(status))
     tmp.replace(lab_dir / "services.json")
@@ -179,6 +184,7 @@ async def serve(lab_dir: Path) -> None:
     await stop.wait()
     for server in servers:
         server.close()
+    await lab_api.stop()
     await runner.cleanup()
 
 

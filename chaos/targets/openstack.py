@@ -1,0 +1,562 @@
+"""OpenStack as a target: HA routers, their L3 agents and HA ports found through openstacksdk.
+
+The API says which nodes host which replica (``/routers/{id}/l3-agents``, the HA ports'
+``binding:host_id``) and the name of each replica's ``ha-`` device (``ha-`` + the HA port id
+cut to 11 characters); the nodes themselves are then reached over SSH. How to reach an agent's
+host comes from an SSH inventory (per host or by glob pattern: address, user, key, known_hosts,
+jump host, namespace); without one, the host name itself is the SSH address.
+
+openstacksdk is synchronous: every call runs in a worker thread, at most ``max_workers`` at a
+time, inside ``asyncio.timeout``; connection errors and 5xx answers are retried with
+exponential backoff; listings follow Neutron's pagination links (openstacksdk does, and every
+generator is drained inside the worker thread). keystoneauth re-authenticates on a 401 (an
+expired or revoked token) by itself; a 401 that survives that is retried once more with a
+freshly invalidated session.
+
+Exit codes: an API that cannot be reached (after the retries) or answers 5xx is an
+``InfrastructureError`` (exit 5); an unknown cloud name, a bad clouds.yaml or an agent host
+without SSH mapping is ``InvalidInput`` (exit 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chaos.errors import ChaosError, InfrastructureError, InvalidInput
+from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
+
+log = structlog.get_logger("targets.openstack")
+
+T = TypeVar("T")
+HA_PORT_OWNER = "network:router_ha_interface"
+HA_NETWORK_PREFIX = "HA network tenant "
+MAX_VRID = 254
+
+
+# --------------------------------------------------------------------------- SSH mapping
+class HostMapping(BaseModel):
+    """How to reach one agent host (or every host matching a pattern) over SSH."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(default=None, description="None: the host name itself")
+    port: int = 22
+    user: str = "root"
+    key_file: Path | None = None
+    known_hosts: Path | None = None
+    jump_host: str | None = None
+    netns: str | None = None
+    sudo: bool = False
+    state_path: Path = Path("/var/lib/neutron")
+
+
+class SshInventory(BaseModel):
+    """Agent host name (exact, or a glob such as ``network-*``) -> how to reach it.
+
+    Exact names win over patterns; patterns are tried in file order. With ``strict`` (the
+    default when an inventory is given) a host that matches nothing is an error naming it;
+    without an inventory every host is reached by its own name.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: dict[str, HostMapping] = {}
+    strict: bool = True
+    vantage: Vantage = Vantage()
+    bmc_url: str | None = None
+    bmc_credentials_file: Path | None = None
+    lab_routers: tuple[Router, ...] = Field(default=(), description="lab only: probe details (VM namespaces) by router")
+
+    def mapping(self, host: str) -> HostMapping | None:
+        if host in self.hosts:
+            return self.hosts[host]
+        for pattern, mapping in self.hosts.items():
+            if fnmatch.fnmatchcase(host, pattern):
+                return mapping
+        return None if self.strict else HostMapping()
+
+    def node(self, host: str) -> Node:
+        mapping = self.mapping(host)
+        if mapping is None:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise InvalidInput(
+                f"L3 agent host {host!r} has no SSH mapping in the inventory",
+                hint=f"add {host!r} (or a pattern matching it) under hosts:; mapped: {known}",
+            )
+        return Node(
+            name=host, address=mapping.address or host, port=mapping.port, user=mapping.user,
+            key_file=mapping.key_file, known_hosts=mapping.known_hosts, jump_host=mapping.jump_host,
+            netns=mapping.netns, sudo=mapping.sudo, state_path=mapping.state_path,
+        )
+
+    @classmethod
+    def from_topology(cls, topology: Topology) -> SshInventory:
+        """The mapping a lab's inventory.json gives: its nodes by exact name, its vantage and BMC."""
+        return cls(
+            hosts={
+                n.name: HostMapping(address=n.address, port=n.port, user=n.user, key_file=n.key_file,
+                                    known_hosts=n.known_hosts, jump_host=n.jump_host, netns=n.netns, sudo=n.sudo,
+                                    state_path=n.state_path)
+                for n in topology.nodes
+            },
+            vantage=topology.vantage,
+            bmc_url=topology.bmc_url,
+            bmc_credentials_file=topology.bmc_credentials_file,
+            lab_routers=topology.routers,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> SshInventory:
+        """A YAML/JSON SSH inventory, or a chaos Topology (a lab's inventory.json)."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the SSH inventory {path}: {exc.strerror}") from None
+        try:
+            from ruamel.yaml import YAML
+
+            data = YAML(typ="safe").load(text)
+        except Exception as exc:
+            raise InvalidInput(f"{path}: not YAML/JSON: {exc}") from None
+        try:
+            if isinstance(data, dict) and "source" in data and "nodes" in data:
+                return cls.from_topology(Topology.model_validate(data))
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise InvalidInput(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+# --------------------------------------------------------------------------- what the API says
+class ApiAgent(BaseModel):
+    """An L3 agent as the API shows it, with the ha_state of one router's replica when asked per router."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    host: str
+    alive: bool
+    admin_state_up: bool
+    ha_state: str | None = None
+
+
+class ApiRouter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    project_id: str
+    tags: tuple[str, ...] = ()
+    agents: tuple[ApiAgent, ...]
+    ha_ports: dict[str, str] = {}  # host -> HA port id
+    ha_ips: dict[str, str] = {}  # host -> HA address
+    floating_ips: tuple[tuple[str, str | None], ...] = ()  # (floating, fixed)
+    gateway_ip: str | None = None
+
+
+class Discovery(BaseModel):
+    """Everything one discovery found: the API's view, and the Topology the runner uses."""
+
+    cloud: str
+    routers: list[ApiRouter]
+    agents: list[ApiAgent]
+    ha_networks: dict[str, str]  # project id -> HA network id
+    skipped: list[str]  # non-HA routers: "name (id)"
+    topology: Topology
+
+
+# --------------------------------------------------------------------------- the client
+class ApiError(InfrastructureError):
+    """The API answered with an error (4xx, or 5xx after the retries); ``status`` is its HTTP code."""
+
+    def __init__(self, message: str, *, status: int | None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+def lab_clouds_file(cloud: str) -> Path | None:
+    """The clouds.yaml ``chaos lab up`` wrote for a lab of that name, if there is one."""
+    from chaos.settings import Settings
+
+    path = Settings().lab_root / cloud / "clouds.yaml"
+    return path if path.exists() else None
+
+
+def _cloud_region(cloud: str | None) -> Any:
+    import openstack.config
+    from openstack import exceptions as os_exc
+
+    name = cloud or os.environ.get("OS_CLOUD")
+    try:
+        if name:
+            try:
+                return openstack.config.OpenStackConfig().get_one(cloud=name)
+            except os_exc.ConfigException:
+                lab_file = lab_clouds_file(name)
+                if lab_file is None:
+                    raise
+                return openstack.config.OpenStackConfig(config_files=[str(lab_file)]).get_one(cloud=name)
+        return openstack.config.OpenStackConfig().get_one()  # OS_* variables
+    except os_exc.ConfigException as exc:
+        raise InvalidInput(
+            f"no usable OpenStack cloud {name or '(from OS_* variables)'}: {exc}",
+            hint="name a clouds.yaml entry with --cloud or OS_CLOUD (OS_CLIENT_CONFIG_FILE points at the file); "
+            "for a lab: OS_CLIENT_CONFIG_FILE=/run/chaos-lab/<lab>/clouds.yaml",
+        ) from None
+
+
+def _status(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    if code is None:
+        code = getattr(exc, "http_status", None)
+    return int(code) if isinstance(code, int) else None
+
+
+def _retriable(exc: BaseException) -> bool:
+    from keystoneauth1 import exceptions as ks_exc
+
+    if isinstance(exc, ks_exc.ConnectionError | ks_exc.DiscoveryFailure):
+        return True
+    code = _status(exc)
+    return code is not None and code >= 500
+
+
+class OpenStackClient:
+    """One openstacksdk connection used from asyncio: bounded threads, timeouts, retries."""
+
+    def __init__(
+        self,
+        cloud: str | None = None,
+        *,
+        max_workers: int = 4,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self.cloud = cloud or os.environ.get("OS_CLOUD") or "envvars"
+        self._region = _cloud_region(cloud)
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self._sem = asyncio.Semaphore(max_workers)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    @property
+    def inventory_path(self) -> Path | None:
+        """``chaos_inventory`` of the cloud's entry (the lab's clouds.yaml sets it)."""
+        value = self._region.config.get("chaos_inventory")
+        return Path(value) if value else None
+
+    @property
+    def auth_url(self) -> str:
+        return str(self._region.config.get("auth", {}).get("auth_url", "?"))
+
+    def connection(self) -> Any:
+        with self._conn_lock:
+            if self._conn is None:
+                import openstack.connection
+
+                self._conn = openstack.connection.Connection(config=self._region)
+            return self._conn
+
+    async def call(self, what: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread, retrying connection errors and 5xx."""
+        from openstack import exceptions as os_exc
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._sem, asyncio.timeout(self.timeout):
+                    return await asyncio.to_thread(lambda: fn(self.connection()))
+            except TimeoutError:
+                error: BaseException = TimeoutError(f"no answer within {self.timeout:g}s")
+            except ChaosError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if _status(exc) == 401 and attempt == 1:
+                    # keystoneauth re-authenticates on 401 itself; a second 401 gets a fresh session.
+                    await asyncio.to_thread(lambda: self.connection().session.invalidate())
+                    continue
+                if not _retriable(exc):
+                    if isinstance(exc, os_exc.HttpException):
+                        raise ApiError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}", status=_status(exc)) from None
+                    if isinstance(exc, os_exc.SDKException):
+                        raise InfrastructureError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}") from None
+                    raise
+                error = exc
+            if attempt > self.retries:
+                raise InfrastructureError(
+                    f"cannot reach the OpenStack API of cloud {self.cloud!r} ({self.auth_url}): {what}: {_short(error)}",
+                    hint="check the endpoint in clouds.yaml and that the API is up; "
+                    f"tried {attempt} times with backoff",
+                ) from None
+            delay = self.backoff * 2 ** (attempt - 1)
+            log.warning("OpenStack call failed; retrying", what=what, attempt=attempt, delay=delay, error=_short(error))
+            await asyncio.sleep(delay)
+
+    async def list(self, what: str, fn: Callable[[Any], Any]) -> list[Any]:
+        """A listing, every page of it (the generator is drained in the worker thread)."""
+        return await self.call(what, lambda conn: list(fn(conn)))
+
+    # ------------------------------------------------------------------ the calls the tool makes
+    async def l3_agents(self, host: str | None = None) -> list[ApiAgent]:
+        query: dict[str, Any] = {"agent_type": "L3 agent"}
+        if host:
+            query["host"] = host
+        agents = await self.list("list L3 agents", lambda c: c.network.agents(**query))
+        return [_agent(a) for a in agents]
+
+    async def hosting_agents(self, router_id: str) -> list[ApiAgent]:
+        agents = await self.list(f"L3 agents of router {router_id}", lambda c: c.network.routers_hosting_l3_agents(router_id))
+        return [_agent(a) for a in agents]
+
+    async def agent_router_ids(self, agent_id: str) -> list[str]:
+        routers = await self.list(f"routers of agent {agent_id}", lambda c: c.network.agent_hosted_routers(agent_id))
+        return [r.id for r in routers if r.is_ha is not False]
+
+    async def add_router_to_agent(self, agent_id: str, router_id: str) -> None:
+        """POST /agents/{id}/l3-routers. Raw request: openstacksdk 4.x's add_router_to_agent ignores
+        error answers (a 409 or 404 would pass silently), so the status is checked here."""
+        await self.call(
+            f"add router {router_id} to agent {agent_id}",
+            lambda c: _checked(c.network.post(f"/agents/{agent_id}/l3-routers", json={"router_id": router_id})),
+        )
+
+    async def remove_router_from_agent(self, agent_id: str, router_id: str) -> None:
+        """DELETE /agents/{id}/l3-routers/{router_id}, status checked (see add_router_to_agent)."""
+        await self.call(
+            f"remove router {router_id} from agent {agent_id}",
+            lambda c: _checked(c.network.delete(f"/agents/{agent_id}/l3-routers/{router_id}")),
+        )
+
+    async def set_agent_admin_state(self, agent_id: str, up: bool) -> None:
+        await self.call(f"set admin_state_up={up} on agent {agent_id}",
+                        lambda c: c.network.update_agent(agent_id, is_admin_state_up=up))
+
+    def close(self) -> None:
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _checked(resp: Any) -> Any:
+    from openstack import exceptions as os_exc
+
+    os_exc.raise_from_response(resp)
+    return resp
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _agent(a: Any) -> ApiAgent:
+    return ApiAgent(
+        id=a.id, host=a.host, alive=bool(a.is_alive), admin_state_up=bool(a.is_admin_state_up),
+        ha_state=getattr(a, "ha_state", None),
+    )
+
+
+def is_ha_router(router: Any) -> bool:
+    """Only HA routers have replicas; a legacy (or DVR-only) router is skipped."""
+    return router.is_ha is True
+
+
+def router_matches(router: Any, name: str | None, project: str | None, tags: Sequence[str]) -> bool:
+    if name and not fnmatch.fnmatchcase(router.name or "", name):
+        return False
+    if project and router.project_id != project:
+        return False
+    return set(tags) <= set(router.tags or [])
+
+
+# --------------------------------------------------------------------------- discovery
+async def discover(
+    client: OpenStackClient,
+    *,
+    inventory: SshInventory | None = None,
+    name: str | None = None,
+    project: str | None = None,
+    tags: Sequence[str] = (),
+) -> Discovery:
+    """The HA routers matching the filters, their agents, HA ports and floating IPs, as a Topology."""
+    if inventory is None:
+        path = client.inventory_path
+        inventory = SshInventory.load(path) if path is not None else SshInventory(strict=False)
+    query: dict[str, Any] = {"is_ha": True}
+    if project:
+        query["project_id"] = project
+    if tags:
+        query["tags"] = list(tags)
+    raw = await client.list("list routers", lambda c: c.network.routers(**query))
+    routers = [r for r in raw if router_matches(r, name, project, tags)]
+    skipped = [f"{r.name or '-'} ({r.id})" for r in routers if not is_ha_router(r)]
+    routers = [r for r in routers if is_ha_router(r)]
+    async with asyncio.TaskGroup() as tg:
+        agents_t = tg.create_task(client.l3_agents())
+        ports_t = tg.create_task(client.list("list HA ports", lambda c: c.network.ports(device_owner=HA_PORT_OWNER)))
+        fips_t = tg.create_task(client.list("list floating IPs", lambda c: c.network.ips()))
+        nets_t = tg.create_task(client.list("list networks", lambda c: c.network.networks()))
+        hosting = {r.id: tg.create_task(client.hosting_agents(r.id)) for r in routers}
+    ports: dict[str, dict[str, Any]] = {}
+    for p in ports_t.result():
+        ports.setdefault(p.device_id, {})[p.binding_host_id] = p
+    fips: dict[str, list[Any]] = {}
+    for f in fips_t.result():
+        if f.router_id:
+            fips.setdefault(f.router_id, []).append(f)
+    ha_networks = {n.name[len(HA_NETWORK_PREFIX):]: n.id for n in nets_t.result() if (n.name or "").startswith(HA_NETWORK_PREFIX)}
+    lab_extra = {r.id: r for r in inventory.lab_routers}
+
+    api_routers: list[ApiRouter] = []
+    model_routers: list[Router] = []
+    hosts: set[str] = {a.host for a in agents_t.result()}
+    for r in routers:
+        agents = hosting[r.id].result()
+        by_host = ports.get(r.id, {})
+        gw = None
+        info = r.external_gateway_info or {}
+        for fixed in info.get("external_fixed_ips") or []:
+            gw = fixed.get("ip_address")
+            break
+        api_routers.append(
+            ApiRouter(
+                id=r.id, name=r.name or "", project_id=r.project_id or "", tags=tuple(r.tags or ()),
+                agents=tuple(agents),
+                ha_ports={h: p.id for h, p in by_host.items()},
+                ha_ips={h: (p.fixed_ips or [{}])[0].get("ip_address", "") for h, p in by_host.items()},
+                floating_ips=tuple((f.floating_ip_address, f.fixed_ip_address) for f in fips.get(r.id, [])),
+                gateway_ip=gw,
+            )
+        )
+        replicas = []
+        for a in agents:
+            port = by_host.get(a.host)
+            if port is None:
+                log.warning("no HA port bound to the agent's host; replica skipped", router=r.id, host=a.host)
+                continue
+            replicas.append(Replica(node=a.host, ha_device=f"ha-{port.id[:11]}",
+                                    ha_ip=(port.fixed_ips or [{}])[0].get("ip_address")))
+        extra = lab_extra.get(r.id)
+        extra_fips = {str(f.address): f for f in extra.floating_ips} if extra else {}
+        model_routers.append(
+            Router(
+                id=r.id, name=r.name or "", project_id=r.project_id or "", tags=tuple(r.tags or ()),
+                vrid=extra.vrid if extra else None, ha_vip=extra.ha_vip if extra else None,
+                replicas=tuple(replicas),
+                floating_ips=tuple(
+                    FloatingIP(
+                        address=f.floating_ip_address, fixed_ip=f.fixed_ip_address,
+                        echo_port=extra_fips[f.floating_ip_address].echo_port if f.floating_ip_address in extra_fips else None,
+                        vm_netns=extra_fips[f.floating_ip_address].vm_netns if f.floating_ip_address in extra_fips else None,
+                    )
+                    for f in fips.get(r.id, [])
+                ),
+                gateway_ip=gw,
+                internal_ip=extra.internal_ip if extra else None,
+            )
+        )
+        hosts |= {rep.node for rep in replicas}
+    replica_hosts = {rep.node for r in model_routers for rep in r.replicas}
+    unmapped = sorted(h for h in replica_hosts if inventory.mapping(h) is None)
+    if unmapped:
+        raise InvalidInput(
+            f"L3 agent host(s) without SSH mapping: {', '.join(unmapped)}",
+            hint="add them (or a pattern matching them) under hosts: in the SSH inventory",
+        )
+    nodes = tuple(inventory.node(h) for h in sorted(hosts) if inventory.mapping(h) is not None)
+    topology = Topology(
+        source=f"openstack:{client.cloud}",
+        nodes=nodes,
+        routers=tuple(model_routers),
+        vantage=inventory.vantage,
+        bmc_url=inventory.bmc_url,
+        bmc_credentials_file=inventory.bmc_credentials_file,
+    )
+    return Discovery(
+        cloud=client.cloud, routers=api_routers, agents=agents_t.result(), ha_networks=ha_networks,
+        skipped=skipped, topology=topology,
+    )
+
+
+def _run_sync(coro_fn: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion from sync code, also when called inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_fn())
+    box: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            box["value"] = asyncio.run(coro_fn())
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=worker, name="openstack-discovery")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def discover_topology(
+    cloud: str | None = None,
+    *,
+    inventory: Path | SshInventory | None = None,
+    name: str | None = None,
+    project: str | None = None,
+    tags: Sequence[str] = (),
+) -> Topology:
+    """The runner's entry point for ``source: openstack``: the HA routers of ``cloud`` as a Topology.
+
+    Synchronous because the runner calls it so (from inside its event loop: the discovery then
+    runs its own loop in a worker thread).
+    """
+    inv = SshInventory.load(inventory) if isinstance(inventory, Path) else inventory
+
+    async def go() -> Topology:
+        client = OpenStackClient(cloud)
+        try:
+            return (await discover(client, inventory=inv, name=name, project=project, tags=tags)).topology
+        finally:
+            client.close()
+
+    return _run_sync(go)
+
+
+def client_for_topology(topology: Topology, **kwargs: Any) -> OpenStackClient:
+    """The API client behind a topology: ``openstack:<cloud>``, or a lab's own cloud for ``lab:<name>``."""
+    kind, _, name = topology.source.partition(":")
+    if kind in ("openstack", "lab") and name:
+        return OpenStackClient(name, **kwargs)
+    raise InvalidInput(f"target {topology.source!r} has no OpenStack API", hint="use source: openstack (or a lab)")
+
+
+__all__ = [
+    "ApiAgent",
+    "ApiError",
+    "ApiRouter",
+    "Discovery",
+    "HostMapping",
+    "OpenStackClient",
+    "SshInventory",
+    "client_for_topology",
+    "discover",
+    "discover_topology",
+    "is_ha_router",
+]

@@ -1,0 +1,98 @@
+"""agent-evacuate against a lab of its own, through the lab's Neutron API (openstacksdk).
+
+Evacuation gives the moved replicas new HA ports (new ha- devices), so it runs on its own lab
+rather than the shared one, whose plan other tests read. The outage is measured from the
+vantage namespace with a bounded ping loop at the floating IPs of the routers whose primary
+was on the drained node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+
+import pytest
+
+from chaos.faults.agent_evacuate import AgentEvacuate
+from chaos.faults.base import FaultContext
+from chaos.lab.spec import LabSpec
+from chaos.targets.lab import lab_topology
+from chaos.transport.ssh import SshPool
+from tests.conftest import LAB_ROOT, LabHandle, wait_lab_ready
+
+PING_INTERVAL = 0.05
+PING_COUNT = 200  # 10 s, bounded
+
+
+@pytest.fixture(scope="module")
+def evac_lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
+    return make_lab("e", nodes=3, routers=3, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0)
+
+
+def placement(handle: LabHandle) -> dict[str, list[str]]:
+    spec = LabSpec.load(handle.dir / "lab.json")
+    return {r.id: sorted(rep.node for rep in r.replicas) for r in spec.routers}
+
+
+async def ping_gaps(netns: str, addresses: list[str]) -> dict[str, float]:
+    """Longest gap between two answered pings per address (bounded: PING_COUNT at PING_INTERVAL)."""
+
+    async def one(addr: str) -> float:
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", str(PING_INTERVAL), "-W", "0.2",
+            "-c", str(PING_COUNT), addr, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(PING_COUNT * PING_INTERVAL + 15):
+            out, _ = await proc.communicate()
+        stamps = [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out.decode(), re.M)]
+        assert len(stamps) > 10, f"{addr}: almost no replies"
+        return max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+
+    results = await asyncio.gather(*(one(a) for a in addresses))
+    return dict(zip(addresses, results, strict=True))
+
+
+async def evacuate(handle: LabHandle, mode: str) -> tuple[float, str]:
+    """Drain the node holding router-1's primary; returns the worst ping gap of its primaries."""
+    wait_lab_ready(handle)
+    before = placement(handle)
+    status = handle.status()
+    node = next(rep["node"] for rep in status["routers"][0]["replicas"] if rep["state"] == "primary")
+    primaries_there = [r for r in status["routers"] if any(rep["node"] == node and rep["state"] == "primary" for rep in r["replicas"])]
+    fips = [f["address"] for r in primaries_there for f in r["floating_ips"]]
+    topology = lab_topology(LAB_ROOT, handle.name)
+    async with SshPool(topology.nodes) as ssh:
+        ctx = FaultContext(topology=topology, ssh=ssh, run_id=f"evac-{mode}")
+        fault = AgentEvacuate(ctx, router=None, node=topology.node(node), params={"mode": mode}, duration=None,
+                              action_id="a1")
+        steps = fault.undo_steps()  # read before the injection, as the runner journals it
+        assert [json.loads(s.command)["op"] for s in steps][0] == "agent_admin_state"
+        pinger = asyncio.create_task(ping_gaps(topology.vantage.netns or "", fips))
+        try:
+            await asyncio.sleep(1.0)
+            detail = await fault.inject()
+            took, why = await fault.took()
+            assert took, why
+            moved = placement(handle)
+            assert all(node not in nodes and len(nodes) == 2 for rid, nodes in moved.items() if node in before[rid]), moved
+            agent = next(a for a in await fault.client.l3_agents(host=node))
+            assert agent.admin_state_up is False
+        finally:
+            await fault.undo()
+            gaps = await pinger
+        ok, why = await fault.recovered()
+        assert ok, why
+    assert placement(handle) == before
+    wait_lab_ready(handle)
+    return max(gaps.values()), detail
+
+
+async def test_graceful_outage_below_abrupt(evac_lab: LabHandle) -> None:
+    graceful, g_detail = await evacuate(evac_lab, "graceful")
+    abrupt, a_detail = await evacuate(evac_lab, "abrupt")
+    print(f"worst ping gap: graceful {graceful:.2f}s ({g_detail}); abrupt {abrupt:.2f}s ({a_detail})")
+    # advert_int 1: hand-over after Skew_Time (~0.8 s) vs Master_Down_Interval (~3.8 s)
+    assert abrupt >= 2.0, abrupt
+    assert graceful < abrupt - 1.0, (graceful, abrupt)
