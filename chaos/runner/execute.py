@@ -126,9 +126,7 @@ async def make_plan(
     return plan, faults, holders
 
 
-def build_probes(
-    experiment: Experiment, topology: Topology, plan: Plan, journal: Journal
-) -> list[Callable[[asyncio.Event, float], Awaitable[None]]]:
+def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal: Journal) -> list[Any]:
     """The traffic probes the experiment asks for, over every floating IP of the affected routers."""
     from chaos.probes.icmp import IcmpProbe, IcmpTarget
     from chaos.probes.newconn import NewConnectionProbe
@@ -137,27 +135,30 @@ def build_probes(
     ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
     routers = [r for r in topology.routers if r.id in ids]
     probes = experiment.probes
-    runners: list[Callable[[asyncio.Event, float], Awaitable[None]]] = []
+    runners: list[Any] = []  # each has run(stop, max_duration) and stats()
     if probes.icmp is not None:
         targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in routers for f in r.floating_ips]
         if targets:
             icmp = IcmpProbe(targets, journal, interval=probes.icmp.interval, timeout=probes.icmp.timeout,
                              netns=topology.vantage.netns)
-            runners.append(icmp.run)
+            runners.append(icmp)
     if probes.tcp is not None:
         tcp = TcpSessionProbe(topology, journal, router_ids=ids, directions=probes.tcp.directions,
                               sessions=probes.tcp.sessions, interval=probes.tcp.interval, stall=probes.tcp.stall)
-        runners.append(tcp.run)
+        runners.append(tcp)
     if probes.new_connections is not None:
         nc_spec = probes.new_connections
         nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
                                 interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
-        runners.append(nc.run)
+        runners.append(nc)
     return runners
 
 
-def _progress_printer() -> Callable[[Progress], None]:
+def _progress_printer(probes: list[Any], max_run_duration: float) -> Callable[[Progress], None]:
+    """One status line on a terminal (redrawn twice a second); a structured log line every
+    5 s otherwise, so logs stay machine-friendly."""
     interactive = sys.stderr.isatty()
+    started = time.monotonic()
     last = [0.0]
 
     def show(p: Progress) -> None:
@@ -165,13 +166,17 @@ def _progress_printer() -> Callable[[Progress], None]:
         if now - last[0] < (0.5 if interactive else 5.0):
             return
         last[0] = now
-        line = (f"injected {p.injected}/{p.total}  undone {p.undone}  recovered {p.recovered}  "
-                f"without primary {len(p.without_primary)}  split brain {len(p.split_brain)}")
+        dark = sorted({addr for probe in probes for addr in probe.stats().failing})
+        fields = {
+            "injected": f"{p.injected}/{p.total}", "undone": p.undone, "recovered": p.recovered,
+            "without_primary": len(p.without_primary), "split_brain": len(p.split_brain),
+            "failing_now": len(dark), "time_left_s": round(max(0.0, max_run_duration - (now - started))),
+        }
         if interactive:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
+            line = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
+            print("\r" + line[:160].ljust(120), end="", file=sys.stderr, flush=True)
         else:
-            log.info("progress", injected=p.injected, total=p.total, undone=p.undone, recovered=p.recovered,
-                     without_primary=len(p.without_primary), split_brain=len(p.split_brain))
+            log.info("progress", **fields)
 
     return show
 
@@ -212,6 +217,7 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
                 return result.ok, "; ".join(r.describe() for r in result.failed)
 
             fault_spec = experiment.fault
+            probes = build_probes(experiment, topology, plan, journal)
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
@@ -219,9 +225,9 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
                 warmup=experiment.probes.warmup, settle=experiment.probes.settle,
                 recovery_timeout=float(getattr(fault_spec.params, "boot_timeout", 120.0)),
                 observe_interval=0.5,
-                probes=build_probes(experiment, topology, plan, journal),
+                probes=[probe.run for probe in probes],
                 steady_state_check=steady,
-                on_progress=_progress_printer(),
+                on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration),
             )
             await scheduler.run()
         verdict = "held"
