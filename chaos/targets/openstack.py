@@ -24,6 +24,7 @@ import asyncio
 import fnmatch
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ from chaos.errors import ChaosError, InfrastructureError, InvalidInput
 from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
 
 log = structlog.get_logger("targets.openstack")
+# openstacksdk's own deprecation notices (influxdb, service_type, ...) say nothing to a user of chaos.
+warnings.filterwarnings("ignore", module=r"openstack(\.|$)")
 
 T = TypeVar("T")
 HA_PORT_OWNER = "network:router_ha_interface"
