@@ -1,0 +1,88 @@
+"""``report.md``: the verdict, the tolerances and the per-router figures, to paste into a ticket.
+
+GitHub-flavoured Markdown tables; cell text is escaped (``|`` and newlines would break a row).
+Routers that failed a tolerance come first; a long list is kept whole (a ticket is searched, not
+scrolled), but under a ``<details>`` fold past the first rows, which GitHub and GitLab render.
+"""
+
+from __future__ import annotations
+
+from chaos.analysis.metrics import RouterMetrics
+from chaos.report.facts import (
+    TABLE_METRICS,
+    VERDICT_TEXT,
+    failures_by_router,
+    fmt,
+    fmt_bound,
+    fmt_time,
+    label_of,
+    primary_now,
+    router_order,
+    state_replicated,
+    tcp_survived,
+    tolerance_value,
+)
+from chaos.report.run import RunData
+
+TABLE_PAGE = 25
+
+
+def cell(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def render_markdown(run: RunData) -> str:
+    s = run.summary
+    title = run.hypothesis_title or s.run.title or "Chaos run"
+    lines = [
+        f"# {cell(title)}",
+        "",
+        f"**Verdict: {VERDICT_TEXT.get(s.verdict, s.verdict)}**",
+        "",
+        f"Run `{cell(run.run_id)}` · experiment `{cell(s.run.experiment or '—')}` ({cell(s.run.title or '—')}) · "
+        f"target {cell(s.run.target or '—')} · {len(run.targeted)} routers targeted · started {fmt_time(s.run.started)}"
+        + (f" · reason: {cell(s.run.reason)}" if s.run.reason else ""),
+        "",
+        "## Tolerances",
+        "",
+    ]
+    if s.tolerances:
+        lines += ["| tolerance | phase | bound | measured | result | failing routers |", "|---|---|---:|---:|---|---|"]
+        for t in sorted(s.tolerances, key=lambda t: t.ok):
+            failing = ", ".join(r[:8] for r in t.failing_routers[:10]) + (f" (+{len(t.failing_routers) - 10})" if len(t.failing_routers) > 10 else "")
+            if t.reason and not t.failing_routers:
+                failing = t.reason[:200]
+            lines.append(f"| `{cell(t.name)}` | {t.phase} | {cell(fmt_bound(t))} | {cell(tolerance_value(t))} | "
+                         f"{'✅ pass' if t.ok else '❌ FAIL'} | {cell(failing)} |")
+    else:
+        lines.append("No tolerance was checked (no hypothesis found).")
+    lines += ["", "## In plain words", ""]
+    for a in (primary_now(s, run.router_names), tcp_survived(s), state_replicated(s)):
+        lines.append(f"- **{a.question}** {a.short}")
+    lines += ["", "## Per-router figures", ""]
+    routers = router_order(s, targeted_only=False)
+    if routers:
+        columns = [m for m in TABLE_METRICS if any(r.metrics.get(m) is not None for r in routers)]
+        failing = failures_by_router(s)
+        head = ["| router | targeted | primary at end | " + " | ".join(columns) + " | failed |",
+                "|---|---|---|" + "---:|" * len(columns) + "---|"]
+
+        def row(r: RouterMetrics) -> str:
+            after = "—" if r.holders_after is None else (", ".join(r.holders_after) or "none")
+            vals = " | ".join(cell(fmt(r.metrics.get(m), m)) for m in columns)
+            return (f"| {cell(label_of(r.router_id, run.router_names))} | {'yes' if r.targeted else 'no'} | {cell(after)} | {vals} | "
+                    f"{cell(', '.join(failing.get(r.router_id, [])) or '✓')} |")
+
+        lines += head + [row(r) for r in routers[:TABLE_PAGE]]
+        if len(routers) > TABLE_PAGE:
+            lines += ["", f"<details><summary>The other {len(routers) - TABLE_PAGE} routers</summary>", ""]
+            lines += head + [row(r) for r in routers[TABLE_PAGE:]]
+            lines += ["", "</details>"]
+    else:
+        lines.append("No router appears in the journal.")
+    if s.notes:
+        lines += ["", "## Notes", ""] + [f"- {cell(n)}" for n in s.notes[:50]]
+        if len(s.notes) > 50:
+            lines.append(f"- … and {len(s.notes) - 50} more (see summary.json)")
+    lines += ["", f"_Rendered by chaos from journal.jsonl; `chaos report {cell(run.run_id)}` recomputes it._", ""]
+    return "\n".join(lines)
