@@ -346,3 +346,82 @@ def reboot_sysrq(delay: float = 1.0) -> str:
     """An immediate kernel reboot (no sync, no unmount): as close to a power cut as SSH gets."""
     script = f"sleep {seconds(delay)}; echo 1 > /proc/sys/kernel/sysrq; echo b > /proc/sysrq-trigger"
     return f"nohup setsid sh -c {q(script)} </dev/null >/dev/null 2>&1 &"
+
+
+# --------------------------------------------------------------------------- replica address stream
+# One long-lived command per node follows every hosted replica of the target routers. Lines:
+#   B <router_id>                      a snapshot of the router's addresses begins
+#   A <router_id> <one line of `ip -o addr`>
+#   E <router_id>                      the snapshot is complete
+#   M <router_id> <one line of `ip -o monitor address`>   ("Deleted ..." for a removal)
+#   S <router_id> <state file's first line | ->           (only when it changes)
+#   X <router_id>                      the namespace's monitor ended (it is followed again)
+#   H                                  heartbeat, every ``heartbeat`` seconds
+# Every router's follower waits for its qrouter namespace (a rebooted node recreates them), starts
+# `ip monitor` first and snapshots afterwards, so no event between the two is lost. The state files
+# are read with the shell's builtin ``read`` (no process per read). When the channel closes, the
+# next write fails (SIGPIPE ignored, so the write returns an error) and the command ends its whole
+# process group: nothing is left running on the node.
+_FOLLOW_FN = r"""trap '' PIPE
+c=%(confs)s
+fol() {
+  r=$1; ns=qrouter-$1
+  while :; do
+    while [ ! -e "/run/netns/$ns" ]; do sleep 0.2; done
+    ip -n "$ns" -o monitor address 2>/dev/null | sed -u "s/^/M $r /" &
+    m=$!
+    sleep 0.05
+    echo "B $r"; ip -n "$ns" -o addr 2>/dev/null | sed -u "s/^/A $r /"; echo "E $r"
+    wait "$m"
+    echo "X $r"
+    sleep 0.5
+  done
+}
+st() {
+  v=-; read -r v 2>/dev/null < "$c/$2/state" || v=${v:--}; v=${v:--}
+  eval "o=\${s_$1-}"
+  if [ "$v" != "$o" ]; then eval "s_$1=\$v"; echo "S $2 $v" || { kill 0; exit 1; }; fi
+}"""
+
+
+def follow_replicas(state_path: PurePosixPath | str, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
+    """One command streaming address events and state-file changes of many replicas on one node.
+
+    ``state_every``: how often the state files are read (the address events need no polling).
+    """
+    if not router_ids:
+        raise ValueError("follow_replicas needs at least one router")
+    confs = PurePosixPath(state_path) / "ha_confs"
+    rids = [router_id(r) for r in router_ids]
+    every = float(state_every)
+    beats = max(1, round(float(heartbeat) / every))
+    followers = "\n".join(f"fol {q(r)} &" for r in rids)
+    sweep = "; ".join(f"st {i} {q(r)}" for i, r in enumerate(rids))
+    loop = (
+        f"n=0\nwhile :; do\n  {sweep}\n  n=$((n+1))\n"
+        f"  if [ \"$n\" -ge {beats} ]; then n=0; echo H || {{ kill 0; exit 1; }}; fi\n"
+        f"  sleep {seconds(every)}\ndone"
+    )
+    return _FOLLOW_FN % {"confs": q(str(confs))} + "\n" + followers + "\n" + loop
+
+
+# --------------------------------------------------------------------------- conntrack
+def conntrack_tables(router_ids: Sequence[str], ports: Iterable[int]) -> str:
+    """List the TCP conntrack entries whose original destination port is one of ``ports``,
+    inside each router's qrouter namespace on one node. Lines: ``R <router_id> 0|1`` (namespace
+    present), then ``conntrack -L`` lines, then ``E <router_id>``."""
+    port_list = sorted({int(p) for p in ports})
+    if not port_list or not all(0 < p < 65536 for p in port_list):
+        raise ValueError(f"ports {port_list!r} must be 1..65535 and at least one")
+    blocks = []
+    for rid in (router_id(r) for r in router_ids):
+        ns = namespace(rid)
+        lists = "; ".join(
+            shlex.join(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--dport", str(p)]) + " 2>/dev/null"
+            for p in port_list
+        )
+        blocks.append(
+            f"if [ -e /run/netns/{q(ns)} ]; then echo {q('R ' + rid + ' 1')}; {lists}; "
+            f"else echo {q('R ' + rid + ' 0')}; fi; echo {q('E ' + rid)}"
+        )
+    return "\n".join(blocks)
