@@ -101,7 +101,8 @@ def read_yaml(path: Path | str, kind: FileKind) -> YamlDocument:
             return YamlDocument(name, problems=[Problem(name, message=f"is a directory, not {kind.noun} file")])
         size = file.stat().st_size
         if size > kind.max_bytes:
-            return YamlDocument(name, problems=[Problem(name, message=f"is {size} bytes; {kind.noun} file is YAML of a few kB")])
+            message = f"is {size} bytes; {kind.noun} file is YAML of a few kB"
+            return YamlDocument(name, problems=[Problem(name, message=message)])
         raw = file.read_bytes()
     except FileNotFoundError:
         return YamlDocument(name, problems=[Problem(name, message="no such file")])
@@ -210,7 +211,9 @@ def invalid_input(name: str, problems: list[Problem], *, what: str, hint: str) -
     return InvalidInput(f"{name}: {count} problem{'s' if count != 1 else ''} in the {what}:\n{lines}", hint=hint)
 
 
-def _translate(model: type[BaseModel], exc: ValidationError, doc: YamlDocument, data: Any, ignore: Collection[str]) -> list[Problem]:
+def _translate(
+    model: type[BaseModel], exc: ValidationError, doc: YamlDocument, data: Any, ignore: Collection[str]
+) -> list[Problem]:
     errors = exc.errors(include_url=False)
     locs = [tuple(e["loc"]) for e in errors]
     problems = []

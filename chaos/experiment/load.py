@@ -26,7 +26,17 @@ from chaos.experiment.schema import (
     Tolerance,
     combination_problems,
 )
-from chaos.yamlfile import FileKind, Problem, YamlDocument, invalid_input, parse_yaml, problem_at, read_yaml, sorted_problems, validate
+from chaos.yamlfile import (
+    FileKind,
+    Problem,
+    YamlDocument,
+    invalid_input,
+    parse_yaml,
+    problem_at,
+    read_yaml,
+    sorted_problems,
+    validate,
+)
 
 __all__ = ["ExperimentCheck", "Problem", "check_experiment", "check_text", "load_experiment"]
 

@@ -23,7 +23,16 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from chaos.errors import ChaosError, InvalidInput
 from chaos.model import HostName, Node, Router, Topology, Vantage, _hostname
@@ -41,7 +50,9 @@ from chaos.yamlfile import (
     validate,
 )
 
-INVENTORY = FileKind(noun="an inventory", required="nodes and routers", example_keys="defaults:, nodes:, routers:, vantage:, bmc:")
+INVENTORY = FileKind(
+    noun="an inventory", required="nodes and routers", example_keys="defaults:, nodes:, routers:, vantage:, bmc:"
+)
 HINT = "docs/inventory.md describes the inventory format"
 
 _NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
