@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 from html import escape
 
-from chaos.report.timeline import RouterTimeline, RunTimeline, Span
+from chaos.report.timeline import Bin, RouterTimeline, RunTimeline, Span
 
 WIDTH = 960
 GUTTER = 180  # row labels
@@ -116,6 +116,16 @@ def axis(scale: Scale, y: float, height: float, title: str) -> str:
     return "".join(parts)
 
 
+def _contiguous(bins: Iterable[Bin]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for b in bins:
+        if out and abs(out[-1][1] - b.start) < 1e-9:
+            out[-1] = (out[-1][0], b.end)
+        else:
+            out.append((b.start, b.end))
+    return out
+
+
 def _spans(spans: Iterable[Span], scale: Scale, y: float, h: float, fill: str, cls: str, what: str) -> str:
     return "".join(
         _rect(scale.x(s.start), y, scale.w(s.start, s.end), h, fill,
@@ -152,12 +162,12 @@ def router_timeline_svg(rt: RouterTimeline, run: RunTimeline) -> str:
             + _label(GUTTER - 8, y + LANE - 5, f"ping {fip.address}")
             + _rect(GUTTER, y, scale.width, LANE, "#f2f2f2")
         )
+        for a, b in _contiguous(fip.bins):  # one rect per stretch of probing, not per bin
+            rows.append(_rect(scale.x(a), y, scale.w(a, b), LANE, SKY, 'class="answered"'))
         for b in fip.bins:
-            x, w = scale.x(b.start), scale.w(b.start, b.end)
-            rows.append(_rect(x, y, w, LANE, SKY, 'class="answered"'))
             if b.lost:
                 h = round(LANE * b.lost / b.sent, 2)
-                rows.append(_rect(x, y, w, h, VERMILLION, 'class="lost"'))
+                rows.append(_rect(scale.x(b.start), y, scale.w(b.start, b.end), h, VERMILLION, 'class="lost"'))
         for s in fip.loss_runs:
             rows.append(_rect(scale.x(s.start), y - 1, scale.w(s.start, s.end), LANE + 2, "none",
                               f'class="loss-run" stroke="{VERMILLION}" stroke-width="1.5" data-start="{s.start:.3f}" data-end="{s.end:.3f}"',
@@ -247,9 +257,8 @@ def overview_svg(routers: list[RouterTimeline], run: RunTimeline, lane: int = 16
         parts.append(_spans(rt.no_primary, scale, y, lane, "url(#hatch-none)", "no-primary", "NO PRIMARY"))
         parts.append(_spans(rt.split_brain, scale, y, lane, "url(#hatch-split)", "split-brain", "SPLIT BRAIN"))
         for fip in rt.fips:
-            for b in fip.bins:
-                if b.lost:
-                    parts.append(_rect(scale.x(b.start), y + lane * 0.3, scale.w(b.start, b.end), lane * 0.4, VERMILLION, 'class="lost"'))
+            for a, b in _contiguous(x for x in fip.bins if x.lost):
+                parts.append(_rect(scale.x(a), y + lane * 0.3, scale.w(a, b), lane * 0.4, VERMILLION, 'class="lost"'))
         for m in rt.marks:
             if m.kind == "inject":
                 x = scale.x(m.t)
@@ -310,7 +319,7 @@ def distribution_svg(values: dict[str, float], metric: str, threshold: float | N
             + "".join(parts) + axis(scale, bottom, bottom - top, f"{metric}") + "</svg>")
 
 
-def sparkline_svg(values: list[float | None], *, lower_is_better: bool | None) -> str:
+def sparkline_svg(values: list[float | None]) -> str:
     """A small trend line for the comparison (None values are gaps)."""
     w, h, pad = 160, 28, 4
     present = [v for v in values if v is not None]

@@ -165,7 +165,7 @@ def comparison_html(c: Comparison) -> str:
     )
     rows = []
     for t in c.trends:
-        spark = charts.sparkline_svg([None if v is None else float(v) for v in t.values], lower_is_better=t.lower_is_better)
+        spark = charts.sparkline_svg([None if v is None else float(v) for v in t.values])
         cells = "".join(f"<td class='num'>{e(_v(v, t.metric))}</td>" for v in t.values)
         rows.append(f'<tr class="trend {e(t.change)}" data-metric="{e(t.name)}" data-change="{e(t.change)}"><td><code>{e(t.name)}</code></td>'
                     f"{cells}<td>{spark}</td><td class='num'>{e(_delta(t))}</td><td class='chg'>{e(_arrow(t))}</td></tr>")

@@ -127,14 +127,17 @@ def primary_now(summary: Summary, names: dict[str, str]) -> Answer:
         parts.append(f"{counts['several']} with two or more (split brain)")
     if counts["unknown"]:
         parts.append(f"{counts['unknown']} never observed")
+    # what needs attention first; routers that simply have one primary come after
+    details.sort(key=lambda d: (not any(w in d for w in ("NO PRIMARY", "SPLIT BRAIN", "unknown")), d))
     spread = ", ".join(f"{node} holds {n}" for node, n in sorted(per_node.items()))
     short = "; ".join(parts) + "." + (f" Primaries by node: {spread}." if spread else "")
     status: Status = "good" if counts["one"] == len(routers) else ("unknown" if counts["unknown"] == len(routers) else "bad")
     return Answer(q, short, status, details)
 
 
-def tcp_survived(summary: Summary) -> Answer:
+def tcp_survived(summary: Summary, names: dict[str, str] | None = None) -> Answer:
     q = "Did TCP sessions survive?"
+    names = names or {}
     routers = [r for r in summary.routers if r.targeted and r.metrics.get("tcp_sessions") is not None]
     if not routers:
         return Answer(q, "Not measured: no TCP session probe ran (or no session could be opened).", "unknown")
@@ -151,7 +154,7 @@ def tcp_survived(summary: Summary) -> Answer:
         short = (f"No: {dropped} of {sessions} sessions were dropped (inbound {by_dir['inbound']}, "
                  f"outbound {by_dir['outbound']}).{stall}")
         status = "bad"
-    details = [f"{r.router_id}: {r.metrics['tcp_dropped']} of {r.metrics['tcp_sessions']} dropped"
+    details = [f"{label_of(r.router_id, names)}: {r.metrics['tcp_dropped']} of {r.metrics['tcp_sessions']} dropped"
                for r in routers if r.metrics.get("tcp_dropped")]
     return Answer(q, short, status, details)
 

@@ -37,6 +37,7 @@ from chaos.report.run import RunData
 from chaos.report.timeline import run_timeline
 
 TABLE_PAGE = 25  # rows shown before the rest are folded
+PASS_MARK = '<span class="pass">✓</span>'
 OPEN_TIMELINES = 6  # router timelines unfolded (failing routers come first)
 FOLD_LIST = 12  # list items shown before folding
 
@@ -64,8 +65,8 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 th { background: var(--soft); font-weight: 600; }
 td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr.fail td { background: #fff6f1; }
-.pass { color: #00694f; font-weight: 700; white-space: nowrap; }
-.fail { color: #a33f00; font-weight: 700; white-space: nowrap; }
+span.pass { color: #00694f; font-weight: 700; white-space: nowrap; }
+span.fail { color: #a33f00; font-weight: 700; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 12px; }
 .answer { border: 1px solid var(--line); border-top: 5px solid var(--muted); border-radius: 6px; padding: 10px 12px; }
@@ -202,7 +203,7 @@ def _tolerances(results: list[ToleranceResult]) -> str:
 
 
 def _answers(run: RunData) -> str:
-    answers = [primary_now(run.summary, run.router_names), tcp_survived(run.summary), state_replicated(run.summary)]
+    answers = [primary_now(run.summary, run.router_names), tcp_survived(run.summary, run.router_names), state_replicated(run.summary)]
     return ('<section id="answers"><h2>In plain words</h2><div class="answers">'
             + "".join(_answer(a) for a in answers) + "</div></section>")
 
@@ -210,11 +211,12 @@ def _answers(run: RunData) -> str:
 def _answer(a: Answer) -> str:
     details = ""
     if a.details:
-        shown = "".join(f"<li>{e(d)}</li>" for d in a.details[:FOLD_LIST])
-        rest = "".join(f"<li>{e(d)}</li>" for d in a.details[FOLD_LIST:])
+        keep = FOLD_LIST if len(a.details) <= FOLD_LIST else 5
+        shown = "".join(f"<li>{e(d)}</li>" for d in a.details[:keep])
+        rest = "".join(f"<li>{e(d)}</li>" for d in a.details[keep:])
         details = f'<ul class="compact">{shown}</ul>'
         if rest:
-            details += f'<details><summary>{len(a.details) - FOLD_LIST} more</summary><ul class="compact">{rest}</ul></details>'
+            details += f'<details><summary>{len(a.details) - keep} more</summary><ul class="compact">{rest}</ul></details>'
     return f'<div class="answer {e(a.status)}" data-status="{e(a.status)}"><h3>{e(a.question)}</h3><p>{e(a.short)}</p>{details}</div>'
 
 
@@ -290,7 +292,7 @@ def _router_table(run: RunData) -> str:
         after = "—" if r.holders_after is None else (", ".join(r.holders_after) or "none")
         return (f'<tr class="{"fail" if fails else "ok"}" data-router-id="{e(r.router_id)}"><td><a href="#r-{e(r.router_id)}">'
                 f"{e(label_of(r.router_id, run.router_names))}</a></td><td>{'yes' if r.targeted else 'no'}</td><td>{e(after)}</td>"
-                f"{cells}<td>{e(', '.join(fails)) if fails else '<span class=pass>✓</span>'}</td></tr>")
+                f"{cells}<td>{e(', '.join(fails)) if fails else PASS_MARK}</td></tr>")
 
     first = "".join(row(r) for r in routers[:TABLE_PAGE])
     table = f'<div class="scroll"><table class="routers">{head}<tbody>{first}</tbody></table></div>'

@@ -57,7 +57,7 @@ def render_markdown(run: RunData) -> str:
     else:
         lines.append("No tolerance was checked (no hypothesis found).")
     lines += ["", "## In plain words", ""]
-    for a in (primary_now(s, run.router_names), tcp_survived(s), state_replicated(s)):
+    for a in (primary_now(s, run.router_names), tcp_survived(s, run.router_names), state_replicated(s)):
         lines.append(f"- **{a.question}** {a.short}")
     lines += ["", "## Per-router figures", ""]
     routers = router_order(s, targeted_only=False)

@@ -8,6 +8,7 @@ while loss runs and holder changes keep their exact times.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from chaos.analysis.metrics import RouterMetrics
@@ -133,13 +134,18 @@ def router_timeline(run: RunData, router: RouterMetrics, origin: float, start: f
 
 
 def _bins(samples: list[tuple[float, bool]], start: float, end: float) -> list[Bin]:
-    """Samples (t, lost) into at most BINS equal bins over [start, end]; empty bins are left out."""
+    """Samples (t, lost) into at most BINS equal bins over [start, end], none narrower than the
+    probe's interval; empty bins (before the probe started, after it stopped) are left out."""
     if not samples:
         return []
-    width = (end - start) / BINS
+    # no bin narrower than the probe interval: an empty bin between two samples would draw a gap
+    gaps = sorted(b[0] - a[0] for a, b in zip(samples, samples[1:]) if b[0] > a[0])
+    interval = gaps[len(gaps) // 2] if gaps else end - start
+    n = max(1, min(BINS, math.floor((end - start) / interval) if interval > 0 else BINS))
+    width = (end - start) / n
     counts: dict[int, list[int]] = {}
     for t, lost in samples:
-        k = min(BINS - 1, max(0, int((t - start) / width)))
+        k = min(n - 1, max(0, int((t - start) / width)))
         c = counts.setdefault(k, [0, 0])
         c[0] += 1
         c[1] += int(lost)
