@@ -12,6 +12,7 @@ fi
 PACKAGES=(
     keepalived conntrack conntrackd openssh-server openssh-client iptables iproute2
     iputils-ping fping procps util-linux python3 python3-venv python3-pip ca-certificates
+    chromium
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

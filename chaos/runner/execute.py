@@ -30,6 +30,7 @@ from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext
 from chaos.model import Router, Topology
 from chaos.probes.replicas import observe
+from chaos.report.render import render_reports
 from chaos.runner.journal import Journal, read_journal
 from chaos.runner.plan import (
     NODE_FAULTS,
@@ -251,6 +252,10 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
     journal.close()
     summary = summarize(read_journal(journal.path), tolerances)
     write_summary(summary, run_dir / "summary.json")
+    try:
+        render_reports(run_dir)
+    except Exception as exc:  # the journal and summary are the record; a report can be redone
+        log.error("report rendering failed; `chaos report` can redo it", error=str(exc))
     _print_verdict(summary, verdict, reason)
     return code, run_dir
 
