@@ -32,11 +32,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from chaos.yamlfile import Loc, format_loc
 from chaos.experiment.durations import Duration, NonNegativeDuration, format_duration, parse_cron
 from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
 from chaos.model import HostName, RouterId
 
-Loc = tuple[str | int, ...]
 """A field path in the file: ("fault", "params", "signal"), ("probes", "tcp", "directions", 1)."""
 
 Int = Annotated[int, Strict()]
@@ -544,18 +544,6 @@ def _tolerance_problems(hypothesis: Hypothesis, probes: Probes | None) -> list[t
 
 
 # --------------------------------------------------------------------------- helpers
-def format_loc(loc: Loc) -> str:
-    """``("probes", "tcp", "directions", 1)`` -> ``probes.tcp.directions[1]``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if re.fullmatch(r"[A-Za-z0-9_()-]+", part) else repr(part)
-            out += f".{text}" if out else text
-    return out or "(top level)"
-
-
 def _whole(ref: MetricRef) -> bool:
     """Whether every value of ``ref`` is a whole number (counts, and sums/extremes of counts)."""
     if ref.aggregate == "count":
