@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from chaos.errors import InfrastructureError
+from chaos.errors import InfrastructureError, InvalidInput
 from chaos.model import Node, Topology
 from chaos.transport.ssh import SshPool, parse_jump_host
 
@@ -141,7 +141,7 @@ def test_parse_jump_host() -> None:
     assert parse_jump_host("ops@bastion.example:2222") == ("ops", "bastion.example", 2222)
     assert parse_jump_host("bastion") == (None, "bastion", 22)
     assert parse_jump_host("u@[2001:db8::1]:22") == ("u", "2001:db8::1", 22)
-    with pytest.raises(InfrastructureError):
+    with pytest.raises(InvalidInput):
         parse_jump_host("u@host:port")
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 from pydantic import BaseModel
 
-from chaos.errors import InfrastructureError
+from chaos.errors import InfrastructureError, InvalidInput
 from chaos.log import get_logger
 from chaos.model import Node
 from chaos.transport.netns import open_socket
@@ -91,11 +91,11 @@ def parse_jump_host(spec: str) -> tuple[str | None, str, int]:
     else:
         host, _, port = hostport.partition(":")
     if not host:
-        raise InfrastructureError(f"jump host {spec!r} is not user@host:port")
+        raise InvalidInput(f"jump host {spec!r} is not user@host:port")
     try:
         return (user or None, host, int(port) if port else 22)
     except ValueError:
-        raise InfrastructureError(f"jump host {spec!r} has a port that is not a number") from None
+        raise InvalidInput(f"jump host {spec!r} has a port that is not a number") from None
 
 
 class SshPool:
