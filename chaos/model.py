@@ -18,6 +18,15 @@ _DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 
 
+_NETNS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def _netns(value: str) -> str:
+    if not _NETNS_RE.match(value) or ".." in value:
+        raise ValueError(f"network namespace {value!r} must be a plain name (letters, digits, . _ -)")
+    return value
+
+
 def _router_id(value: str) -> str:
     if not _UUID_RE.match(value):
         raise ValueError(f"router id {value!r} is not a lowercase UUID like Neutron's")
@@ -39,6 +48,7 @@ def _hostname(value: str) -> str:
 RouterId = Annotated[str, AfterValidator(_router_id)]
 DeviceName = Annotated[str, AfterValidator(_device)]
 HostName = Annotated[str, AfterValidator(_hostname)]
+NetnsName = Annotated[str, AfterValidator(_netns)]
 
 
 class _Model(BaseModel):
@@ -55,7 +65,7 @@ class Node(_Model):
     key_file: Path | None = None
     known_hosts: Path | None = None
     jump_host: str | None = None
-    netns: str | None = Field(default=None, description="open the SSH socket inside this network namespace")
+    netns: NetnsName | None = Field(default=None, description="open the SSH socket inside this network namespace")
     sudo: bool = Field(default=False, description="prefix privileged commands with `sudo -n`")
     state_path: Path = Path("/var/lib/neutron")
 
@@ -64,7 +74,7 @@ class FloatingIP(_Model):
     address: IPvAnyAddress
     fixed_ip: IPvAnyAddress | None = None
     echo_port: int | None = Field(default=None, description="TCP echo service behind the floating IP")
-    vm_netns: str | None = Field(
+    vm_netns: NetnsName | None = Field(
         default=None, description="lab only: namespace of the VM behind it, where outbound probes open sockets"
     )
 
@@ -97,7 +107,7 @@ class Router(_Model):
 class Vantage(_Model):
     """Where probes run from: the operator's point of view on the external network."""
 
-    netns: str | None = None
+    netns: NetnsName | None = None
     echo_address: str | None = None
     echo_port: int | None = None
 
