@@ -22,8 +22,9 @@ _NETNS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 def _netns(value: str) -> str:
-    if not _NETNS_RE.match(value) or ".." in value:
-        raise ValueError(f"network namespace {value!r} must be a plain name (letters, digits, . _ -)")
+    """A namespace name becomes a path under /run/netns: no slashes, no dot-dot."""
+    if not _NETNS_RE.match(value) or value.strip(".") == "" or ".." in value:
+        raise ValueError(f"network namespace {value!r} is not a plain namespace name")
     return value
 
 

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from chaos.errors import ChaosError, InvalidInput
-from chaos.model import HostName, Node, Router, Topology, Vantage, _hostname
+from chaos.model import HostName, NetnsName, Node, Router, Topology, Vantage, _hostname
 from chaos.transport.ssh import parse_jump_host
 from chaos.yamlfile import (
     FileKind,
@@ -55,7 +55,6 @@ INVENTORY = FileKind(
 )
 HINT = "docs/inventory.md describes the inventory format"
 
-_NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")  # chaos.model's rule; an invalid name is reported there
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9.*?\[\]!_-]{1,253}$")
@@ -73,13 +72,6 @@ def _address(value: str) -> str:
 def _user(value: str) -> str:
     if not _USER_RE.match(value):
         raise ValueError(f"user {value!r} is not a login name")
-    return value
-
-
-def _netns(value: str) -> str:
-    """A namespace name becomes a path under /run/netns: no slashes, no dot-dot."""
-    if not _NETNS_RE.match(value) or value.strip(".") == "":
-        raise ValueError(f"network namespace {value!r} is not a plain namespace name")
     return value
 
 
@@ -154,7 +146,7 @@ class SshSettings(_Model):
     jump_host: Annotated[Text, AfterValidator(_jump_host)] | None = Field(
         default=None, description="user@host:port of a bastion the SSH connection goes through"
     )
-    netns: Annotated[Text, AfterValidator(_netns)] | None = Field(
+    netns: NetnsName | None = Field(
         default=None, description="open the SSH socket inside this network namespace"
     )
     state_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] = Path("/var/lib/neutron")
@@ -326,13 +318,6 @@ def _problems_across_fields(doc: YamlDocument, *, routers_required: bool) -> lis
                 known = ", ".join(dict.fromkeys(names + patterns)) or "none"
                 problems.append(problem_at(doc, (*loc, "replicas", j, "node"),
                                            f"node {node!r} matches no entry under nodes: (names and patterns: {known})"))
-    vantage = data.get("vantage")
-    netns = vantage.get("netns") if isinstance(vantage, dict) else None
-    if isinstance(netns, str):
-        try:
-            _netns(netns)
-        except ValueError as exc:
-            problems.append(problem_at(doc, ("vantage", "netns"), str(exc)))
     return problems
 
 
