@@ -32,10 +32,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from chaos.yamlfile import Loc, format_loc
 from chaos.experiment.durations import Duration, NonNegativeDuration, format_duration, parse_cron
 from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
 from chaos.model import HostName, RouterId
+from chaos.yamlfile import Loc, format_loc
 
 """A field path in the file: ("fault", "params", "signal"), ("probes", "tcp", "directions", 1)."""
 
