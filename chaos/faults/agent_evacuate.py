@@ -139,7 +139,7 @@ def api_step(host: str, **command: Any) -> UndoStep:
     ``UndoStep.via`` only allows "ssh" and "bmc" so far; the step is built without validation
     until the fault base accepts "api" (see this module's report).
     """
-    return UndoStep.model_construct(via="api", node=host, command=json.dumps(command, sort_keys=True))  # type: ignore[arg-type]
+    return UndoStep(via="api", node=host, command=json.dumps(command, sort_keys=True))
 
 
 async def _remove_quietly(client: OpenStackClient, agent_id: str, router_id: str) -> bool:

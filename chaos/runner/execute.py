@@ -136,7 +136,7 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
     ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
     routers = [r for r in topology.routers if r.id in ids]
     probes = experiment.probes
-    runners: list[Any] = []  # each has run(stop, max_duration) and stats()
+    runners: list[Any] = []  # each has run(stop, max_duration); traffic probes also stats()
     if probes.icmp is not None:
         targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in routers for f in r.floating_ips]
         if targets:
@@ -152,6 +152,11 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
         nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
                                 interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
         runners.append(nc)
+    if probes.api_lag is not None:
+        from chaos.probes.api_lag import ApiLagProbe
+        from chaos.targets.openstack import client_for_topology
+
+        runners.append(ApiLagProbe(client_for_topology(topology), sorted(ids), journal, interval=probes.api_lag.interval))
     return runners
 
 
@@ -167,7 +172,7 @@ def _progress_printer(probes: list[Any], max_run_duration: float) -> Callable[[P
         if now - last[0] < (0.5 if interactive else 5.0):
             return
         last[0] = now
-        dark = sorted({addr for probe in probes for addr in probe.stats().failing})
+        dark = sorted({addr for probe in probes if hasattr(probe, "stats") for addr in probe.stats().failing})
         fields = {
             "injected": f"{p.injected}/{p.total}", "undone": p.undone, "recovered": p.recovered,
             "without_primary": len(p.without_primary), "split_brain": len(p.split_brain),
@@ -208,7 +213,11 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
         async with SshPool(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
             plan, faults, _ = await make_plan(experiment, topology, ssh, ctx)
-            journal.write("run.plan", routers=plan.routers, waves=plan.waves, actions=[a.model_dump() for a in plan.actions])
+            # The hypothesis applies to every router the plan disturbs: a node fault chosen for one
+            # router's primary hits every router with a replica on that node.
+            disturbed = sorted(set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers})
+            journal.write("run.plan", routers=disturbed, targets=plan.routers, waves=plan.waves,
+                          actions=[a.model_dump() for a in plan.actions])
             log.info("plan", routers=len(plan.routers), actions=len(plan.actions), waves=len(plan.waves))
 
             def steady(phase: str) -> tuple[bool, str]:

@@ -157,8 +157,11 @@ class Scheduler:
         common = {"action_id": action.action_id, "fault": action.fault, "router_id": action.router_id, "node": action.node}
         self.journal.write("fault.undo_recorded", **common, undo=[s.model_dump() for s in fault.undo_steps()])
         self.active[action.action_id] = fault
+        # The fault starts to act when injection starts (a graceful evacuation hands the primary
+        # over inside inject()), so that is the time the journal gives it.
+        started = time.time()
         detail = await fault.inject()
-        self.journal.write("fault.injected", **common, detail=detail)
+        self.journal.write("fault.injected", t=started, **common, detail=detail, inject_s=round(time.time() - started, 6))
         self.progress.injected += 1
         self._report()
         took, why = await fault.took()
