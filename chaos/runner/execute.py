@@ -29,6 +29,8 @@ from chaos.experiment.schema import Experiment
 from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext
 from chaos.model import Router, Topology
+from chaos.probes.conntrack import ConntrackProbe
+from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
 from chaos.report.render import render_reports
 from chaos.runner.journal import Journal, read_journal
@@ -152,6 +154,10 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
         nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
                                 interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
         runners.append(nc)
+    if probes.arp is not None and topology.vantage.netns is not None:
+        from chaos.probes.arp import ArpObserver, lab_port_lookup
+
+        runners.append(ArpObserver(topology, routers, journal, port_lookup=lab_port_lookup(topology)))
     if probes.api_lag is not None:
         from chaos.probes.api_lag import ApiLagProbe
         from chaos.targets.openstack import client_for_topology
@@ -228,6 +234,9 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
 
             fault_spec = experiment.fault
             probes = build_probes(experiment, topology, plan, journal)
+            observed = [r for r in topology.routers if r.id in set(disturbed)]
+            observer = PrimaryObserver(ssh, topology, observed, journal) if experiment.probes.primary is not None else None
+            conntrack = ConntrackProbe(ssh, topology, observed, journal) if experiment.probes.conntrack is not None else None
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
@@ -238,6 +247,8 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
                 probes=[probe.run for probe in probes],
                 steady_state_check=steady,
                 on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration),
+                observer=observer,
+                conntrack=conntrack,
             )
             await scheduler.run()
         verdict = "held"

@@ -23,6 +23,8 @@ from chaos.errors import ExitCode, Interrupted, SafeguardAbort, SteadyStateBroke
 from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
+from chaos.probes.conntrack import ConntrackProbe
+from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
 from chaos.runner.journal import Journal
 from chaos.experiment.schema import Safeguards
@@ -64,6 +66,8 @@ class Scheduler:
         probes: list[Callable[[asyncio.Event, float], Awaitable[None]]],
         steady_state_check: Callable[[str], tuple[bool, str]] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        observer: PrimaryObserver | None = None,
+        conntrack: ConntrackProbe | None = None,
     ) -> None:
         self.topology = topology
         self.plan = plan
@@ -79,6 +83,8 @@ class Scheduler:
         self.probes = probes
         self.steady_state_check = steady_state_check
         self.on_progress = on_progress
+        self.observer = observer
+        self.conntrack = conntrack
         self.active: dict[str, Fault] = {}
         self.progress = Progress(len(plan.actions))
         self.routers: list[Router] = [r for r in topology.routers if r.id in set(plan.routers) | _affected(plan)]
@@ -128,6 +134,8 @@ class Scheduler:
             async with asyncio.TaskGroup() as tg:
                 for probe in self.probes:
                     tg.create_task(probe(stop, limit))
+                if self.observer is not None:
+                    tg.create_task(self.observer.run(stop, limit))
                 observer = tg.create_task(self._observe(stop))
                 await self._waves()
                 await _sleep_unless(stop, self.settle)
@@ -140,17 +148,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------ faults
     async def _waves(self) -> None:
+        if self.observer is not None:
+            with contextlib.suppress(TimeoutError):  # the polling fallback covers a slow node
+                async with asyncio.timeout(OBSERVE_TIMEOUT):
+                    await self.observer.ready.wait()
         await asyncio.sleep(self.warmup)
         if self.steady_state_check is not None:
             ok, detail = self.steady_state_check("before")
             if not ok:
                 raise SteadyStateBroken(f"the steady-state hypothesis did not hold before injection: {detail}")
+        if self.conntrack is not None:
+            await self.conntrack.snapshot("before")
         self.injection_started = True
         for number, wave in enumerate(self.plan.waves, start=1):
             log.info("wave", number=number, actions=len(wave))
             async with asyncio.TaskGroup() as tg:
                 for action_id in wave:
                     tg.create_task(self._action(self.plan.action(action_id)))
+        if self.conntrack is not None:
+            await self.conntrack.snapshot("after")
 
     async def _action(self, action: PlannedAction) -> None:
         fault = self.faults[action.action_id]
@@ -241,16 +257,25 @@ class Scheduler:
                 observations = {}
             now = time.time()
             for rid, obs in observations.items():
-                holders = [o.node for o in obs if o.holds_addresses]
+                followed = {o.node for o in obs if self.observer is not None and self.observer.reachable(o.node)}
+                streamed = len(followed) == len(obs)
                 for o in obs:
                     key = (rid, o.node)
                     value = (o.state, o.holds_addresses)
-                    if last.get(key) != value:
-                        last[key] = value
+                    # One source per replica in the journal: where the streaming observer follows
+                    # a node, a poll taken before a change but written after it would flip the
+                    # holder timeline back.
+                    if last.get(key) != value and o.node not in followed:
                         self.journal.write(
                             "observe.replica", t=now, router_id=rid, node=o.node, state=o.state,
                             holds=o.holds_addresses, reachable=o.reachable, source="poll",
                         )
+                    last[key] = value
+                if streamed:
+                    assert self.observer is not None
+                    holders = sorted(self.observer.holders(rid))
+                else:
+                    holders = [o.node for o in obs if o.holds_addresses]
                 if holders:
                     without_since.pop(rid, None)
                     self.progress.without_primary.discard(rid)
