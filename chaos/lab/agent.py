@@ -29,6 +29,8 @@ from pathlib import Path
 
 import structlog
 
+from chaos.log import configure_logging
+
 from chaos.lab.replica import build_replica, remove_replica_files, remove_replica_namespace
 from chaos.lab.router import conntrackd_command, conntrackd_paths, keepalived_command, keepalived_paths
 from chaos.lab.spec import LabSpec, NodeSpec, ReplicaSpec, RouterSpec
@@ -223,13 +225,7 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--fabric-ns", required=True)
     args = parser.parse_args()
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-    )
+    configure_logging("json")
     asyncio.run(Agent(args.lab_dir, args.node, args.fabric_ns).run())
 
 

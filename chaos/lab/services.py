@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import structlog
+
+from chaos.log import configure_logging
 from aiohttp import web
 
 from chaos.lab.node import is_powered, power_off, power_on
@@ -199,13 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="chaos.lab.services")
     parser.add_argument("--lab-dir", type=Path, required=True)
     args = parser.parse_args()
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ]
-    )
+    configure_logging("json")
     asyncio.run(serve(args.lab_dir))
 
 
