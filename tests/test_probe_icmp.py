@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from chaos.errors import InfrastructureError
 from chaos.model import Topology
 from chaos.probes.icmp import (
     SEQ_MODULO,
@@ -82,6 +83,15 @@ def test_probe_refuses_unsafe_parameters(tmp_path: Path) -> None:
         IcmpTarget(router_id="not-a-uuid", address="100.64.32.1")
     with pytest.raises(ValueError):
         IcmpTarget(router_id="9f10fcc9-354f-5b2a-bde6-ebff76dfd445", address="2001:db8::1")
+
+
+async def test_missing_vantage_namespace_is_an_infrastructure_error(tmp_path: Path) -> None:
+    target = [IcmpTarget(router_id="9f10fcc9-354f-5b2a-bde6-ebff76dfd445", address="100.64.32.1")]
+    with Journal(tmp_path / "j") as journal:
+        probe = IcmpProbe(target, journal, netns="chaos-no-such-namespace")
+        with pytest.raises(InfrastructureError, match="chaos-no-such-namespace"):
+            await probe.run(asyncio.Event(), 1.0)
+    assert not (tmp_path / "j").read_text(), "nothing was sent, nothing recorded"
 
 
 # --------------------------------------------------------------------------- helpers

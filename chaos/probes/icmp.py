@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from chaos.errors import InfrastructureError
 from chaos.model import RouterId, Topology
 from chaos.probes.base import ProbeStats, RunBound
 from chaos.runner.journal import Journal
@@ -56,6 +57,8 @@ LATENESS_BIN = 25e-6  # send-lateness histogram resolution (seconds)
 LATENESS_BINS = 4000  # up to 100 ms; later sends land in the last bin
 MAX_READS_PER_WAKEUP = 2048  # bound the reader callback so sending is never starved
 SO_ATTACH_FILTER = 26
+_ECHO_HEADER = struct.Struct("!BBHHH")
+_PER_BIN = 1 / LATENESS_BIN
 
 _used_ids: set[int] = set()
 
@@ -285,7 +288,14 @@ class IcmpProbe:
 
     def _open_socket(self) -> socket.socket:
         kind = (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        sock = socket_in_netns(self.netns, *kind) if self.netns else socket.socket(*kind)
+        try:
+            sock = socket_in_netns(self.netns, *kind) if self.netns else socket.socket(*kind)
+        except OSError as exc:
+            where = f"namespace {self.netns}" if self.netns else "this namespace"
+            raise InfrastructureError(
+                f"cannot open the ICMP probe's raw socket in {where}: {exc}",
+                hint="the probe needs root (CAP_NET_RAW) and the vantage namespace must exist",
+            ) from exc
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RCVBUF_BYTES)
@@ -303,7 +313,12 @@ class IcmpProbe:
         step = self.interval / n
         interval = self.interval
         start = time.monotonic()
-        next_flush = start + self.batch_seconds
+        # Flushing is spread too: a few targets per wake-up, each about every batch_seconds,
+        # so journal writing never holds the loop for a whole round of targets at once.
+        flush_rate = n / self.batch_seconds
+        flush_credit = 0.0
+        flush_pos = 0
+        last = start
         k = j = 0
         while not bound.over():
             now = time.monotonic()
@@ -319,22 +334,26 @@ class IcmpProbe:
                     j = 0
                     k += 1
                 due = start + k * interval + j * step
-            if now >= next_flush:
-                self._flush(final=False)
-                next_flush = now + self.batch_seconds
+            flush_credit = min(flush_credit + (now - last) * flush_rate, n)
+            last = now
+            horizon = now - self.timeout
+            while flush_credit >= 1:
+                self._flush_target(targets[flush_pos], horizon, final=False)
+                flush_pos = (flush_pos + 1) % n
+                flush_credit -= 1
             # Capped so that a set stop event is noticed quickly even at long intervals.
             await asyncio.sleep(min(max(0.0, due - time.monotonic()), 0.05))
 
     def _send(self, target: _Target, due: float) -> None:
+        """One echo request; the hot path, so the checksum is the precomputed sum plus seq."""
         seq = target.seq
         target.seq = (seq + 1) & 0xFFFF
-        csum = fold_checksum(target.base_sum + seq)
-        packet = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, self.ident, seq) + target.payload
+        total = target.base_sum + seq
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        packet = _ECHO_HEADER.pack(ICMP_ECHO_REQUEST, 0, ~total & 0xFFFF, self.ident, seq) + target.payload
         sent_mono = time.monotonic()
         request = _Request(seq, time.time(), sent_mono)
-        old = target.waiting.pop(seq, None)
-        if old is not None:  # cannot happen with the timeout check in __init__; never match stale
-            old.error = old.error or "superseded"
         try:
             self._sock.sendto(packet, target.sockaddr)  # type: ignore[union-attr]
         except OSError as exc:
@@ -343,13 +362,15 @@ class IcmpProbe:
             request.error = errno.errorcode.get(exc.errno or 0, str(exc))
             self._send_errors += 1
         else:
+            # Replaces an entry of the same seq only if one were still waiting 2**16 requests
+            # later, which the timeout check forbids; it would then just be judged lost.
             target.waiting[seq] = request
         target.requests.append(request)
         target.sent += 1
         if not target.first_sent_mono:
             target.first_sent_mono = sent_mono
-        late = int((sent_mono - due) / LATENESS_BIN)
-        self._lateness[min(max(late, 0), LATENESS_BINS - 1)] += 1
+        late = int((sent_mono - due) * _PER_BIN)
+        self._lateness[late if late < LATENESS_BINS else LATENESS_BINS - 1] += 1
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -399,41 +420,44 @@ class IcmpProbe:
         A request is decided when its reply came or its timeout passed. On the final flush
         every request is decided (the drain waited a full timeout).
         """
-        now = time.monotonic()
-        horizon = now - self.timeout
+        horizon = time.monotonic() - self.timeout
         for target in self._targets:
-            requests = target.requests
-            sent: list[float] = []
-            rtt: list[float | None] = []
-            first_seq = requests[0].seq if requests else 0
-            errors: list[list[Any]] = []
-            while requests:
-                request = requests[0]
-                if request.rtt is None and request.error is None and request.sent_mono > horizon and not final:
-                    break  # still waiting; later requests wait for it to keep send order
-                requests.popleft()
-                if request.rtt is None:
-                    if target.waiting.get(request.seq) is request:
-                        del target.waiting[request.seq]
-                    target.lost += 1
-                    if request.error is not None:
-                        errors.append([len(sent), request.error])
-                sent.append(round(request.sent, 6))
-                rtt.append(None if request.rtt is None else round(request.rtt, 7))
-            if sent:
-                fields: dict[str, Any] = {
-                    "router_id": target.router_id,
-                    "address": target.address,
-                    "seq": first_seq,
-                    "sent": sent,
-                    "rtt": rtt,
-                    "interval": self.interval,
-                    "timeout": self.timeout,
-                    "ident": self.ident,
-                }
-                if errors:
-                    fields["send_errors"] = errors
-                self.journal.write(self.kind, **fields)
+            self._flush_target(target, horizon, final=final)
+
+    def _flush_target(self, target: _Target, horizon: float, *, final: bool) -> None:
+        """One target's decided requests (sent before ``horizon`` or answered) as one event."""
+        requests = target.requests
+        sent: list[float] = []
+        rtt: list[float | None] = []
+        first_seq = requests[0].seq if requests else 0
+        errors: list[list[Any]] = []
+        while requests:
+            request = requests[0]
+            if request.rtt is None and request.error is None and request.sent_mono > horizon and not final:
+                break  # still waiting; later requests wait for it to keep send order
+            requests.popleft()
+            if request.rtt is None:
+                if target.waiting.get(request.seq) is request:
+                    del target.waiting[request.seq]
+                target.lost += 1
+                if request.error is not None:
+                    errors.append([len(sent), request.error])
+            sent.append(round(request.sent, 6))
+            rtt.append(None if request.rtt is None else round(request.rtt, 7))
+        if sent:
+            fields: dict[str, Any] = {
+                "router_id": target.router_id,
+                "address": target.address,
+                "seq": first_seq,
+                "sent": sent,
+                "rtt": rtt,
+                "interval": self.interval,
+                "timeout": self.timeout,
+                "ident": self.ident,
+            }
+            if errors:
+                fields["send_errors"] = errors
+            self.journal.write(self.kind, **fields)
 
     # ------------------------------------------------------------------ live counters
     def stats(self) -> ProbeStats:
