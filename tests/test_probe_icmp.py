@@ -310,3 +310,44 @@ def primary_of_or_none(lab: LabHandle, router_id: str) -> str | None:
     router = next(r for r in lab.status()["routers"] if r["id"] == router_id)
     primaries = [rep["node"] for rep in router["replicas"] if rep["state"] == "primary"]
     return primaries[0] if len(primaries) == 1 else None
+
+
+def open_sockets() -> int:
+    fd_dir = Path("/proc/self/fd")
+    count = 0
+    for fd in fd_dir.iterdir():
+        try:
+            count += (fd_dir / fd.name).readlink().name.startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.lab
+async def test_probe_stops_on_the_stop_event_and_cleans_up_when_cancelled(lab: LabHandle, tmp_path: Path) -> None:
+    topo = topology_of(lab)
+    targets = icmp_targets(topo)
+    sockets_before = open_sockets()
+    with Journal(tmp_path / "stop.jsonl") as journal:
+        probe = IcmpProbe(targets, journal, interval=0.02, timeout=0.3, netns=topo.vantage.netns)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        started = time.monotonic()
+        await probe.run(stop, max_duration=30.0)
+        assert time.monotonic() - started < 0.5 + 0.3 + 0.5, "a set stop event ends the run promptly"
+    assert open_sockets() == sockets_before
+
+    journal_path = tmp_path / "cancel.jsonl"
+    with Journal(journal_path) as journal:
+        probe = IcmpProbe(targets, journal, interval=0.02, timeout=0.3, netns=topo.vantage.netns)
+        task = asyncio.create_task(probe.run(asyncio.Event(), max_duration=30.0))
+        await asyncio.sleep(1.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert open_sockets() == sockets_before, "the raw socket is closed even when the run is cancelled"
+    recorded = samples(journal_path)
+    assert set(recorded) == {t.address for t in targets}, "what was decided before the cancel is in the journal"
+    for batches in recorded.values():
+        sent, rtt = flatten(batches)
+        assert len(sent) >= 50 and all(r is not None for r in rtt), "only decided requests are recorded"

@@ -202,3 +202,28 @@ async def test_strict_conntrack_resets_sessions_unless_conntrackd_replicates(
     finally:
         for handle in (strict, synced):
             await asyncio.to_thread(wait_lab_ready, handle)
+
+
+@pytest.mark.lab
+async def test_refused_connections_are_recorded_as_failures(lab: LabHandle, tmp_path: Path) -> None:
+    """Port 9 (discard) has no listener behind the floating IPs: the VM answers with a reset."""
+    topo = topology_of(lab)
+    closed = topo.model_copy(update={"routers": tuple(
+        r.model_copy(update={"floating_ips": tuple(f.model_copy(update={"echo_port": 9}) for f in r.floating_ips)})
+        for r in topo.routers[:1]
+    )})
+    journal_path = tmp_path / "journal.jsonl"
+    with Journal(journal_path) as journal:
+        sessions = TcpSessionProbe(closed, journal, directions=[INBOUND], sessions=1)
+        newconn = NewConnectionProbe(closed, journal, directions=[INBOUND], interval=0.5)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(sessions.run(asyncio.Event(), 1.0))
+            tg.create_task(newconn.run(asyncio.Event(), 1.0))
+    held = by_session(journal_path)
+    assert [[e["event"] for e in evs] for evs in held.values()] == [["failed"]]
+    assert "ECONNREFUSED" in next(iter(held.values()))[0]["detail"]
+    attempts = events(journal_path, "probe.newconn")
+    assert len(attempts) == 2
+    assert all(a["ok"] is False and a["error"] == "ECONNREFUSED" and a["phase"] == "connect" for a in attempts)
+    assert all(a["latency"] is None for a in attempts)
+    assert sessions.stats().lost == 1 and newconn.stats().lost == 2
