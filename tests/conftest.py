@@ -60,13 +60,24 @@ class LabHandle:
 def make_lab() -> Iterator[Callable[..., LabHandle]]:
     """Factory: ``make_lab(suffix, **options)`` brings up a lab that is removed at session end."""
     created: list[Lab] = []
+    by_options: dict[tuple[str, str], LabHandle] = {}
 
     def make(suffix: str = "", **options: object) -> LabHandle:
+        """The same suffix and options give the same lab; other options get a lab of their own."""
         require_lab_prerequisites()
-        lab = Lab(LAB_ROOT, lab_name(suffix))
+        key = (suffix, repr(sorted(options.items())))
+        if key in by_options:
+            return by_options[key]
+        taken = {lab.name for lab in created}
+        name, n = lab_name(suffix), 1
+        while name in taken:
+            n += 1
+            name = lab_name(f"{suffix}{n}")
+        lab = Lab(LAB_ROOT, name)
         created.append(lab)
         spec = lab.up(LabOptions(name=lab.name, **options), timeout=180)
-        return LabHandle(lab, spec)
+        by_options[key] = LabHandle(lab, spec)
+        return by_options[key]
 
     yield make
     for lab in created:
