@@ -8,25 +8,38 @@ a run uses, so events and samples line up.
 Event kinds (fields beyond ``t`` and ``kind``):
 
 - ``run.started``: run_id, experiment (path), title, tool_version, target (lab name or cloud),
-  safeguards (dict)
-- ``run.plan``: actions: list of {action_id, fault, router_id, node, inject: [cmd], undo: [cmd]}
-- ``fault.undo_recorded``: action_id, fault, router_id, node, undo: [cmd] (written *before* the
-  injection, so ``chaos recover`` can undo what a killed run left behind)
-- ``fault.injected``: action_id, fault, router_id, node, detail
+  safeguards (dict), tolerances (name -> {max|min|equals, phase}), hypothesis (title)
+- ``run.plan``: routers (every router the plan disturbs: the hypothesis covers them), targets
+  (the routers the selection chose), waves (lists of action ids), actions: list of {action_id,
+  fault, node, router_id, router_name, replica_role, affected_routers, inject: [cmd], undo: [step]}
+- ``fault.undo_recorded``: action_id, fault, router_id, node, undo: [{via, node, command}] (written
+  *before* the injection, so ``chaos recover`` can undo what a killed run left behind)
+- ``fault.injected``: action_id, fault, router_id, node, detail, inject_s; ``t`` is when injecting
+  started (a graceful evacuation hands over inside the injection)
 - ``fault.verified``: action_id, took (bool), detail
-- ``fault.undone``: action_id, ok (bool), detail
-- ``probe.icmp``: router_id, address, sent: [t...], rtt: [seconds or null...] (a batch of
-  echo requests to one floating IP; null = no reply within the probe's timeout)
-- ``probe.tcp``: router_id, session (id), direction ("inbound" | "outbound"),
-  event ("opened" | "stall" | "resumed" | "reset" | "timeout" | "closed"), detail
-- ``probe.newconn``: router_id, direction, ok (bool), latency (seconds or null), error
+- ``fault.undone``: action_id, ok (bool), detail, by ("recover" when ``chaos recover`` did it)
+- ``fault.recovered``: action_id, ok (bool), detail (the node or replica back to health)
+- ``probe.icmp``: router_id, address, sent: [t...], rtt: [seconds or null...] (a batch of echo
+  requests to one floating IP; null = no reply within the probe's timeout), seq (of the first
+  request; the rest follow), interval, timeout, ident, send_errors ([[index, errno], ...])
+- ``probe.tcp``: router_id, session (id), direction ("inbound" | "outbound"), address,
+  event ("opened" | "stall" | "resumed" | "reset" | "timeout" | "closed" | "failed" (never
+  opened) | "skipped" (session null, with a reason)), detail; ``since`` on stall and resumed,
+  ``length`` on resumed, ``sent``/``echoed`` on end events
+- ``probe.newconn``: router_id, direction, address, ok (bool; null for a path that cannot be
+  probed, with error "skipped" and a detail), latency (seconds or null), error, phase ("connect"
+  | "exchange"), started
 - ``observe.replica``: router_id, node, state ("primary" | "backup" | ...), holds (bool: the
-  replica holds the router's addresses), source ("monitor" | "poll")
-- ``conntrack.snapshot``: router_id, node, phase ("before" | "after"), flows: [...]
-- ``arp.garp``: router_id, address, mac, port
+  replica holds the router's addresses), reachable (bool), source ("monitor" | "poll")
+- ``conntrack.snapshot``: router_id, node, phase ("before" | "after"), flows: [{proto, src, dst,
+  sport, dport, state, ...}], detail
+- ``arp.garp``: router_id, address, mac, op, interface, port (lab only: where the external
+  network learned the MAC)
+- ``api.ha_state``: router_id, node, ha_state, agent_alive (one row per hosting agent per poll;
+  the rows of one poll share its start time)
 - ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok
-- ``run.finished``: verdict ("held" | "deviated" | "aborted" | "interrupted" | "error"),
-  exit_code, reason
+- ``run.finished``: verdict ("held" | "deviated" | "aborted" | "interrupted" |
+  "steady-state-broken" | "invalid" | "error"), exit_code, reason
 """
 
 from __future__ import annotations
