@@ -267,3 +267,14 @@ def test_down_removes_everything_even_after_a_crash() -> None:
 
 def test_root_namespace_is_untouched(lab: LabHandle) -> None:
     assert root_netns_snapshot() == ROOT_BEFORE
+
+
+def test_a_lab_too_big_for_the_hosts_arp_table_is_warned_about() -> None:
+    from chaos.lab.manager import _neighbour_table_warning
+
+    limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    small = plan_lab(LabOptions(name="p", routers=4))
+    big = plan_lab(LabOptions(name="p", routers=max(200, limit // 4), projects=4))
+    assert _neighbour_table_warning(small) is None
+    warning = _neighbour_table_warning(big)
+    assert warning is not None and "gc_thresh3" in warning and str(limit) in warning

@@ -123,6 +123,9 @@ class Lab:
         if self.exists():
             progress(f"removing what a previous lab {self.name} left behind")
             self.down()
+        neighbour_warning = _neighbour_table_warning(spec)
+        if neighbour_warning:
+            progress(neighbour_warning)
         started = time.monotonic()
         try:
             self._create(spec, progress)
@@ -458,6 +461,27 @@ class Lab:
             self.root.rmdir()
         progress(f"lab {self.name} removed ({len(removed)} items)")
         return removed
+
+
+NEIGHBOURS_PER_ROUTER = 6  # vantage->FIP, vantage->gateway, primary->vantage, router<->VM, slack
+
+
+def _neighbour_table_warning(spec: LabSpec) -> str | None:
+    """The kernel's ARP table is shared by every namespace on the host; a lab that needs more
+    entries than gc_thresh3 allows loses floating IPs at random (and disturbs other labs)."""
+    try:
+        limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    except (OSError, ValueError):
+        return None
+    needed = NEIGHBOURS_PER_ROUTER * len(spec.routers) + 2 * len(spec.nodes)
+    if needed <= 0.75 * limit:
+        return None
+    return (
+        f"warning: this lab needs about {needed} ARP entries but the host's neighbour table holds "
+        f"{limit} (net.ipv4.neigh.default.gc_thresh3, shared by every namespace); floating IPs may stop "
+        f"answering. Raise it first: sysctl -w net.ipv4.neigh.default.gc_thresh3={2 * needed} "
+        f"net.ipv4.neigh.default.gc_thresh2={needed}"
+    )
 
 
 def _key_part(pub_line: str) -> str:

@@ -249,6 +249,7 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
                 on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration),
                 observer=observer,
                 conntrack=conntrack,
+                ready=[p.ready for p in probes if isinstance(getattr(p, "ready", None), asyncio.Event)],
             )
             await scheduler.run()
         verdict = "held"

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class Scheduler:
         on_progress: Callable[[Progress], None] | None = None,
         observer: PrimaryObserver | None = None,
         conntrack: ConntrackProbe | None = None,
+        ready: Sequence[asyncio.Event] = (),
     ) -> None:
         self.topology = topology
         self.plan = plan
@@ -85,6 +86,9 @@ class Scheduler:
         self.on_progress = on_progress
         self.observer = observer
         self.conntrack = conntrack
+        # Probes that must be in place before anything is injected (held TCP sessions opened,
+        # the observer's first snapshot taken); the polling fallback covers a slow one.
+        self.ready = [*ready, *([observer.ready] if observer is not None else [])]
         self.active: dict[str, Fault] = {}
         self.progress = Progress(len(plan.actions))
         self.routers: list[Router] = [r for r in topology.routers if r.id in set(plan.routers) | _affected(plan)]
@@ -148,10 +152,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ faults
     async def _waves(self) -> None:
-        if self.observer is not None:
-            with contextlib.suppress(TimeoutError):  # the polling fallback covers a slow node
-                async with asyncio.timeout(OBSERVE_TIMEOUT):
-                    await self.observer.ready.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OBSERVE_TIMEOUT):
+                for event in self.ready:
+                    await event.wait()
         await asyncio.sleep(self.warmup)
         if self.steady_state_check is not None:
             ok, detail = self.steady_state_check("before")
