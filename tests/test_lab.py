@@ -274,7 +274,9 @@ def test_a_lab_too_big_for_the_hosts_arp_table_is_warned_about() -> None:
 
     limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
     small = plan_lab(LabOptions(name="p", routers=4))
-    big = plan_lab(LabOptions(name="p", routers=max(200, limit // 4), projects=4))
+    big = plan_lab(LabOptions(name="p", routers=2000, projects=10))
     assert _neighbour_table_warning(small) is None
+    if limit >= 16000:
+        pytest.skip(f"this host's ARP table ({limit}) holds even a 2000-router lab")
     warning = _neighbour_table_warning(big)
     assert warning is not None and "gc_thresh3" in warning and str(limit) in warning
