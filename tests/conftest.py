@@ -90,14 +90,28 @@ def lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
     return make_lab("", nodes=3, routers=4, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0)
 
 
-def wait_lab_ready(handle: LabHandle, timeout: float = 60.0) -> None:
-    """Block until every agent is synced and every router has exactly one primary."""
+def wait_lab_ready(handle: LabHandle, timeout: float = 60.0, *, data_plane: bool = True) -> None:
+    """Block until every agent is synced, every router has exactly one primary and (with
+    ``data_plane``) every floating IP answers a ping from the vantage point: after a healed
+    partition the upstream ARP entry can point at the old primary for a while (no GARP is sent),
+    and the next test must not start inside that black hole."""
+    import subprocess
     import time
 
     deadline = time.monotonic() + timeout
     problems: list[str] = []
     while time.monotonic() < deadline:
         problems = handle.lab.not_ready(handle.spec)
+        if not problems and data_plane:
+            problems = [
+                f"{fip.address} does not answer"
+                for router in handle.spec.routers
+                for fip in router.floating_ips
+                if subprocess.run(
+                    ["ip", "netns", "exec", handle.spec.vantage.netns, "ping", "-c", "1", "-W", "1", fip.address],
+                    capture_output=True, timeout=10,
+                ).returncode != 0
+            ]
         if not problems:
             return
         time.sleep(0.2)
