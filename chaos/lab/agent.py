@@ -93,7 +93,16 @@ class ReplicaRuntime:
             write_state(self.paths["state"], state)
             log.info("state change", router=self.router.id, state=state, node=self.agent.node.name)
 
+    def own_keepalived(self, key: str) -> int | None:
+        """The pid in a pid file if it is this replica's keepalived. Pid files live on the node's
+        disk and outlive a reboot, when their numbers may belong to other processes."""
+        pid = read_pid(self.paths[key])
+        return pid if pid is not None and pid_alive(pid, str(self.paths["conf"])) else None
+
     async def spawn_keepalived(self) -> None:
+        for key in ("pid", "pid_vrrp"):  # a stale pid file would make keepalived think it runs
+            if self.own_keepalived(key) is None:
+                self.paths[key].unlink(missing_ok=True)
         await run_in_router(self.router, keepalived_command(self.router.id))
         log.info("keepalived started", router=self.router.id)
 
@@ -105,8 +114,7 @@ class ReplicaRuntime:
         log.info("conntrackd started", router=self.router.id)
 
     def keepalived_alive(self) -> bool:
-        pid = read_pid(self.paths["pid"])
-        return pid is not None and pid_alive(pid, "keepalived")
+        return self.own_keepalived("pid") is not None
 
     def conntrackd_alive(self) -> bool:
         # conntrackd holds its lock file; its pid is found by config path in the cmdline.
@@ -122,7 +130,7 @@ class ReplicaRuntime:
 
     async def stop(self) -> None:
         for key in ("pid_vrrp", "pid"):
-            pid = read_pid(self.paths[key])
+            pid = self.own_keepalived(key)
             if pid is not None:
                 await asyncio.to_thread(terminate, pid, 5.0)
         pid = find_pid_by_cmdline(str(conntrackd_paths(self.router.id)["conf"]))
@@ -166,6 +174,7 @@ class Agent:
         self.spec = LabSpec.load(lab_dir / "lab.json")
         self.node: NodeSpec = self.spec.node(node_name)
         self.replicas: dict[str, ReplicaRuntime] = {}
+        self.failed: set[str] = set()
         self.reload = asyncio.Event()
 
     def wanted(self) -> dict[str, tuple[RouterSpec, ReplicaSpec]]:
@@ -182,9 +191,12 @@ class Agent:
             runtime = ReplicaRuntime(self, router, replica)
             try:
                 await runtime.start()
-            except Exception as exc:  # one broken replica must not stop the others
-                log.error("replica failed to start", router=rid, error=str(exc))
+            except Exception as exc:  # one broken replica must not stop the others; retried next cycle
+                log.error("replica failed to start; will retry", router=rid, error=str(exc))
+                self.failed.add(rid)
+                await runtime.stop()
                 continue
+            self.failed.discard(rid)
             self.replicas[rid] = runtime
         self.write_status()
 
@@ -214,6 +226,8 @@ class Agent:
             if self.reload.is_set():
                 self.reload.clear()
                 self.spec = LabSpec.load(self.lab_dir / "lab.json")
+                await self.sync()
+            elif self.failed:
                 await self.sync()
             for runtime in list(self.replicas.values()):
                 await runtime.check()

@@ -9,9 +9,12 @@ namespace on its router's tenant network. Nothing here touches the root namespac
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import time
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from chaos.lab.netlink import create_netns, run_netlink
 from chaos.lab.spec import LabSpec
@@ -47,14 +50,50 @@ def plug_into_fabric(fabric_ns: str, peer: str, bridge: str, target_ns_path: str
     """Create veth ``peer`` on fabric bridge ``bridge``; its other end ``ifname`` goes to the target."""
 
     def work(fab: IPRoute) -> None:
-        stale = fab.link_lookup(ifname=peer)
-        if stale:  # left by a namespace that died with its node; the name is ours
-            fab.link("del", index=stale[0])
-        with open(target_ns_path, "rb") as target:
-            fab.link("add", ifname=peer, kind="veth", peer={"ifname": ifname, "net_ns_fd": target.fileno()})
+        for attempt in range(50):
+            # A peer of the same name can linger while the kernel destroys the namespace of a
+            # replica that died with its node (slowly, on a loaded machine): the name is ours.
+            _delete_links(fab, [peer])
+            try:
+                with open(target_ns_path, "rb") as target:
+                    fab.link("add", ifname=peer, kind="veth", peer={"ifname": ifname, "net_ns_fd": target.fileno()})
+                break
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST or attempt == 49:
+                    raise
+                time.sleep(0.1)
         fab.link("set", index=link_index(fab, peer), master=link_index(fab, bridge), state="up")
 
     run_netlink(fabric_ns, work)
+
+
+def port_name(kind: str, node_index: int, port_id: str) -> str:
+    """Fabric-side name of a replica's device: kind (h, r, g), node index, port id; 15 bytes at most."""
+    return f"{kind}{node_index:x}-{port_id[:8]}"
+
+
+def _delete_links(fab: IPRoute, names: list[str]) -> None:
+    for name in names:
+        for index in fab.link_lookup(ifname=name):
+            try:
+                fab.link("del", index=index)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:  # the kernel removed it first: fine
+                    raise
+
+
+def unplug_node(fabric_ns: str, node_index: int) -> int:
+    """Delete every fabric port of a node's replicas (after a power cut) so that it boots into a
+    clean fabric, whatever the kernel's pace in destroying the dead namespaces. Returns how many."""
+    prefixes = tuple(port_name(kind, node_index, "") for kind in "hrg")
+
+    def work(fab: IPRoute) -> int:
+        names = [link.get_attr("IFLA_IFNAME") for link in fab.get_links()]
+        doomed = [n for n in names if n and n.startswith(prefixes)]
+        _delete_links(fab, doomed)
+        return len(doomed)
+
+    return run_netlink(fabric_ns, work)
 
 
 def attach(spec: LabSpec, ns: str, ifname: str, peer: str, bridge: str, cidr: str | None, mac: str | None = None) -> None:

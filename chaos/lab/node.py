@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from chaos.errors import InfrastructureError
-from chaos.lab.fabric import attach, new_netns
+from chaos.lab.fabric import attach, new_netns, unplug_node
 from chaos.lab.netlink import remove_netns
 from chaos.lab.procs import kill, pid_alive, pids_matching, read_pid
 from chaos.lab.spec import LabSpec, NodeSpec
@@ -145,3 +145,4 @@ def power_off(spec: LabSpec, lab_dir: Path, node: NodeSpec, timeout: float = 10.
     (d / "power.pid").unlink(missing_ok=True)
     (d / "agent.json").unlink(missing_ok=True)
     remove_netns(node.netns)
+    unplug_node(spec.fabric_netns, node.index)

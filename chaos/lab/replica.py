@@ -17,7 +17,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 
-from chaos.lab.fabric import configure, link_index, plug_into_fabric
+from chaos.lab.fabric import configure, link_index, plug_into_fabric, port_name
 from chaos.lab.netlink import create_netns, list_netns, remove_netns, run_netlink
 from chaos.lab.router import (
     conf_dir,
@@ -33,8 +33,7 @@ from chaos.transport.netns import write_sysctls
 
 
 def fabric_peer_name(kind: str, node: NodeSpec, port_id: str) -> str:
-    """Name of a device's far end in the fabric: unique per node and port, at most 15 bytes."""
-    return f"{kind}{node.index:x}-{port_id[:8]}"
+    return port_name(kind, node.index, port_id)
 
 
 def build_replica(spec: LabSpec, node: NodeSpec, router: RouterSpec, replica: ReplicaSpec, fabric_ns: str) -> None:

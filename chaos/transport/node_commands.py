@@ -121,7 +121,7 @@ _GROUND_TRUTH_FN = r"""gt() {
   ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
   for k in pid pid-vrrp; do
     p=$(head -n1 "$c/$r.$k" 2>/dev/null | tr -cd '0-9')
-    if [ -n "$p" ] && grep -qa keepalived "/proc/$p/cmdline" 2>/dev/null; then
+    if [ -n "$p" ] && grep -qaF "$c/$r/keepalived.conf" "/proc/$p/cmdline" 2>/dev/null; then
       echo "K $k $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"
     else echo "K $k ${p:--} -"; fi
   done
@@ -206,7 +206,8 @@ def _pids_loop(paths: Sequence[str], body: str) -> str:
     files = " ".join(q(p) for p in paths)
     return (
         f"for f in {files}; do x=$(head -n1 \"$f\" 2>/dev/null | tr -cd '0-9'); "
-        f'[ -n "$x" ] || continue; grep -qa keepalived "/proc/$x/cmdline" 2>/dev/null || continue; '
+        # this router's keepalived only: pid files outlive a reboot, their numbers may be reused
+        f'[ -n "$x" ] || continue; grep -qaF "${{f%.pid*}}/keepalived.conf" "/proc/$x/cmdline" 2>/dev/null || continue; '
         f"{body}; done"
     )
 
