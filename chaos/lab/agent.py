@@ -182,7 +182,10 @@ class Agent:
 
     async def sync(self) -> None:
         wanted = self.wanted()
-        for rid in [rid for rid in self.replicas if rid not in wanted]:
+        # A replica removed and added back between two reloads comes back with a new HA port:
+        # the old one must go (its port may already be unplugged), not be kept by router id.
+        stale = [rid for rid, rt in self.replicas.items() if rid not in wanted or wanted[rid][1] != rt.replica]
+        for rid in stale:
             log.info("removing replica", router=rid)
             await self.replicas.pop(rid).stop()
         for rid, (router, replica) in wanted.items():
