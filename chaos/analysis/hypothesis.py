@@ -21,17 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.analysis.metrics import (
-    AGGREGATES,
-    CATALOG,
-    PHASES,
-    Phase,
-    RouterMetrics,
-    RunRecord,
-    Value,
-    aggregates,
-    run_metrics,
-)
+from chaos.analysis.metrics import CATALOG, RouterMetrics, RunRecord, Value, aggregates, run_metrics
+from chaos.experiment.metrics_catalog import AGGREGATES, PHASES, Phase
 from chaos.errors import InvalidInput
 
 Scope = Literal["run", "router"]

@@ -24,11 +24,11 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.experiment.metrics_catalog import AGGREGATES, METRICS, PHASES, Metric, Phase
+from chaos.experiment.metrics_catalog import AGGREGATES, METRICS, Metric, Phase  # noqa: F401 (AGGREGATES: re-exported)
 
 Value = float | int | None
 
