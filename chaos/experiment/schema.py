@@ -32,7 +32,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from chaos.experiment.durations import Duration, NonNegativeDuration, format_duration, parse_cron
+from chaos.experiment.durations import (
+    Duration,
+    NonNegativeDuration,
+    format_duration,
+    parse_cron,
+)
 from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
 from chaos.model import HostName, RouterId
 from chaos.yamlfile import Loc, format_loc
@@ -141,20 +146,22 @@ class Target(_Model):
 # --------------------------------------------------------------------------- faults
 class KeepalivedKillParams(_Model):
     signal: Annotated[Literal["TERM", "KILL", "STOP"], BeforeValidator(_signal)] = "KILL"
-    respawn_wait: Duration = Field(
-        default=10.0, description="how long undo waits for the agent to respawn keepalived before starting it itself"
+    respawn_wait: NonNegativeDuration = Field(
+        default=10.0, le=600, description="how long undo waits for the agent to respawn keepalived before starting it itself"
     )
 
 
 class GatewayRebootParams(_Model):
     method: Literal["lab", "ssh", "sysrq"] = "lab"
-    boot_timeout: Duration = Field(default=300.0, description="how long to wait for the node to come back")
+    boot_timeout: Duration = Field(default=300.0, le=3600, description="how long to wait for the node to come back")
 
 
 class AgentEvacuateParams(_Model):
     mode: Literal["graceful", "abrupt"] = "graceful"
     disable_agent: Annotated[bool, Strict()] = True
     node: HostName | None = Field(default=None, description="evacuate this node instead of choosing by replica")
+    handover_timeout: Duration = Field(default=15.0, le=300, description="how long a hand-over of the primary may take")
+    sync_timeout: Duration = Field(default=60.0, le=600, description="how long a moved replica may take to come up")
 
 
 class NoParams(_Model):

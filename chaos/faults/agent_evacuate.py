@@ -28,29 +28,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from chaos.errors import InfrastructureError, InvalidInput
+from chaos.experiment.schema import AgentEvacuateParams
 from chaos.faults.base import Fault, FaultContext, UndoStep, poll
 from chaos.log import get_logger
-from chaos.targets.openstack import ApiError, OpenStackClient, _run_sync, client_for_topology
+from chaos.targets.openstack import (
+    ApiError,
+    OpenStackClient,
+    _run_sync,
+    client_for_topology,
+)
 from chaos.transport import node_commands as nc
 
 log = get_logger("faults.agent_evacuate")
 
 HA_PORT_OWNER = "network:router_ha_interface"
-
-
-class AgentEvacuateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["graceful", "abrupt"] = "graceful"
-    disable_agent: bool = True
-    node: str | None = Field(default=None, description="the runner's choice of node (the plan passes it)")
-    handover_timeout: float = Field(default=15.0, gt=0, le=300, description="how long a hand-over may take")
-    sync_timeout: float = Field(default=60.0, gt=0, le=600, description="how long a new replica may take to come up")
 
 
 class Placement(BaseModel):

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chaos.errors import InfrastructureError, InvalidInput
+from chaos.experiment.schema import NoParams
 from chaos.log import get_logger
 from chaos.model import Node, Replica, Router, Topology
 from chaos.transport import node_commands as nc
@@ -42,10 +43,6 @@ class UndoStep(BaseModel):
     via: Literal["ssh", "bmc", "api"]
     node: str
     command: str  # a shell command (ssh), a Redfish ResetType (bmc) or a JSON API command (api)
-
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class FaultContext:

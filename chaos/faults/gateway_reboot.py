@@ -11,23 +11,17 @@ running keepalived again. The only undo is powering it on (a BMC ``On``), when t
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from chaos.errors import InfrastructureError
+from chaos.experiment.schema import GatewayRebootParams
 from chaos.faults.base import Fault, UndoStep, poll, run_undo_steps
 from chaos.probes.replicas import observe_node
 from chaos.transport import node_commands as nc
 
 BMC_RESET = "ForceRestart"
-
-
-class GatewayRebootParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    method: Literal["lab", "ssh", "sysrq"] = "lab"
-    boot_timeout: float = Field(default=180.0, gt=0, le=3600, description="seconds the node may take to come back")
 
 
 class GatewayReboot(Fault):

@@ -10,19 +10,13 @@ Neutron's command line, as the agent would.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from chaos.experiment.schema import KeepalivedKillParams
 from chaos.faults.base import Fault, poll
 from chaos.transport import node_commands as nc
-
-
-class KeepalivedKillParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    signal: Literal["TERM", "KILL", "STOP"] = "KILL"
-    respawn_wait: float = Field(default=10.0, ge=0, le=600, description="seconds to leave the agent to respawn keepalived")
 
 
 class KeepalivedKill(Fault):

@@ -214,7 +214,7 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
         target=topology.source, safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
         hypothesis=experiment.steady_state_hypothesis.title,
     )
-    verdict, reason = "error", ""
+    verdict, reason, code = "error", "", ExitCode.INFRASTRUCTURE
     try:
         async with SshPool(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
@@ -260,15 +260,18 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
             ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
             ExitCode.INVALID_INPUT: "invalid",
         }.get(exc.exit_code, "error")
-        reason = str(exc)
+        reason, code = str(exc), exc.exit_code
         log.error("run stopped", verdict=verdict, reason=reason)
+    except Exception as exc:  # a bug: rollback has run (scheduler); still close the journal honestly
+        verdict, reason, code = "error", f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL
+        log.exception("run failed", reason=reason)
     finally:
         if sys.stderr.isatty():
             print(file=sys.stderr)
-    summary = summarize(read_journal(journal.path), tolerances)
-    if verdict == "held" and summary.verdict == "deviated":
-        verdict = "deviated"
-    code = exit_code_for(verdict)
+    if verdict == "held":
+        if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
+            verdict = "deviated"
+        code = exit_code_for(verdict)
     journal.write("run.finished", verdict=verdict, exit_code=int(code), reason=reason)
     journal.close()
     summary = summarize(read_journal(journal.path), tolerances)

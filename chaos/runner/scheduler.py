@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from chaos.errors import ExitCode, Interrupted, SafeguardAbort, SteadyStateBroken
+from chaos.errors import ChaosError, ExitCode, Interrupted, SafeguardAbort, SteadyStateBroken
 from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
@@ -148,6 +148,8 @@ class Scheduler:
         except* SafeguardAbort as group:
             raise group.exceptions[0] from None
         except* SteadyStateBroken as group:
+            raise group.exceptions[0] from None
+        except* ChaosError as group:  # a node or the BMC failed under a fault: report it plainly
             raise group.exceptions[0] from None
 
     # ------------------------------------------------------------------ faults
