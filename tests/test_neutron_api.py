@@ -264,12 +264,18 @@ def test_non_ha_routers_are_skipped_and_filters() -> None:
     assert not router_matches(ha, None, "other", []) and not router_matches(ha, None, None, ["dev"])
 
 
-def test_ssh_inventory_mapping() -> None:
-    inv = SshInventory.model_validate({
-        "hosts": {"net-1": {"address": "10.0.0.1", "user": "ops", "sudo": True}, "net-*": {"jump_host": "bastion"}},
-    })
-    assert inv.node("net-1").address == "10.0.0.1" and inv.node("net-1").sudo
-    assert inv.node("net-7").address == "net-7" and inv.node("net-7").jump_host == "bastion"
+def test_ssh_inventory_mapping(tmp_path: Path) -> None:
+    """Discovery reaches agent hosts through the static inventory format (exact name, then pattern)."""
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        "nodes:\n"
+        "  - {name: net-1, address: 198.51.100.21, user: ops, sudo: true}\n"
+        "  - {pattern: 'net-*', address_template: '{name}.mgmt.example', jump_host: bastion.example}\n"
+    )
+    inv = SshInventory.load(path)
+    assert inv.node("net-1").address == "198.51.100.21" and inv.node("net-1").sudo
+    assert inv.node("net-7").address == "net-7.mgmt.example" and inv.node("net-7").jump_host == "bastion.example"
+    assert inv.covers("net-7") and not inv.covers("compute-3")
     with pytest.raises(InvalidInput, match="'compute-3' has no SSH mapping"):
         inv.node("compute-3")
     assert SshInventory(strict=False).node("anything").address == "anything"

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.errors import ChaosError, InfrastructureError, InvalidInput
 from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
+from chaos.targets.inventory import Inventory, read_inventory, ssh_settings_for
 
 log = structlog.get_logger("targets.openstack")
 # openstacksdk's own deprecation notices (influxdb, service_type, ...) say nothing to a user of chaos.
@@ -46,71 +47,50 @@ MAX_VRID = 254
 
 
 # --------------------------------------------------------------------------- SSH mapping
-class HostMapping(BaseModel):
-    """How to reach one agent host (or every host matching a pattern) over SSH."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str | None = Field(default=None, description="None: the host name itself")
-    port: int = 22
-    user: str = "root"
-    key_file: Path | None = None
-    known_hosts: Path | None = None
-    jump_host: str | None = None
-    netns: str | None = None
-    sudo: bool = False
-    state_path: Path = Path("/var/lib/neutron")
-
-
 class SshInventory(BaseModel):
-    """Agent host name (exact, or a glob such as ``network-*``) -> how to reach it.
+    """Agent host name -> how to reach it over SSH.
 
-    Exact names win over patterns; patterns are tried in file order. With ``strict`` (the
-    default when an inventory is given) a host that matches nothing is an error naming it;
-    without an inventory every host is reached by its own name.
+    Either a static inventory file (``chaos.targets.inventory``: nodes by exact name, then by
+    pattern, over its defaults; see docs/inventory.md) or a lab's inventory.json (its nodes by
+    name). With ``strict`` (whenever an inventory is given) a host that matches nothing is an
+    error naming it; without an inventory every host is reached by its own name.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    hosts: dict[str, HostMapping] = {}
+    inventory: Inventory | None = None
+    exact: dict[str, Node] = {}
     strict: bool = True
     vantage: Vantage = Vantage()
     bmc_url: str | None = None
     bmc_credentials_file: Path | None = None
     lab_routers: tuple[Router, ...] = Field(default=(), description="lab only: probe details (VM namespaces) by router")
 
-    def mapping(self, host: str) -> HostMapping | None:
-        if host in self.hosts:
-            return self.hosts[host]
-        for pattern, mapping in self.hosts.items():
-            if fnmatch.fnmatchcase(host, pattern):
-                return mapping
-        return None if self.strict else HostMapping()
+    def covers(self, host: str) -> bool:
+        return (
+            host in self.exact
+            or (self.inventory is not None and self.inventory.entry_for(host) is not None)
+            or not self.strict
+        )
 
     def node(self, host: str) -> Node:
-        mapping = self.mapping(host)
-        if mapping is None:
-            known = ", ".join(sorted(self.hosts)) or "none"
-            raise InvalidInput(
-                f"L3 agent host {host!r} has no SSH mapping in the inventory",
-                hint=f"add {host!r} (or a pattern matching it) under hosts:; mapped: {known}",
-            )
-        return Node(
-            name=host, address=mapping.address or host, port=mapping.port, user=mapping.user,
-            key_file=mapping.key_file, known_hosts=mapping.known_hosts, jump_host=mapping.jump_host,
-            netns=mapping.netns, sudo=mapping.sudo, state_path=mapping.state_path,
+        if host in self.exact:
+            return self.exact[host]
+        if self.inventory is not None and self.inventory.entry_for(host) is not None:
+            return ssh_settings_for(host, self.inventory)
+        if not self.strict:
+            return Node(name=host, address=host)
+        known = ", ".join(sorted(self.exact)) or "none"
+        raise InvalidInput(
+            f"L3 agent host {host!r} has no SSH mapping in the inventory",
+            hint=f"add {host!r} (or a pattern matching it) under nodes:; mapped: {known}",
         )
 
     @classmethod
     def from_topology(cls, topology: Topology) -> SshInventory:
         """The mapping a lab's inventory.json gives: its nodes by exact name, its vantage and BMC."""
         return cls(
-            hosts={
-                n.name: HostMapping(address=n.address, port=n.port, user=n.user, key_file=n.key_file,
-                                    known_hosts=n.known_hosts, jump_host=n.jump_host, netns=n.netns, sudo=n.sudo,
-                                    state_path=n.state_path)
-                for n in topology.nodes
-            },
+            exact={n.name: n for n in topology.nodes},
             vantage=topology.vantage,
             bmc_url=topology.bmc_url,
             bmc_credentials_file=topology.bmc_credentials_file,
@@ -119,24 +99,22 @@ class SshInventory(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> SshInventory:
-        """A YAML/JSON SSH inventory, or a chaos Topology (a lab's inventory.json)."""
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read the SSH inventory {path}: {exc.strerror}") from None
-        try:
-            from ruamel.yaml import YAML
-
-            data = YAML(typ="safe").load(text)
-        except Exception as exc:
-            raise InvalidInput(f"{path}: not YAML/JSON: {exc}") from None
-        try:
-            if isinstance(data, dict) and "source" in data and "nodes" in data:
-                return cls.from_topology(Topology.model_validate(data))
-            return cls.model_validate(data or {})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InvalidInput(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        """A lab's inventory.json (a chaos Topology), or a static inventory file."""
+        if path.suffix == ".json":
+            try:
+                return cls.from_topology(Topology.model_validate_json(path.read_text()))
+            except OSError as exc:
+                raise InvalidInput(f"cannot read the inventory {path}: {exc.strerror}") from None
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InvalidInput(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        inventory = read_inventory(path)
+        return cls(
+            inventory=inventory,
+            vantage=inventory.vantage,
+            bmc_url=inventory.bmc.url if inventory.bmc else None,
+            bmc_credentials_file=inventory.bmc.credentials_file if inventory.bmc else None,
+        )
 
 
 # --------------------------------------------------------------------------- what the API says
@@ -474,13 +452,13 @@ async def discover(
         )
         hosts |= {rep.node for rep in replicas}
     replica_hosts = {rep.node for r in model_routers for rep in r.replicas}
-    unmapped = sorted(h for h in replica_hosts if inventory.mapping(h) is None)
+    unmapped = sorted(h for h in replica_hosts if not inventory.covers(h))
     if unmapped:
         raise InvalidInput(
             f"L3 agent host(s) without SSH mapping: {', '.join(unmapped)}",
-            hint="add them (or a pattern matching them) under hosts: in the SSH inventory",
+            hint="add them (or a pattern matching them) under nodes: in the inventory (docs/inventory.md)",
         )
-    nodes = tuple(inventory.node(h) for h in sorted(hosts) if inventory.mapping(h) is not None)
+    nodes = tuple(inventory.node(h) for h in sorted(hosts) if inventory.covers(h))
     topology = Topology(
         source=f"openstack:{client.cloud}",
         nodes=nodes,
@@ -555,7 +533,6 @@ __all__ = [
     "ApiError",
     "ApiRouter",
     "Discovery",
-    "HostMapping",
     "OpenStackClient",
     "SshInventory",
     "client_for_topology",
