@@ -18,9 +18,13 @@ trap cleanup EXIT
 
 "$CHAOS" lab up --name "$LAB"
 "$CHAOS" lab status --name "$LAB"
+out=$(mktemp)
 set +e
-"$CHAOS" run --lab "$LAB" "$EXPERIMENT"
-status=$?
+"$CHAOS" run --lab "$LAB" "$EXPERIMENT" | tee "$out"
+status=${PIPESTATUS[0]}
 set -e
+folder=$(tail -n 1 "$out")
+rm -f "$out"
 echo "chaos run exited with $status (0 held, 1 deviated; see README: exit codes)"
+echo "report: $folder/report.html"
 exit "$status"
