@@ -394,27 +394,20 @@ class Lab:
     # ------------------------------------------------------------------ reboot
     def reboot(self, node_name: str, wait: bool = True, timeout: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
         """Power-cycle a node through its BMC, as one would a server, and wait for it to be back."""
-        import base64
-        import urllib.request
+        import asyncio
+
+        from chaos.transport.redfish import RedfishClient
 
         spec = self.spec()
         spec.node(node_name)
-        url, user, password = self.bmc()
+        url, _, _ = self.bmc()
         old_boot = (self.agent_status(node_name) or {}).get("boot_id")
-        req = urllib.request.Request(
-            f"{url}/redfish/v1/Systems/{node_name}/Actions/ComputerSystem.Reset",
-            data=json.dumps({"ResetType": "ForceRestart"}).encode(),
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
-            },
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback BMC
-                resp.read()
-        except OSError as exc:
-            raise InfrastructureError(f"the lab BMC did not accept the reset of {node_name}: {exc}") from exc
+
+        async def reset() -> None:  # the same Redfish client the faults use on real servers
+            async with RedfishClient.from_file(url, self.dir / "bmc.json") as bmc:
+                await bmc.reset(node_name, "ForceRestart")
+
+        asyncio.run(reset())
         progress(f"{node_name}: power cycled; boot delay {spec.options.boot_delay:g}s")
         if not wait:
             return
