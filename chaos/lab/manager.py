@@ -318,7 +318,9 @@ class Lab:
                         "ha_device": rep.ha_device,
                         "ha_ip": rep.ha_ip,
                         "state": self.replica_state(rep.node, router),
-                        "holds_addresses": bool(addrs) and router.gateway_ip in addrs,
+                        # as the tool's ground truth reads it: the gateway or a floating IP is here
+                        "holds_addresses": bool(addrs)
+                        and any(a in addrs for a in [router.gateway_ip, *(f.address for f in router.floating_ips)]),
                         "keepalived_pids": self.keepalived_pids(rep.node, router),
                     }
                 )
