@@ -227,14 +227,6 @@ def test_tolerances_as_the_experiment_schema_models_them() -> None:
     assert [(r.name, r.phase, r.ok) for r in res.results] == [("outage_s", "during", True), ("primaries_after", "after", True)]
 
 
-def test_metric_names_match_the_experiment_catalog() -> None:
-    catalog = pytest.importorskip("chaos.experiment.metrics_catalog")
-    from chaos.analysis.metrics import AGGREGATES, CATALOG
-
-    assert set(catalog.METRICS) <= set(CATALOG)
-    assert tuple(catalog.AGGREGATES) == AGGREGATES
-
-
 def test_steady_state_broken_is_kept_as_the_verdict() -> None:
     s = summarize(run((R1, ".........."), finished="steady-state-broken"), {"lost": {"max": 0}})
     assert s.verdict == "steady-state-broken"

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.experiment.metrics_catalog import AGGREGATES, METRICS, Metric, Phase  # noqa: F401 (AGGREGATES: re-exported)
+from chaos.experiment.metrics_catalog import METRICS, Metric, Phase
 
 Value = float | int | None
 
