@@ -46,7 +46,7 @@ from chaos.runner.plan import (
     holders_by_router,
     select_routers,
 )
-from chaos.runner.scheduler import Progress, Scheduler, exit_code_for
+from chaos.runner.scheduler import Progress, Scheduler
 from chaos.settings import Settings
 from chaos.targets.lab import lab_topology
 from chaos.transport.ssh import SshPool
@@ -271,7 +271,7 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
     if verdict == "held":
         if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
             verdict = "deviated"
-        code = exit_code_for(verdict)
+        code = ExitCode.DEVIATED if verdict == "deviated" else ExitCode.OK
     journal.write("run.finished", verdict=verdict, exit_code=int(code), reason=reason)
     journal.close()
     summary = summarize(read_journal(journal.path), tolerances)

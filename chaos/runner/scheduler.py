@@ -14,13 +14,11 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from chaos.errors import ChaosError, ExitCode, Interrupted, SafeguardAbort, SteadyStateBroken
-from chaos.faults import FAULTS
+from chaos.errors import ChaosError, Interrupted, SafeguardAbort, SteadyStateBroken
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
@@ -314,20 +312,3 @@ def _affected(plan: Plan) -> set[str]:
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def exit_code_for(verdict: str) -> ExitCode:
-    return {
-        "held": ExitCode.OK,
-        "deviated": ExitCode.DEVIATED,
-        "aborted": ExitCode.ABORTED,
-        "interrupted": ExitCode.INTERRUPTED,
-        "steady-state-broken": ExitCode.STEADY_STATE_BROKEN,
-    }.get(verdict, ExitCode.INFRASTRUCTURE)
-
-
-def fault_class(name: str) -> type[Fault]:
-    return FAULTS[name]
-
-
-__all__ = ["Scheduler", "Progress", "exit_code_for", "fault_class", "Path"]
