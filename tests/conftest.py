@@ -10,6 +10,7 @@ left behind by a crashed run is removed before a new one starts (``Lab.up`` does
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from chaos.lab.spec import LabOptions, LabSpec
 
 LAB_ROOT = Path(os.environ.get("CHAOS_TEST_LAB_ROOT", "/run/chaos-lab"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The CLI of the environment under test, whatever else is on PATH (a fresh machine has no other).
+CHAOS_CLI = (sys.executable, "-m", "chaos")
 
 
 def lab_name(suffix: str = "") -> str:

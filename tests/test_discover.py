@@ -14,11 +14,11 @@ from chaos.targets.openstack import ApiAgent, ApiRouter
 from chaos.commands.discover import ReplicaRow
 from chaos.targets.lab import lab_topology
 from chaos.transport.ssh import SshPool
-from tests.conftest import LAB_ROOT, LabHandle, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LAB_ROOT, LabHandle, wait_lab_ready
 
 
 async def chaos_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec("chaos", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*CHAOS_CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 

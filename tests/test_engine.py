@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import pytest
 
 from chaos.errors import ExitCode
 from chaos.runner.journal import read_journal
-from tests.conftest import LabHandle, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
-CHAOS = [sys.executable, "-m", "chaos.cli"]
+CHAOS = list(CHAOS_CLI)
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,11 @@ import pytest
 from chaos.errors import ExitCode, InvalidInput
 from chaos.model import Topology
 from chaos.targets.inventory import check_inventory, load_inventory, read_inventory, ssh_settings_for
-from tests.conftest import LabHandle, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
 DATA = Path(__file__).resolve().parent / "data" / "inventories"
 BROKEN = sorted((DATA / "broken").glob("*.yaml"))
-CHAOS = [sys.executable, "-m", "chaos.cli"]
+CHAOS = list(CHAOS_CLI)
 
 
 def _expectations(path: Path) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,13 +17,20 @@ from chaos.lab.manager import Lab
 from chaos.lab.netlink import list_netns
 from chaos.lab.procs import pids_matching
 from chaos.lab.spec import LabOptions, plan_lab
-from tests.conftest import LAB_ROOT, LabHandle, lab_name, require_lab_prerequisites, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LAB_ROOT, LabHandle, lab_name, require_lab_prerequisites, wait_lab_ready
 
-CHAOS = [sys.executable, "-m", "chaos.cli"]
+CHAOS = list(CHAOS_CLI)
 
 
 def master_down_interval(advert_int: float, priority: int = 50) -> float:
     return 3 * advert_int + (256 - priority) / 256 * advert_int
+
+
+# keepalived 2.2.7 on these 2-core machines takes over within Master_Down_Interval of the last
+# advert it heard (a hand-built pair: 4.9-5.4 s after a link-down at advert 2, inside the
+# VRRP bound). What a test reads on top is the state-change daemon writing the state file and
+# its own polling, slower under CI's load: this margin covers that, not keepalived.
+OBSERVATION_MARGIN = 2.0
 
 
 def root_netns_snapshot() -> str:
@@ -151,25 +157,29 @@ def test_sigkill_of_primary_keepalived_fails_over_and_agent_respawns(lab: LabHan
     backup = next(r for r in before["replicas"] if r["state"] == "backup")
     pids_before = set(primary["keepalived_pids"])
     try:
-        t0 = time.monotonic()
         ssh(lab, primary["node"], f"kill -9 $(cat /var/lib/neutron/ha_confs/{router.id}.pid) "
                                   f"$(cat /var/lib/neutron/ha_confs/{router.id}.pid-vrrp)")
+        t0 = time.monotonic()  # after the kill: starting the CLI and SSH is not failover time
+        # The takeover is read from the backup's state file alone (a cheap read, polled fast);
+        # the respawn and the addresses from the whole status, which takes longer to gather.
         took_over = None
-        respawned = False
-        deadline = t0 + master_down_interval(1) + lab.spec.options.respawn_interval + 10
-        while time.monotonic() < deadline:
-            now = router_status(lab, router.id)
-            reps = {r["node"]: r for r in now["replicas"]}
-            if took_over is None and reps[backup["node"]]["state"] == "primary":
+        deadline = t0 + master_down_interval(1) + OBSERVATION_MARGIN + 5
+        while took_over is None and time.monotonic() < deadline:
+            if lab.lab.replica_state(backup["node"], router) == "primary":
                 took_over = time.monotonic() - t0
+            time.sleep(0.02)
+        respawned = False
+        deadline = time.monotonic() + lab.spec.options.respawn_interval + 10
+        while time.monotonic() < deadline:
+            reps = {r["node"]: r for r in router_status(lab, router.id)["replicas"]}
             pids = set(reps[primary["node"]]["keepalived_pids"])
             if pids and not pids & pids_before:
                 respawned = True
-            if took_over is not None and respawned and not reps[primary["node"]]["holds_addresses"]:
+            if respawned and not reps[primary["node"]]["holds_addresses"]:
                 break
             time.sleep(0.1)
         assert took_over is not None, "the backup never became primary"
-        assert took_over <= master_down_interval(1) + 1.0, f"failover took {took_over:.2f}s"
+        assert took_over <= master_down_interval(1) + OBSERVATION_MARGIN, f"failover took {took_over:.2f}s"
         assert respawned, "the agent did not respawn the killed keepalived"
         final = {r["node"]: r for r in router_status(lab, router.id)["replicas"]}
         # The respawned keepalived starts in BACKUP (nopreempt) and removes what the killed one left.

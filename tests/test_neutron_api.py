@@ -28,7 +28,7 @@ from chaos.targets.openstack import (
     is_ha_router,
     router_matches,
 )
-from tests.conftest import LabHandle, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ async def test_move_replica_and_neutron_errors(lab: LabHandle, cloud: str) -> No
                 break
             await asyncio.sleep(0.3)
         assert lab.lab.keepalived_pids(spare, router), "no keepalived for the added replica"
-        out = await asyncio.create_subprocess_exec("chaos", "lab", "ssh", "--name", lab.name, spare, "--", *ns_cmd,
+        out = await asyncio.create_subprocess_exec(*CHAOS_CLI, "lab", "ssh", "--name", lab.name, spare, "--", *ns_cmd,
                                                    stdout=asyncio.subprocess.PIPE)
         assert router.namespace in (await out.communicate())[0].decode()
         with pytest.raises(ApiError) as conflict:
@@ -158,7 +158,7 @@ async def test_move_replica_and_neutron_errors(lab: LabHandle, cloud: str) -> No
         while time.monotonic() < deadline and lab.lab.keepalived_pids(spare, router):
             await asyncio.sleep(0.3)
         assert not lab.lab.keepalived_pids(spare, router)
-        out = await asyncio.create_subprocess_exec("chaos", "lab", "ssh", "--name", lab.name, spare, "--", *ns_cmd,
+        out = await asyncio.create_subprocess_exec(*CHAOS_CLI, "lab", "ssh", "--name", lab.name, spare, "--", *ns_cmd,
                                                    stdout=asyncio.subprocess.PIPE)
         assert router.namespace not in (await out.communicate())[0].decode()
         status, body = http("DELETE", f"{api_url(lab)}/networking/v2.0/agents/{agents[spare].id}/l3-routers/{router.id}", token)
@@ -234,7 +234,7 @@ async def test_unreachable_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         await discover(client)
     assert "cannot reach the OpenStack API of cloud 'gone'" in err.value.message
     assert "127.0.0.1:9" in err.value.message
-    proc = await asyncio.create_subprocess_exec("chaos", "discover", "--cloud", "gone", stdout=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(*CHAOS_CLI, "discover", "--cloud", "gone", stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, errout = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 5, errout.decode()

@@ -30,7 +30,7 @@ from chaos.probes.icmp import (
     seq_distance,
 )
 from chaos.runner.journal import Journal, read_journal
-from tests.conftest import LabHandle, wait_lab_ready
+from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
 UNUSED_FIP = "100.64.63.250"  # inside the floating-IP range, never allocated by a small lab
 
@@ -138,7 +138,7 @@ def longest_loss(sent: list[float], rtt: list[float | None]) -> tuple[int, float
 
 async def lab_ssh(lab: LabHandle, node: str, command: str, timeout: float = 20.0) -> str:
     proc = await asyncio.create_subprocess_exec(
-        "chaos", "lab", "ssh", "--name", lab.name, node, "--", command,
+        *CHAOS_CLI, "lab", "ssh", "--name", lab.name, node, "--", command,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
