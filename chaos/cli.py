@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--advert-int", type=int, help="VRRP advert_int in seconds (default 2)")
     up.add_argument("--conntrackd", action="store_true", default=None, help="replicate conntrack state")
     up.add_argument("--strict-conntrack", action="store_true", default=None, help="tcp_loose off, INVALID dropped")
-    up.add_argument("--respawn-interval", type=float, help="agent's keepalived check interval (default 3s)")
+    up.add_argument("--respawn-interval", type=float,
+                    help="the L3 agents' check_child_processes_interval: how often they respawn a dead keepalived "
+                    "(default 60s as in Neutron; 0: never)")
     up.add_argument("--boot-delay", type=float, help="seconds a rebooted node stays down (default 3)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the lab to be ready")
 

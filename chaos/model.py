@@ -8,10 +8,12 @@ router id or a device name that reaches a shell command has already been checked
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
+
+from chaos import neutron
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}$")
@@ -68,7 +70,24 @@ class Node(_Model):
     jump_host: str | None = None
     netns: NetnsName | None = Field(default=None, description="open the SSH socket inside this network namespace")
     sudo: bool = Field(default=False, description="prefix privileged commands with `sudo -n`")
-    state_path: Path = Path("/var/lib/neutron")
+    state_path: Path = Path(neutron.STATE_PATH)
+    ha_confs_path: Path | None = Field(default=None, description="Neutron's ha_confs_path (default <state_path>/ha_confs)")
+    pid_names: Literal["current", "pre-train"] = Field(
+        default="current", description="keepalived pid file names: <id>.pid.keepalived (Train and later) or <id>.pid"
+    )
+    check_child_processes_interval: float = Field(
+        default=neutron.CHECK_CHILD_PROCESSES_INTERVAL, ge=0, le=86400,
+        description="the L3 agent's process monitor interval (0: it never respawns keepalived)",
+    )
+
+    @property
+    def layout(self) -> neutron.NeutronLayout:
+        """Where this node's Neutron keeps its HA routers' files."""
+        return neutron.NeutronLayout(
+            state_path=PurePosixPath(self.state_path),
+            ha_confs_path=PurePosixPath(self.ha_confs_path) if self.ha_confs_path else None,
+            pid_names=self.pid_names,
+        )
 
 
 class FloatingIP(_Model):

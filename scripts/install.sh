@@ -12,7 +12,7 @@ fi
 PACKAGES=(
     keepalived conntrack conntrackd openssh-server openssh-client iptables iproute2
     iputils-ping fping procps util-linux python3 python3-venv python3-pip ca-certificates
-    chromium
+    curl chromium
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -34,4 +34,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# Neutron's own neutron-keepalived-state-change (a POSIX sh script in the neutron package) runs
+# in the lab's replicas. Only the script is used: --no-deps keeps Neutron's libraries out.
+.venv/bin/python -m pip install -q --no-deps 'neutron==29.0.0'
 echo "installed: $(.venv/bin/chaos --version)"

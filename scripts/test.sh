@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# Neutron's own code, for the fidelity tests (a venv of its own: .venv-neutron).
+bash scripts/install-neutron-reference.sh
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 status=$?

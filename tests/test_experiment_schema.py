@@ -124,7 +124,7 @@ def test_minimal_file_gets_the_documented_defaults() -> None:
     exp = check.experiment
     assert exp is not None
     assert exp.target.source == "lab" and exp.target.lab is None and exp.target.lab_name("chaoslab") == "chaoslab"
-    assert isinstance(exp.fault, KeepalivedKill) and exp.fault.params.signal == "KILL" and exp.fault.params.respawn_wait == 10
+    assert isinstance(exp.fault, KeepalivedKill) and exp.fault.params.signal == "KILL" and exp.fault.params.respawn_wait is None  # the node's check_child_processes_interval + margin
     assert exp.fault.replica == "primary"
     assert exp.probes.enabled() == ("icmp", "primary") and exp.probes.icmp is not None and exp.probes.icmp.interval == 0.02
     assert exp.safeguards.max_nodes_at_once == 1 and exp.safeguards.max_run_duration == 600

@@ -129,6 +129,7 @@ def lab_inventory_yaml(lab: LabHandle, folder: Path) -> Path:
         f"  key_file: {os.path.relpath(first.key_file, folder)}",
         f"  known_hosts: {first.known_hosts}",
         f"  netns: {first.netns}",
+        f"  check_child_processes_interval: {first.check_child_processes_interval}",
         "nodes:",
     ]
     *named, last = topo.nodes

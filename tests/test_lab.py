@@ -123,8 +123,10 @@ def test_nodes_look_like_neutron_network_nodes(lab: LabHandle) -> None:
         assert f"qrouter-{router.id}" in out
         assert (
             f"keepalived -P -f /var/lib/neutron/ha_confs/{router.id}/keepalived.conf "
-            f"-p /var/lib/neutron/ha_confs/{router.id}.pid -r /var/lib/neutron/ha_confs/{router.id}.pid-vrrp"
+            f"-p /var/lib/neutron/ha_confs/{router.id}.pid.keepalived "
+            f"-r /var/lib/neutron/ha_confs/{router.id}.pid.keepalived-vrrp"
         ) in out
+        assert f"neutron-keepalived-state-change --router_id {router.id} --namespace qrouter-{router.id}" in out
         for needle in ("state BACKUP", "nopreempt", "priority 50", "advert_int 1", f"virtual_router_id {router.vrid}",
                        f"{router.ha_vip}/24 dev {rep.ha_device}", "virtual_ipaddress_excluded",
                        f"{router.floating_ips[0].address}/32 dev {router.gateway_device}",
@@ -143,7 +145,7 @@ def test_nodes_are_hosts_of_their_own(lab: LabHandle) -> None:
     assert len(boot_ids) == len(lab.spec.nodes)
     for node in lab.spec.nodes:
         hosted = {r.id for r, _ in lab.spec.replicas_on(node.name)}
-        listed = {line for line in outs[node.name].splitlines()[1:] if not line.endswith((".pid", ".pid-vrrp"))}
+        listed = {line for line in outs[node.name].splitlines()[1:] if ".pid." not in line}
         assert listed == hosted
     # The root namespace sees none of the qrouter namespaces.
     assert not [ns for ns in list_netns() if ns.startswith("qrouter-")]
@@ -157,8 +159,8 @@ def test_sigkill_of_primary_keepalived_fails_over_and_agent_respawns(lab: LabHan
     backup = next(r for r in before["replicas"] if r["state"] == "backup")
     pids_before = set(primary["keepalived_pids"])
     try:
-        ssh(lab, primary["node"], f"kill -9 $(cat /var/lib/neutron/ha_confs/{router.id}.pid) "
-                                  f"$(cat /var/lib/neutron/ha_confs/{router.id}.pid-vrrp)")
+        ssh(lab, primary["node"], f"kill -9 $(cat /var/lib/neutron/ha_confs/{router.id}.pid.keepalived) "
+                                  f"$(cat /var/lib/neutron/ha_confs/{router.id}.pid.keepalived-vrrp)")
         t0 = time.monotonic()  # after the kill: starting the CLI and SSH is not failover time
         # The takeover is read from the backup's state file alone (a cheap read, polled fast);
         # the respawn and the addresses from the whole status, which takes longer to gather.

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from chaos.neutron import NeutronLayout
 from chaos.transport import node_commands as nc
 
 RID = "cfff158b-fb81-50e1-abe2-769b312e5ed7"
+LAYOUT = NeutronLayout()
 HA = "ha-e7dbb7a0-b5"
 EVIL_IDS = [
     "cfff158b-fb81-50e1-abe2-769b312e5ed7; rm -rf /",
@@ -35,10 +38,10 @@ def sh(command: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("bad", EVIL_IDS)
 def test_router_id_with_shell_metacharacters_is_refused(bad: str) -> None:
     builders = [
-        lambda: nc.ground_truth("/var/lib/neutron", [(bad, HA)]),
-        lambda: nc.keepalived_signal("/var/lib/neutron", bad, nc.Signal.KILL),
-        lambda: nc.keepalived_start("/var/lib/neutron", bad),
-        lambda: nc.keepalived_ensure_running("/var/lib/neutron", bad),
+        lambda: nc.ground_truth(LAYOUT, [(bad, HA)]),
+        lambda: nc.keepalived_signal(LAYOUT, bad, nc.Signal.KILL),
+        lambda: nc.keepalived_start(LAYOUT, bad),
+        lambda: nc.keepalived_ensure_running(LAYOUT, bad),
         lambda: nc.ha_link_set(bad, HA, nc.LinkAction.DOWN),
         lambda: nc.vrrp_block(bad, HA, "chaos-r1-a1"),
         lambda: nc.vrrp_unblock(bad, HA, "chaos-r1-a1"),
@@ -53,7 +56,7 @@ def test_device_names_other_than_neutrons_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         nc.ha_link_set(RID, bad, nc.LinkAction.DOWN)
     with pytest.raises(ValueError):
-        nc.ground_truth("/var/lib/neutron", [(RID, bad)])
+        nc.ground_truth(LAYOUT, [(RID, bad)])
 
 
 @pytest.mark.parametrize("bad", ["a b", "x;y", "'", "-leading", "a" * 201, ""])
@@ -72,16 +75,72 @@ def test_durations_must_be_sane_numbers(bad: float) -> None:
 
 def test_signals_come_from_the_enum() -> None:
     with pytest.raises(ValueError):
-        nc.keepalived_signal("/var/lib/neutron", RID, "HUP; reboot")  # type: ignore[arg-type]
+        nc.keepalived_signal(LAYOUT, RID, "HUP; reboot")  # type: ignore[arg-type]
 
 
 def test_keepalived_start_is_neutrons_command_line() -> None:
-    argv = shlex.split(nc.keepalived_start("/var/lib/neutron", RID))
+    start = nc.keepalived_start(LAYOUT, RID)
     confs = "/var/lib/neutron/ha_confs"
-    assert argv == [
-        "ip", "netns", "exec", f"qrouter-{RID}",
-        "keepalived", "-P", "-f", f"{confs}/{RID}/keepalived.conf", "-p", f"{confs}/{RID}.pid", "-r", f"{confs}/{RID}.pid-vrrp",
-    ]
+    argv = ["ip", "netns", "exec", f"qrouter-{RID}", "keepalived", "-P", "-f", f"{confs}/{RID}/keepalived.conf",
+            "-p", f"{confs}/{RID}.pid.keepalived", "-r", f"{confs}/{RID}.pid.keepalived-vrrp"]
+    assert shlex.join(argv) in start
+    old = NeutronLayout(pid_names="pre-train")
+    assert f"-p {confs}/{RID}.pid -r {confs}/{RID}.pid-vrrp" in nc.keepalived_start(old, RID)
+
+
+def _fake_keepalived(conf: Path) -> subprocess.Popen[bytes]:
+    """A process whose argv[0] is keepalived and whose command line names ``conf``."""
+    script = f"exec -a keepalived {shlex.quote(sys.executable)} -c 'import time; time.sleep(30)' -f {shlex.quote(str(conf))}"
+    return subprocess.Popen(["bash", "-c", script])
+
+
+def test_keepalived_start_never_starts_a_second_one(tmp_path: Path) -> None:
+    layout = NeutronLayout(state_path=tmp_path)
+    conf = Path(str(layout.keepalived_conf(RID)))
+    conf.parent.mkdir(parents=True)
+    # None runs: the start goes ahead (and fails here: there is no such namespace on this host).
+    out = sh(nc.keepalived_start(layout, RID))
+    assert "already running" not in out.stdout and "started keepalived" not in out.stdout
+    assert "qrouter-" in out.stderr
+    # One runs under pid files the start does not know (a keepalived of the deployment's own):
+    # nothing is started, and the answer names it.
+    other = _fake_keepalived(conf)
+    try:
+        time.sleep(0.2)
+        out = sh(nc.keepalived_start(layout, RID))
+        assert out.stdout.strip() == f"keepalived already running: {other.pid}", out
+        out = sh(nc.keepalived_ensure_running(layout, RID))
+        assert f"keepalived already running: {other.pid}" in out.stdout and "started" not in out.stdout
+        assert sh(nc.keepalived_instances(layout, RID)).stdout.strip() == f"keepalived: {other.pid}"
+    finally:
+        other.kill()
+        other.wait()
+    assert sh(nc.keepalived_instances(layout, RID)).stdout.strip() == "keepalived: none"
+
+
+@pytest.mark.parametrize("names", ["current", "pre-train"])
+def test_keepalived_is_found_under_either_pid_file_name(tmp_path: Path, names: str) -> None:
+    """A cloud from before Train writes <id>.pid; one since writes <id>.pid.keepalived: the
+    signal and the ground truth find keepalived under both, and trust a pid only if it runs
+    this router's keepalived.conf."""
+    layout = NeutronLayout(state_path=tmp_path)
+    conf = Path(str(layout.keepalived_conf(RID)))
+    conf.parent.mkdir(parents=True)
+    proc = _fake_keepalived(conf)
+    try:
+        time.sleep(0.2)
+        Path(str(layout.keepalived_pid(RID, names))).write_text(f"{proc.pid}\n")  # type: ignore[arg-type]
+        truth = nc.parse_ground_truth(sh(nc.ground_truth(layout, [(RID, HA)])).stdout)[RID]
+        assert truth.keepalived["main"].pid == proc.pid and truth.keepalived_alive
+        assert sh(nc.keepalived_pids(layout, RID)).stdout.split()[0] == str(proc.pid)
+        out = sh(nc.keepalived_signal(layout, RID, nc.Signal.TERM, vrrp_child=False))
+        assert out.returncode == 0 and f"signalled {proc.pid}" in out.stdout
+        assert proc.wait(timeout=5) == -15
+    finally:
+        proc.kill()
+        proc.wait()
+    out = sh(nc.keepalived_signal(layout, RID, nc.Signal.TERM))
+    assert out.returncode == 3 and "no running keepalived" in out.stderr
 
 
 def test_state_path_with_odd_characters_stays_one_word(tmp_path: Path) -> None:
@@ -89,13 +148,13 @@ def test_state_path_with_odd_characters_stays_one_word(tmp_path: Path) -> None:
     confs = odd / "ha_confs" / RID
     confs.mkdir(parents=True)
     (confs / "state").write_text("primary\n")
-    (odd / "ha_confs" / f"{RID}.pid").write_text(f"{os.getpid()}\n")  # a live pid that is not keepalived
-    out = sh(nc.ground_truth(odd, [(RID, HA)]), timeout=20)
+    (odd / "ha_confs" / f"{RID}.pid.keepalived").write_text(f"{os.getpid()}\n")  # a live pid that is not keepalived
+    out = sh(nc.ground_truth(NeutronLayout(state_path=odd), [(RID, HA)]), timeout=20)
     assert not (Path.cwd() / "pwned").exists() and not (tmp_path / "pwned").exists()
     truth = nc.parse_ground_truth(out.stdout)[RID]
     assert truth.state == "primary"
     assert truth.namespace_exists is False  # no such namespace on this machine
-    assert truth.keepalived["pid"].pid == os.getpid() and truth.keepalived["pid"].alive is False
+    assert truth.keepalived["main"].pid == os.getpid() and truth.keepalived["main"].alive is False
     assert truth.keepalived_alive is False and truth.addresses == []
 
 
@@ -108,15 +167,15 @@ def test_parse_ground_truth_reads_every_field() -> None:
             "A 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever",
             f"A 2: {HA}    inet 169.254.0.1/24 scope global {HA}\\       valid_lft forever",
             "A 4: qg-7726395c-ff    inet 100.64.1.1/16 scope global qg-7726395c-ff\\       valid_lft forever",
-            "K pid 25 S",
-            "K pid-vrrp 26 T",
+            "K main 25 S",
+            "K vrrp 26 T",
             f"L 2: {HA}@if18: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP",
             "E",
             "R 4d436c1e-6fec-59fb-bb5b-139361adc266",
             "N 1",
             "S -",
-            "K pid - -",
-            "K pid-vrrp - -",
+            "K main - -",
+            "K vrrp - -",
             f"L 2: {HA}@if18: <BROADCAST,MULTICAST> mtu 1500 state DOWN",
             "E",
         ]
@@ -124,7 +183,7 @@ def test_parse_ground_truth_reads_every_field() -> None:
     truths = nc.parse_ground_truth(output)
     a = truths[RID]
     assert a.state == "primary" and a.has_address("169.254.0.1") and a.has_address("100.64.1.1")
-    assert a.keepalived_alive and a.keepalived["pid-vrrp"].stopped and a.ha_link_up is True
+    assert a.keepalived_alive and a.keepalived["vrrp"].stopped and a.ha_link_up is True
     b = truths["4d436c1e-6fec-59fb-bb5b-139361adc266"]
     assert b.state is None and not b.keepalived_alive and b.ha_link_up is False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from chaos.analysis.metrics import flow_key
 from chaos.model import Topology
 from chaos.probes.conntrack import ConntrackProbe, parse_conntrack_line, parse_conntrack_tables
 from chaos.runner.journal import Journal, read_journal
+from chaos.neutron import NeutronLayout
 from chaos.transport import node_commands as nc
 from chaos.transport.netns import open_socket
 from chaos.transport.ssh import SshPool
@@ -30,12 +32,27 @@ def test_parse_line_and_tables() -> None:
     assert flow_key(flow) == flow_key(LINE)  # the analysis identifies a dict flow as it does the raw line
     assert parse_conntrack_line("conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.") is None
     rid = "d866b64e-0010-591c-b3e2-b9a8c9e9184b"
-    tables = parse_conntrack_tables(f"R {rid} 1\n{LINE}\nE {rid}\nR {rid[:-1]}c 0\nE {rid[:-1]}c\n")
-    assert len(tables[rid] or []) == 1 and tables[rid[:-1] + "c"] is None
+    other = rid[:-1] + "c"
+    tables = parse_conntrack_tables(
+        f"R {rid} 1\nK {LINE}\nC {LINE}\nE {rid}\nR {other} 1\nX K 255 exec of \"conntrack\" failed\n"
+        f"X C 1 [ERROR] can't connect: is conntrackd running?\nE {other}\nR {rid[:-1]}d 0\nE {rid[:-1]}d\n"
+    )
+    assert len(tables[rid].kernel or []) == 1 and len(tables[rid].cache or []) == 1
+    assert tables[other].kernel is None and "exec of" in (tables[other].kernel_error or "")
+    assert tables[other].cache is None and "conntrackd running" in (tables[other].cache_error or "")
+    assert not tables[rid[:-1] + "d"].namespace and tables[rid[:-1] + "d"].kernel is None
     with pytest.raises(ValueError):
-        nc.conntrack_tables(["not-a-uuid"], [7])
+        nc.conntrack_tables(NeutronLayout(), ["not-a-uuid"], [7])
     with pytest.raises(ValueError):
-        nc.conntrack_tables([rid], [0])
+        nc.conntrack_tables(NeutronLayout(), [rid], [0])
+
+
+def test_a_failing_listing_is_reported_with_its_reason() -> None:
+    """The node-side wrapper, run by a real shell: flow lines are tagged, a failure says why."""
+    fake = f"sh -c 'echo \"{LINE}\"; echo boom >&2; exit 3'"
+    out = subprocess.run(["sh", "-c", nc._CONNTRACK_FN + "\nct K " + fake + "\nct C true"],
+                         capture_output=True, text=True, timeout=10).stdout.splitlines()
+    assert out == [f"K {LINE}", "X K 3 boom"]
 
 
 def topology_of(lab: LabHandle) -> Topology:

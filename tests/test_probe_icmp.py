@@ -30,6 +30,7 @@ from chaos.probes.icmp import (
     seq_distance,
 )
 from chaos.runner.journal import Journal, read_journal
+from chaos.lab.router import LAYOUT
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
 UNUSED_FIP = "100.64.63.250"  # inside the floating-IP range, never allocated by a small lab
@@ -284,8 +285,7 @@ async def test_sigkill_failover_loss_ends_when_the_backup_takes_over(lab: LabHan
     after the last advertisement. So: one loss run, ending about 3-4 s after the kill."""
     wait_lab_ready(lab)
     router = lab.spec.routers[0]
-    ha_confs = "/var/lib/neutron/ha_confs"
-    pid_files = [shlex.quote(f"{ha_confs}/{router.id}.pid-vrrp"), shlex.quote(f"{ha_confs}/{router.id}.pid")]
+    pid_files = [shlex.quote(str(LAYOUT.keepalived_vrrp_pid(router.id))), shlex.quote(str(LAYOUT.keepalived_pid(router.id)))]
     kill = "kill -KILL " + " ".join(f"$(cat {p})" for p in pid_files)
     journal_path = tmp_path / "journal.jsonl"
     try:

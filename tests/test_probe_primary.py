@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chaos.model import Topology
+from chaos.neutron import NeutronLayout
 from chaos.probes.primary import PrimaryObserver, parse_address_line, router_addresses
 from chaos.runner.journal import Journal, read_journal
 from chaos.transport import node_commands as nc
@@ -39,9 +40,9 @@ def test_address_lines() -> None:
 
 def test_follow_command_validates_ids() -> None:
     with pytest.raises(ValueError):
-        nc.follow_replicas("/var/lib/neutron", ["x; reboot"])
+        nc.follow_replicas(NeutronLayout(), ["x; reboot"])
     with pytest.raises(ValueError):
-        nc.follow_replicas("/var/lib/neutron", [])
+        nc.follow_replicas(NeutronLayout(), [])
 
 
 # --------------------------------------------------------------------------- lab
@@ -76,7 +77,7 @@ async def test_failover_is_seen_within_half_a_second_of_the_state_file(lab: LabH
                     async with asyncio.timeout(10):
                         while obs.holders(router.id) != {new} or obs.state(router.id, new) != "primary":
                             await asyncio.sleep(0.01)
-                    state = nc.keepalived_paths(topo.node(new).state_path, router.id).state
+                    state = str(topo.node(new).layout.state_file(router.id))
                     out = await ssh.run(new, f"date -r {nc.q(state)} +%s.%N")
                     state_changed = float(out.stdout)
                     await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.UP))

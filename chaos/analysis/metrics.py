@@ -598,12 +598,26 @@ def flow_key(flow: Any) -> str:
 def _conntrack(
     res: _Result, ev: _RouterEvents, w: Window, before: frozenset[str] | None, new: frozenset[str] | None
 ) -> None:
-    snaps: dict[tuple[str, str], set[str]] = {}
+    """Entries on the primary before the fault; how many a backup held (its kernel table or,
+    with Neutron's conntrackd, its external cache); how many the new primary's kernel table
+    lacks after the failover. A listing that failed makes the figure unknown with its reason."""
+    kernel: dict[tuple[str, str], set[str] | None] = {}
+    replicated_on: dict[str, set[str] | None] = {}
+    errors: dict[tuple[str, str], str] = {}
     for e in ev.conntrack:
-        if w.contains(float(e["t"])):
-            snaps[(str(e.get("node")), str(e.get("phase")))] = {flow_key(f) for f in e.get("flows") or []}
+        if not w.contains(float(e["t"])):
+            continue
+        key = (str(e.get("node")), str(e.get("phase")))
+        flows, cache = e.get("flows", []), e.get("cache")
+        kernel[key] = None if flows is None else {flow_key(f) for f in flows}
+        if flows is None:
+            errors[key] = str(e.get("error") or "the conntrack listing failed")
+        if key[1] == "before":
+            held = set() if flows is None else {flow_key(f) for f in flows}
+            held |= {flow_key(f) for f in cache or []}
+            replicated_on[key[0]] = None if flows is None and cache is None else held
     names = ("conntrack_entries", "conntrack_replicated", "conntrack_lost")
-    if not snaps:
+    if not kernel:
         for name in names:
             res.set(name, None, "no conntrack snapshots")
         return
@@ -611,26 +625,36 @@ def _conntrack(
         for name in names:
             res.set(name, None, "primary before the fault unknown")
         return
-    primary = [snaps[(n, "before")] for n in sorted(before) if (n, "before") in snaps]
-    if not primary:
+    primary_keys = [(n, "before") for n in sorted(before) if (n, "before") in kernel]
+    if not primary_keys:
         for name in names:
             res.set(name, None, "no conntrack snapshot on the primary before the fault")
         return
-    flows: set[str] = set().union(*primary)
+    failed = [errors[k] for k in primary_keys if kernel[k] is None]
+    if failed:
+        for name in names:
+            res.set(name, None, f"unknown: on the primary before the fault, {failed[0]}")
+        return
+    flows: set[str] = set().union(*(kernel[k] or set() for k in primary_keys))
     res.set("conntrack_entries", len(flows))
-    if new:
-        on_new = [snaps[(n, "before")] for n in sorted(new) if (n, "before") in snaps]
-        replicated = len(flows & set().union(*on_new)) if on_new else None
+    holders = sorted(new) if new else [n for n in replicated_on if n not in before]
+    known = [replicated_on[n] for n in holders if replicated_on.get(n) is not None]
+    if known:
+        res.set("conntrack_replicated", max(len(flows & h) for h in known if h is not None))
     else:
-        backups = [s for (n, p), s in snaps.items() if p == "before" and n not in before]
-        replicated = max((len(flows & s) for s in backups), default=None)
-    res.set("conntrack_replicated", replicated, "no conntrack snapshot on a backup before the fault")
+        unknown = [errors.get((n, "before")) for n in holders if (n, "before") in errors]
+        res.set("conntrack_replicated", None, f"unknown: {unknown[0]}" if unknown else "no conntrack snapshot on a backup before the fault")
     if not new:
         res.set("conntrack_lost", None, "no failover")
         return
-    after = [snaps[(n, "after")] for n in sorted(new) if (n, "after") in snaps]
-    res.set("conntrack_lost", len(flows - set().union(*after)) if after else None,
-            "no conntrack snapshot on the new primary after failover")
+    after_keys = [(n, "after") for n in sorted(new) if (n, "after") in kernel]
+    after_failed = [errors[k] for k in after_keys if kernel[k] is None]
+    if not after_keys:
+        res.set("conntrack_lost", None, "no conntrack snapshot on the new primary after failover")
+    elif after_failed:
+        res.set("conntrack_lost", None, f"unknown: on the new primary after the failover, {after_failed[0]}")
+    else:
+        res.set("conntrack_lost", len(flows - set().union(*(kernel[k] or set() for k in after_keys))))
 
 
 def _api_polls(events: Sequence[dict[str, Any]]) -> list[tuple[float, frozenset[str]]]:

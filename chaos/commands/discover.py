@@ -111,14 +111,8 @@ async def read_vrids(ssh: SshPool, topology: Topology) -> dict[tuple[str, str], 
     out: dict[tuple[str, str], int | None] = {}
 
     async def node_vrids(node: str, routers: list[Router]) -> None:
-        base = topology.node(node).state_path / "ha_confs"
-        parts = [
-            f"printf '%s ' {nc.q(nc.router_id(r.id))}; "
-            f"(grep -m1 -o 'virtual_router_id [0-9]*' {nc.q(str(base / r.id / 'keepalived.conf'))} 2>/dev/null || echo -); echo"
-            for r in routers
-        ]
         try:
-            result = await ssh.run(node, "; ".join(parts), timeout=15, check=False)
+            result = await ssh.run(node, nc.keepalived_vrids(topology.node(node).layout, [r.id for r in routers]), timeout=15, check=False)
         except Exception:  # noqa: BLE001 - a node that does not answer has no VRIDs to show
             return
         for line in result.stdout.splitlines():

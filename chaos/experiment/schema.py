@@ -146,8 +146,10 @@ class Target(_Model):
 # --------------------------------------------------------------------------- faults
 class KeepalivedKillParams(_Model):
     signal: Annotated[Literal["TERM", "KILL", "STOP"], BeforeValidator(_signal)] = "KILL"
-    respawn_wait: NonNegativeDuration = Field(
-        default=10.0, le=600, description="how long undo waits for the agent to respawn keepalived before starting it itself"
+    respawn_wait: NonNegativeDuration | None = Field(
+        default=None, le=3600,
+        description="how long undo waits for the node's L3 agent to respawn keepalived before starting it itself "
+        "(default: the node's check_child_processes_interval plus a margin; 0: start it at once)",
     )
 
 

@@ -131,6 +131,8 @@ class Fault(ABC):
             if not any(r.node == node.name for r in router.replicas):
                 raise InvalidInput(f"router {router.id} has no replica on {node.name}")
         self.deadman_pid: int | None = None
+        # Facts an undo learned that the journal should keep (e.g. who restarted keepalived).
+        self.outcome: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ identity
     @property
@@ -221,7 +223,7 @@ class Fault(ABC):
     # ------------------------------------------------------------------ helpers for faults
     async def replica_truth(self) -> nc.ReplicaTruth:
         out = await self.ctx.ssh.run(
-            self.node.name, nc.ground_truth(self.node.state_path, [(self.router_id, self.replica.ha_device)]), timeout=10
+            self.node.name, nc.ground_truth(self.node.layout, [(self.router_id, self.replica.ha_device)]), timeout=10
         )
         truth = nc.parse_ground_truth(out.stdout).get(self.router_id)
         if truth is None:

@@ -24,7 +24,7 @@ from chaos.lab import fabric
 from chaos.lab.netlink import list_netns, remove_netns, run_netlink
 from chaos.lab.node import generate_key, init_pid, is_powered, node_dir, power_off, power_on, prepare_node_disk, sshd_config
 from chaos.lab.procs import kill, pid_alive, pids_in_netns, pids_matching, run_checked, terminate
-from chaos.lab.router import keepalived_paths
+from chaos.lab.router import LAYOUT
 from chaos.lab.services import new_credentials
 from chaos.lab.spec import ECHO_PORT, LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
 from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
@@ -33,6 +33,7 @@ log = structlog.get_logger("lab")
 
 REQUIRED_PROGRAMS = {
     "keepalived": "keepalived",
+    "curl": "curl",  # neutron-keepalived-state-change notifies the agent with it
     "conntrack": "conntrack",
     "conntrackd": "conntrackd",
     "sshd": "openssh-server",
@@ -44,6 +45,7 @@ REQUIRED_PROGRAMS = {
     "mount": "mount",
 }
 NEUTRON_STATE = Path("/var/lib/neutron")
+NEUTRON_VERSION = "29.0.0"  # the neutron package whose state-change script the lab runs
 
 
 def check_prerequisites() -> None:
@@ -54,6 +56,14 @@ def check_prerequisites() -> None:
         raise Prerequisites(
             "missing programs for the lab: " + ", ".join(p for p, pkg in REQUIRED_PROGRAMS.items() if pkg in missing and not _which(p)),
             hint="apt-get install -y " + " ".join(missing),
+        )
+    from chaos.lab.agent import state_change_program
+
+    if not state_change_program().is_file():
+        raise Prerequisites(
+            f"Neutron's neutron-keepalived-state-change is not installed ({state_change_program()}): the lab's "
+            "replicas run Neutron's own state-change monitor",
+            hint=f"{sys.executable} -m pip install --no-deps neutron=={NEUTRON_VERSION} (scripts/install.sh does it)",
         )
 
 
@@ -240,7 +250,7 @@ class Lab:
     def replica_state(self, node: str, router: RouterSpec) -> str | None:
         if not is_powered(self.dir, node):
             return None
-        rel = keepalived_paths(router.id)["state"].relative_to("/var/lib/neutron")
+        rel = LAYOUT.state_file(router.id).relative_to(LAYOUT.state_path)
         try:
             return (node_dir(self.dir, node) / "neutron" / rel).read_text().strip()
         except OSError:
@@ -364,6 +374,7 @@ class Lab:
                     key_file=ssh_dir / "id_ed25519",
                     known_hosts=ssh_dir / "known_hosts",
                     netns=spec.vantage.netns,
+                    check_child_processes_interval=spec.options.respawn_interval,
                 )
                 for n in spec.nodes
             ),

@@ -9,11 +9,14 @@ from a table of canned answers:
 - an L3 agent per node is ``alive`` while the node is powered and its agent has synced
   (false while the node is off or rebooting), ``admin_state_up`` is kept in
   ``<lab dir>/neutron_api.json``;
-- ``ha_state`` follows the replicas' state files with Neutron's lag: the L3 agent acts on a
-  keepalived transition only once it has held for ``advert_int`` and reports in batches every
-  ``advert_int`` (neutron/agent/l3/ha.py), so the API shows a change between one and about two
-  ``advert_int`` after it happened; a replica in fault has no VIP, its state file says backup,
-  and it shows ``standby``; an agent that is not alive shows ``unknown``;
+- ``ha_state`` is what each node's L3 agent reported (``update_ha_routers_states``): the agent
+  hears from Neutron's own neutron-keepalived-state-change, acts on a move to primary only once
+  it has held for ``advert_int`` and reports in batches every ``advert_int``
+  (neutron/agent/l3/ha.py, emulated in chaos.lab.agent), so the API shows a change between one
+  and about two ``advert_int`` after it happened; a replica in fault has no VIP, its state file
+  says backup, and it shows ``standby``; for an agent that is dead or disabled the server's rule
+  (l3_hamode_db) applies: active becomes standby, or unknown when all of the router's agents are
+  dead;
 - ``POST /v2.0/agents/{id}/l3-routers`` really adds a replica (a new HA port and address on the
   project's HA network; the node's agent builds ``qrouter-<id>`` and starts keepalived) and
   ``DELETE .../l3-routers/{router_id}`` really removes one. As in Neutron, the server deletes
@@ -36,7 +39,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,14 +49,13 @@ from aiohttp import web
 from chaos.errors import InvalidInput
 from chaos.lab import placement
 from chaos.lab.keystone import IDENTITY_PREFIX, NETWORK_PREFIX, Keystone, ensure_config
-from chaos.lab.node import is_powered, node_dir
+from chaos.lab.node import HA_REPORTS, is_powered, node_dir
 from chaos.lab.spec import HA_CIDR, LabSpec, NodeSpec, RouterSpec
 
 log = structlog.get_logger("lab.neutron_api")
 
 API_STATE_FILE = "neutron_api.json"
 HA_PORT_OWNER = "network:router_ha_interface"
-POLL_INTERVAL = 0.25  # how often the reporter reads the state files
 
 
 def _now_iso(t: float | None = None) -> str:
@@ -78,68 +79,54 @@ class NeutronFault(Exception):
 
 
 # --------------------------------------------------------------------------- the lab's live state
-def replica_state_file(lab_dir: Path, node: str, router_id: str) -> str | None:
-    """The replica's state file as the node wrote it (None: node off or no such replica)."""
-    if not is_powered(lab_dir, node):
-        return None
-    try:
-        return (node_dir(lab_dir, node) / "neutron" / "ha_confs" / router_id / "state").read_text().strip()
-    except OSError:
-        return None
-
-
 def agent_alive(lab_dir: Path, node: str) -> bool:
     """Powered and its agent has synced since boot (agent.json is removed at power off)."""
     return is_powered(lab_dir, node) and (node_dir(lab_dir, node) / "agent.json").exists()
 
 
-class HaStateReporter:
-    """What the L3 agents have told the server about their replicas, with Neutron's lag.
+def agent_reports(lab_dir: Path, node: str) -> dict[str, dict[str, Any]]:
+    """What the node's L3 agent last reported per router (``update_ha_routers_states``)."""
+    try:
+        return json.loads((node_dir(lab_dir, node) / HA_REPORTS).read_text())
+    except (OSError, ValueError):
+        return {}
 
-    Every ``POLL_INTERVAL`` it reads the state files; a change is reported once it has held for
-    ``advert_int`` and the next batch (every ``advert_int``) goes out.
+
+class HaBindings:
+    """The server's HA router bindings: each replica's ``ha_state`` as its agent reported it.
+
+    The agents report what neutron-keepalived-state-change told them, with Neutron's delays
+    (chaos.lab.agent): a move to primary after advert_int, in batches every advert_int. Reading
+    a router's bindings applies l3_hamode_db's rule for dead agents: a replica reported active
+    whose agent is dead (or disabled) becomes standby, or unknown when every agent of the router
+    is dead; the change is kept until that agent reports again.
     """
 
     def __init__(self, api: NeutronApi) -> None:
         self.api = api
-        self.observed: dict[tuple[str, str], tuple[str, float]] = {}
-        self.reported: dict[tuple[str, str], str] = {}
-        self._last_batch = 0.0
+        self.overrides: dict[tuple[str, str], tuple[str, float]] = {}
 
-    def ha_state(self, router_id: str, node: str) -> str:
-        if not agent_alive(self.api.lab_dir, node):
-            return "unknown"
-        return self.reported.get((router_id, node), "standby")
-
-    def step(self, now: float) -> None:
-        spec = self.api.spec()
-        advert = float(spec.options.advert_int)
-        wanted = {(r.id, rep.node) for r in spec.routers for rep in r.replicas}
-        for key in [k for k in self.observed if k not in wanted]:
-            self.observed.pop(key, None)
-            self.reported.pop(key, None)
-        for rid, node in wanted:
-            raw = replica_state_file(self.api.lab_dir, node, rid)
-            if raw is None:
-                continue  # an agent that is down reports nothing; the server keeps the last report
-            state = "active" if raw in ("primary", "master") else "standby"
-            seen = self.observed.get((rid, node))
-            if seen is None or seen[0] != state:
-                self.observed[(rid, node)] = (state, now)
-        if now - self._last_batch < advert:
-            return
-        self._last_batch = now
-        for key, (state, since) in self.observed.items():
-            if now - since >= advert and self.reported.get(key, "standby") != state:
-                self.reported[key] = state
-
-    async def run(self) -> None:
-        while True:
-            try:
-                self.step(time.time())
-            except Exception as exc:  # a half-written plan must not stop the reports
-                log.warning("ha_state report failed", error=str(exc))
-            await asyncio.sleep(POLL_INTERVAL)
+    def states(self, router: RouterSpec) -> dict[str, str]:
+        lab_dir = self.api.lab_dir
+        state: dict[str, str] = {}
+        for rep in router.replicas:
+            report = agent_reports(lab_dir, rep.node).get(router.id, {})
+            value, t = str(report.get("ha_state", "standby")), float(report.get("t", 0.0))
+            override = self.overrides.get((router.id, rep.node))
+            if override is not None and override[1] >= t:
+                value = override[0]
+            state[rep.node] = value
+        dead = {
+            rep.node for rep in router.replicas
+            if not (agent_alive(lab_dir, rep.node) and self.api.admin_state_up(self.api.spec().node(rep.node).agent_id))
+        }
+        active_dead = [n for n in dead if state[n] == "active"]
+        if active_dead:
+            new = "unknown" if len(dead) == len(router.replicas) else "standby"
+            for node in active_dead:
+                self.overrides[(router.id, node)] = (new, time.time())
+                state[node] = new
+        return state
 
 
 class NeutronApi:
@@ -151,7 +138,7 @@ class NeutronApi:
         self.keystone = keystone
         self._spec: LabSpec | None = None
         self._spec_mtime = 0.0
-        self.reporter = HaStateReporter(self)
+        self.bindings = HaBindings(self)
         self.started_at = _now_iso()
 
     # ------------------------------------------------------------------ state
@@ -247,11 +234,8 @@ class NeutronApi:
 
     def l3_agents_of(self, r: RouterSpec) -> list[dict[str, Any]]:
         nodes = {n.name: n for n in self.spec().nodes}
-        return [
-            {**self.agent(nodes[rep.node]), "ha_state": self.reporter.ha_state(r.id, rep.node)}
-            for rep in r.replicas
-            if rep.node in nodes
-        ]
+        states = self.bindings.states(r)
+        return [{**self.agent(nodes[rep.node]), "ha_state": states[rep.node]} for rep in r.replicas if rep.node in nodes]
 
     def ports(self) -> list[dict[str, Any]]:
         spec = self.spec()
@@ -559,7 +543,7 @@ def apply_filters(items: list[dict[str, Any]], query: Any) -> list[dict[str, Any
 
 
 class LabApi:
-    """Keystone and Neutron of one lab on their own loopback port, with the ha_state reporter."""
+    """Keystone and Neutron of one lab on their own loopback port."""
 
     def __init__(self, lab_dir: Path) -> None:
         self.lab_dir = lab_dir
@@ -567,7 +551,6 @@ class LabApi:
         self.url = ""
         self.keystone: Keystone | None = None
         self.neutron: NeutronApi | None = None
-        self._reporter: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         ensure_config(self.lab_dir)
@@ -586,15 +569,10 @@ class LabApi:
         await self.runner.setup()
         site = web.SockSite(self.runner, sock)
         await site.start()
-        self._reporter = asyncio.create_task(self.neutron.reporter.run())
         log.info("lab API ready", url=self.url, identity=self.url + IDENTITY_PREFIX + "/v3")
         return self.url
 
     async def stop(self) -> None:
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._reporter
         if self.runner is not None:
             await self.runner.cleanup()
 

@@ -23,6 +23,9 @@ from chaos.lab.procs import kill, pid_alive, pids_matching, read_pid
 from chaos.lab.spec import LabSpec, NodeSpec
 
 SSHD = "/usr/sbin/sshd"
+# What a node's L3 agent last reported to the server per router (update_ha_routers_states),
+# written by the agent in the node's folder, read by the lab's Neutron API.
+HA_REPORTS = "ha_reports.json"
 
 
 def node_dir(lab_dir: Path, node: str) -> Path:

@@ -19,15 +19,7 @@ from pyroute2 import IPRoute
 
 from chaos.lab.fabric import configure, link_index, plug_into_fabric, port_name
 from chaos.lab.netlink import create_netns, list_netns, remove_netns, run_netlink
-from chaos.lab.router import (
-    conf_dir,
-    conntrackd_paths,
-    keepalived_paths,
-    render_conntrackd_conf,
-    render_iptables,
-    render_keepalived_conf,
-    router_sysctls,
-)
+from chaos.lab.router import LAYOUT, render_conntrackd_conf, render_iptables, render_keepalived_conf, router_sysctls
 from chaos.lab.spec import HA_CIDR, LabSpec, NodeSpec, ReplicaSpec, RouterSpec
 from chaos.transport.netns import write_sysctls
 
@@ -68,11 +60,10 @@ def build_replica(spec: LabSpec, node: NodeSpec, router: RouterSpec, replica: Re
         capture_output=True,
         timeout=30,
     )
-    d = conf_dir(router.id)
-    d.mkdir(parents=True, exist_ok=True)
-    keepalived_paths(router.id)["conf"].write_text(render_keepalived_conf(spec, router, replica))
+    Path(LAYOUT.conf_dir(router.id)).mkdir(parents=True, exist_ok=True)
+    Path(LAYOUT.keepalived_conf(router.id)).write_text(render_keepalived_conf(spec, router, replica))
     if spec.options.conntrackd:
-        conntrackd_paths(router.id)["conf"].write_text(render_conntrackd_conf(router, replica))
+        Path(LAYOUT.conntrackd_file(router.id, "conf")).write_text(render_conntrackd_conf(router, replica))
 
 
 def remove_replica_namespace(router: RouterSpec) -> None:
@@ -81,6 +72,6 @@ def remove_replica_namespace(router: RouterSpec) -> None:
 
 
 def remove_replica_files(router: RouterSpec) -> None:
-    shutil.rmtree(conf_dir(router.id), ignore_errors=True)
-    for key in ("pid", "pid_vrrp"):
-        Path(keepalived_paths(router.id)[key]).unlink(missing_ok=True)
+    shutil.rmtree(LAYOUT.conf_dir(router.id), ignore_errors=True)
+    for path in (LAYOUT.keepalived_pid(router.id), LAYOUT.keepalived_vrrp_pid(router.id), LAYOUT.state_change_pid(router.id)):
+        Path(path).unlink(missing_ok=True)

@@ -1,83 +1,48 @@
 """What a replica of an HA router is made of, in Neutron's own formats.
 
-keepalived.conf follows neutron/agent/linux/keepalived.py (state BACKUP, nopreempt, priority
-50, track_interface, the VIP 169.254.0.<VRID>/24 on the ha- device, every real address under
-virtual_ipaddress_excluded, the default route under virtual_routes). The NAT rules use the L3
-agent's chain names. conntrackd follows the shape Neutron 2025.1 gives it when
-``ha_conntrackd_enabled`` is on: FTFW, the external cache disabled so that replicated entries
-land directly in the backup's kernel table, sync over the HA network.
+keepalived.conf and conntrackd.conf come from ``chaos.neutron`` (Neutron's renderings, compared
+with Neutron's own classes by the fidelity tests): the replica's vrrp_instance with its primary
+VIP on the ha- device, the gateway's, the internal port's and the floating IPs' addresses, each
+qr-/qg- device's IPv6 link-local address, and the default route, as HaRouter adds them. The
+NAT rules use the L3 agent's chain names; the namespace's sysctls are HaRouterNamespace's.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
+from chaos import neutron
 from chaos.lab.spec import LabSpec, ReplicaSpec, RouterSpec
 
-STATE_PATH = Path("/var/lib/neutron")
-HA_CONFS = STATE_PATH / "ha_confs"
-CONNTRACKD_GROUP = "225.0.0.50"
-CONNTRACKD_BASE_PORT = 3780
+# Every lab node keeps Neutron's default layout (its own /var/lib/neutron).
+LAYOUT = neutron.NeutronLayout()
 
 
-def conf_dir(router_id: str) -> Path:
-    return HA_CONFS / router_id
-
-
-def keepalived_paths(router_id: str) -> dict[str, Path]:
-    """The files of a replica's keepalived, where Neutron puts them."""
-    return {
-        "conf": conf_dir(router_id) / "keepalived.conf",
-        "pid": HA_CONFS / f"{router_id}.pid",
-        "pid_vrrp": HA_CONFS / f"{router_id}.pid-vrrp",
-        "state": conf_dir(router_id) / "state",
-    }
-
-
-def keepalived_command(router_id: str) -> list[str]:
-    """Neutron's keepalived command line, to run inside ``qrouter-<id>``."""
-    p = keepalived_paths(router_id)
-    return ["keepalived", "-P", "-f", str(p["conf"]), "-p", str(p["pid"]), "-r", str(p["pid_vrrp"])]
+def keepalived_instance(spec: LabSpec, router: RouterSpec, replica: ReplicaSpec) -> neutron.KeepalivedInstance:
+    """The vrrp_instance Neutron's HaRouter builds for this replica."""
+    ext_prefix = ipaddress.IPv4Network(spec.external_cidr).prefixlen
+    tenant_prefix = ipaddress.IPv4Network(router.tenant_cidr).prefixlen
+    return neutron.KeepalivedInstance(
+        vrid=router.vrid,
+        ha_device=replica.ha_device,
+        advert_int=spec.options.advert_int,
+        vips=neutron.router_vips(
+            gateway=(router.gateway_device, f"{router.gateway_ip}/{ext_prefix}", router.gateway_mac),
+            internals=[(router.internal_device, f"{router.internal_ip}/{tenant_prefix}", router.internal_mac)],
+            floating_ips=[fip.address for fip in router.floating_ips],
+        ),
+        routes=(neutron.VirtualRoute(destination="0.0.0.0/0", nexthop=spec.external_gateway_ip, device=router.gateway_device),),
+    )
 
 
 def render_keepalived_conf(spec: LabSpec, router: RouterSpec, replica: ReplicaSpec) -> str:
-    ext_prefix = ipaddress.IPv4Network(spec.external_cidr).prefixlen
-    tenant_prefix = ipaddress.IPv4Network(router.tenant_cidr).prefixlen
-    ha = replica.ha_device
-    qg = router.gateway_device
-    qr = router.internal_device
-    excluded = [f"{router.gateway_ip}/{ext_prefix} dev {qg}"]
-    excluded += [f"{fip.address}/32 dev {qg}" for fip in router.floating_ips]
-    excluded.append(f"{router.internal_ip}/{tenant_prefix} dev {qr}")
-    lines = [
-        "global_defs {",
-        "    notification_email_from neutron@openstack.local",
-        "    router_id neutron",
-        "}",
-        f"vrrp_instance VR_{router.vrid} {{",
-        "    state BACKUP",
-        f"    interface {ha}",
-        f"    virtual_router_id {router.vrid}",
-        "    priority 50",
-        "    garp_master_delay 60",
-        "    nopreempt",
-        f"    advert_int {spec.options.advert_int}",
-        "    track_interface {",
-        f"        {ha}",
-        "    }",
-        "    virtual_ipaddress {",
-        f"        {router.ha_vip}/24 dev {ha}",
-        "    }",
-        "    virtual_ipaddress_excluded {",
-        *(f"        {line}" for line in sorted(excluded)),
-        "    }",
-        "    virtual_routes {",
-        f"        0.0.0.0/0 via {spec.external_gateway_ip} dev {qg}",
-        "    }",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
+    return neutron.render_keepalived_conf(keepalived_instance(spec, router, replica))
+
+
+def render_conntrackd_conf(router: RouterSpec, replica: ReplicaSpec) -> str:
+    return neutron.render_conntrackd_conf(
+        LAYOUT, router.id, ha_ip=replica.ha_ip, ha_device=replica.ha_device, vrid=router.vrid
+    )
 
 
 def render_iptables(spec: LabSpec, router: RouterSpec) -> str:
@@ -123,71 +88,17 @@ def render_iptables(spec: LabSpec, router: RouterSpec) -> str:
 
 
 def router_sysctls(spec: LabSpec) -> dict[str, str]:
+    """HaRouterNamespace's settings: IPv4 forwarding, nonlocal binds; IPv6 on but without
+    kernel link-local addresses (keepalived manages them, only on the primary) and without IPv6
+    forwarding (a backup must not send MLD). Written before the devices move in, so that
+    ``default`` applies to them."""
     return {
         "net.ipv4.ip_forward": "1",
-        "net.ipv6.conf.all.disable_ipv6": "1",
-        "net.ipv6.conf.default.disable_ipv6": "1",
+        "net.ipv4.ip_nonlocal_bind": "1",
+        "net.ipv6.conf.all.disable_ipv6": "0",
+        "net.ipv6.conf.default.disable_ipv6": "0",
+        "net.ipv6.conf.all.addr_gen_mode": "1",
+        "net.ipv6.conf.default.addr_gen_mode": "1",
+        "net.ipv6.conf.all.forwarding": "0",
         "net.netfilter.nf_conntrack_tcp_loose": "0" if spec.options.strict_conntrack else "1",
     }
-
-
-def conntrackd_paths(router_id: str) -> dict[str, Path]:
-    d = conf_dir(router_id)
-    return {
-        "conf": d / "conntrackd.conf",
-        "lock": d / "conntrackd.lock",
-        "ctl": d / "conntrackd.ctl",
-        "log": d / "conntrackd.log",
-        "pid": d / "conntrackd.pid",
-    }
-
-
-def conntrackd_command(router_id: str) -> list[str]:
-    return ["conntrackd", "-d", "-C", str(conntrackd_paths(router_id)["conf"])]
-
-
-def render_conntrackd_conf(router: RouterSpec, replica: ReplicaSpec) -> str:
-    """FTFW over multicast on the HA network; one UDP port per VRID keeps routers apart."""
-    p = conntrackd_paths(router.id)
-    port = CONNTRACKD_BASE_PORT + router.vrid
-    return f"""General {{
-    HashSize 32768
-    HashLimit 131072
-    Syslog off
-    LogFile {p['log']}
-    LockFile {p['lock']}
-    UNIX {{
-        Path {p['ctl']}
-    }}
-    NetlinkBufferSize 2097152
-    NetlinkBufferSizeMaxGrowth 8388608
-    Filter From Kernelspace {{
-        Protocol Accept {{
-            TCP
-            UDP
-            ICMP
-        }}
-        Address Ignore {{
-            IPv4_address 127.0.0.1
-            IPv4_address {replica.ha_ip}
-            IPv4_address {router.ha_vip}
-        }}
-    }}
-}}
-Sync {{
-    Mode FTFW {{
-        DisableExternalCache on
-        ResendQueueSize 131072
-        PurgeTimeout 5
-    }}
-    Multicast {{
-        IPv4_address {CONNTRACKD_GROUP}
-        Group {port}
-        IPv4_interface {replica.ha_ip}
-        Interface {replica.ha_device}
-        SndSocketBuffer 1249280
-        RcvSocketBuffer 1249280
-        Checksum on
-    }}
-}}
-"""

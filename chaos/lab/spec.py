@@ -46,7 +46,9 @@ class LabOptions(_Frozen):
     advert_int: int = Field(default=2, ge=1, le=255)
     conntrackd: bool = False
     strict_conntrack: bool = False
-    respawn_interval: float = Field(default=3.0, gt=0, le=3600)
+    # Neutron's [agent] check_child_processes_interval: how often the L3 agent's process monitor
+    # respawns dead keepalived (60 s by default; 0: never). Tests pass shorter values.
+    respawn_interval: float = Field(default=60.0, ge=0, le=3600)
     boot_delay: float = Field(default=3.0, ge=0, le=600)
 
 

@@ -8,8 +8,16 @@ command per node for all its routers, all nodes at once), keeps only the probes'
 SNAT), and journals one ``conntrack.snapshot`` per replica. The analysis compares flows by
 protocol and original tuple (``chaos.analysis.metrics.flow_key``).
 
-A node that does not answer gets no snapshot event (and a warning in the log): a missing
-snapshot makes the conntrack metrics None, where an empty one would claim every flow lost.
+Where the router runs conntrackd (Neutron's ``ha_conntrackd_enabled``), the snapshot also lists
+conntrackd's external cache (``conntrackd -C <conf> -e``): Neutron's conntrackd keeps the
+flows replicated from the primary there, out of the backup's kernel table, until
+neutron-keepalived-state-change commits them on promotion (``conntrackd -c``). So a flow
+counts as replicated when the backup has it in its kernel table or its external cache.
+
+A node that does not answer gets no snapshot event (and a warning in the log), and a listing
+that fails (no ``conntrack`` binary, conntrackd not answering) is journaled as failed with its
+reason (``flows``/``cache`` null): a missing snapshot makes the conntrack metrics None with
+that reason, where an empty one would claim every flow lost.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from chaos.errors import InfrastructureError
 from chaos.log import get_logger
@@ -29,7 +39,7 @@ from chaos.transport.ssh import SshPool
 log = get_logger("conntrack")
 
 SNAPSHOT_TIMEOUT = 20.0
-_KV_RE = re.compile(r"^(src|dst|sport|dport)=(\S+)$")
+_KV_RE = re.compile(r"^(?:(src|dst)=(\S+)|(sport|dport)=(\d+))$")
 
 
 def parse_conntrack_line(line: str) -> dict[str, Any] | None:
@@ -49,7 +59,8 @@ def parse_conntrack_line(line: str) -> dict[str, Any] | None:
     for token in fields[3:]:
         match = _KV_RE.match(token)
         if match:
-            key, value = match.groups()
+            key = match.group(1) or match.group(3)
+            value = match.group(2) or match.group(4)
             if key in flow or (key == "src" and "dst" in flow and "dport" in flow):
                 reply = True
             name = f"reply_{key}" if reply else key
@@ -65,22 +76,51 @@ def parse_conntrack_line(line: str) -> dict[str, Any] | None:
     return flow
 
 
-def parse_conntrack_tables(output: str) -> dict[str, list[dict[str, Any]] | None]:
-    """Router id -> flows, from ``node_commands.conntrack_tables`` output; None = no namespace."""
-    tables: dict[str, list[dict[str, Any]] | None] = {}
-    current: str | None = None
+class ReplicaTable(BaseModel):
+    """One replica's connection tracking as a snapshot reads it.
+
+    ``kernel``: the kernel's table (None: the listing failed, see ``kernel_error``); ``cache``:
+    conntrackd's external cache, the flows replicated from the primary that wait there until a
+    promotion commits them (None: no conntrackd on this replica, or the listing failed)."""
+
+    namespace: bool
+    kernel: list[dict[str, Any]] | None = None
+    kernel_error: str | None = None
+    cache: list[dict[str, Any]] | None = None
+    cache_error: str | None = None
+
+
+def parse_conntrack_tables(output: str) -> dict[str, ReplicaTable]:
+    """Router id -> its table, from ``node_commands.conntrack_tables`` output."""
+    tables: dict[str, ReplicaTable] = {}
+    current: ReplicaTable | None = None
     for line in output.splitlines():
         tag, _, rest = line.partition(" ")
         if tag == "R":
             rid, _, present = rest.partition(" ")
-            current = rid
-            tables[rid] = [] if present.strip() == "1" else None
-        elif tag == "E":
+            current = ReplicaTable(namespace=present.strip() == "1")
+            if current.namespace:
+                current.kernel = []
+            tables[rid] = current
+        elif tag == "E" or current is None:
             current = None
-        elif current is not None and tables.get(current) is not None:
-            flow = parse_conntrack_line(line)
+        elif tag == "K" and current.kernel is not None:
+            flow = parse_conntrack_line(rest)
             if flow is not None:
-                tables[current].append(flow)  # type: ignore[union-attr]
+                current.kernel.append(flow)
+        elif tag == "C":
+            flow = parse_conntrack_line(rest)
+            current.cache = current.cache if current.cache is not None else []
+            if flow is not None:
+                current.cache.append(flow)
+        elif tag == "X":
+            which, _, why = rest.partition(" ")
+            code, _, message = why.partition(" ")
+            reason = f"exit {code}: {message.strip() or 'no message'}"
+            if which == "K":
+                current.kernel, current.kernel_error = None, reason
+            else:
+                current.cache, current.cache_error = None, reason
     return tables
 
 
@@ -125,7 +165,8 @@ class ConntrackProbe:
         hosted = [r for r in self.routers if any(rep.node == node for rep in r.replicas)]
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
-                out = await self.ssh.run(node, nc.conntrack_tables([r.id for r in hosted], self.ports), timeout=SNAPSHOT_TIMEOUT)
+                command = nc.conntrack_tables(self.topology.node(node).layout, [r.id for r in hosted], self.ports)
+                out = await self.ssh.run(node, command, timeout=SNAPSHOT_TIMEOUT)
         except (InfrastructureError, TimeoutError) as exc:
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             self.failures.append(f"{node}: {reason}")
@@ -133,10 +174,19 @@ class ConntrackProbe:
             return
         tables = parse_conntrack_tables(out.stdout)
         for router in hosted:
-            if router.id not in tables:
+            table = tables.get(router.id)
+            if table is None:
                 self.failures.append(f"{node}: no output for router {router.id}")
                 continue
-            table = tables[router.id]
-            flows = [f for f in table or [] if self.ours(router, f)]
-            extra = {} if table is not None else {"detail": "no qrouter namespace on the node"}
-            self.journal.write("conntrack.snapshot", router_id=router.id, node=node, phase=phase, flows=flows, **extra)
+            fields: dict[str, Any] = {
+                "flows": None if table.kernel is None else [f for f in table.kernel if self.ours(router, f)],
+                "cache": None if table.cache is None else [f for f in table.cache if self.ours(router, f)],
+            }
+            if not table.namespace:
+                fields["detail"] = "no qrouter namespace on the node"
+            if table.kernel_error:
+                fields["error"] = f"conntrack -L failed: {table.kernel_error}"
+                log.warning("conntrack listing failed", node=node, router=router.id, error=table.kernel_error)
+            if table.cache_error:
+                fields["cache_error"] = f"conntrackd -e failed: {table.cache_error}"
+            self.journal.write("conntrack.snapshot", router_id=router.id, node=node, phase=phase, **fields)

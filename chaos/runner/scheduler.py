@@ -144,11 +144,11 @@ class Scheduler:
                 stop.set()
                 await observer
         except* SafeguardAbort as group:
-            raise group.exceptions[0] from None
+            raise _first_leaf(group) from None
         except* SteadyStateBroken as group:
-            raise group.exceptions[0] from None
+            raise _first_leaf(group) from None
         except* ChaosError as group:  # a node or the BMC failed under a fault: report it plainly
-            raise group.exceptions[0] from None
+            raise _first_leaf(group) from None
 
     # ------------------------------------------------------------------ faults
     async def _waves(self) -> None:
@@ -180,7 +180,13 @@ class Scheduler:
         # The fault starts to act when injection starts (a graceful evacuation hands the primary
         # over inside inject()), so that is the time the journal gives it.
         started = time.time()
-        detail = await fault.inject()
+        try:
+            detail = await fault.inject()
+        except ChaosError as exc:
+            # Not injected (or not all of it): say so in the journal, and end the run with the
+            # error's own exit code. The action stays active, so its idempotent undo still runs.
+            self.journal.write("fault.inject_failed", t=started, **common, error=exc.message)
+            raise type(exc)(f"injecting {action.fault} on {action.node} failed: {exc.message}", hint=exc.hint) from None
         self.journal.write("fault.injected", t=started, **common, detail=detail, inject_s=round(time.time() - started, 6))
         self.progress.injected += 1
         self._report()
@@ -211,7 +217,7 @@ class Scheduler:
                 ok = True
             except Exception as exc2:
                 detail, ok = f"undo failed: {exc}; replay failed: {exc2}", False
-        self.journal.write("fault.undone", action_id=action_id, ok=ok, detail=detail)
+        self.journal.write("fault.undone", action_id=action_id, ok=ok, detail=detail, **fault.outcome)
         if ok:
             self.active.pop(action_id, None)
             self.progress.undone += 1
@@ -303,6 +309,15 @@ class Scheduler:
     def _report(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The first error inside (possibly nested) exception groups: a wave's TaskGroup sits
+    inside the run's, so a fault's error arrives wrapped twice."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def _affected(plan: Plan) -> set[str]:

@@ -21,7 +21,7 @@ import re
 import string
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -101,7 +101,7 @@ def _template(value: str) -> str:
 
 def _state_path(value: Path) -> Path:
     if not PurePosixPath(value).is_absolute():
-        raise ValueError(f"state_path {str(value)!r} must be an absolute path on the node, e.g. /var/lib/neutron")
+        raise ValueError(f"{str(value)!r} must be an absolute path on the node, e.g. /var/lib/neutron")
     return value
 
 
@@ -150,6 +150,15 @@ class SshSettings(_Model):
         default=None, description="open the SSH socket inside this network namespace"
     )
     state_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] = Path("/var/lib/neutron")
+    ha_confs_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] | None = Field(
+        default=None, description="Neutron's ha_confs_path when it is not <state_path>/ha_confs"
+    )
+    pid_names: Literal["current", "pre-train"] = Field(
+        default="current", description="pre-train: keepalived pid files <id>.pid / <id>.pid-vrrp (Neutron before 15.0.0)"
+    )
+    check_child_processes_interval: Annotated[float, Strict(False)] = Field(
+        default=60.0, ge=0, le=86400, description="the L3 agent's [agent] check_child_processes_interval"
+    )
 
 
 class NodeEntry(SshSettings):

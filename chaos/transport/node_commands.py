@@ -6,9 +6,12 @@ numbers, markers match a short safe alphabet; and every value is ``shlex.quote``
 nothing a user, an inventory or the cloud supplies can turn into shell syntax. Faults and
 probes ask this module for commands and never format shell text themselves.
 
-Paths follow Neutron: ``<state_path>/ha_confs/<router_id>/keepalived.conf``, the pid files
-``<state_path>/ha_confs/<router_id>.pid`` and ``.pid-vrrp``, the state file
-``<state_path>/ha_confs/<router_id>/state``. Commands are POSIX sh (dash or bash).
+Paths, file names and command lines come from ``chaos.neutron`` (Neutron's own, checked
+against Neutron's code by the fidelity tests): a node's ``NeutronLayout`` says where its
+ha_confs are and which pid file names its Neutron uses. Commands that look for a running
+keepalived try the current names (``<id>.pid.keepalived``, since Train) and the pre-Train ones
+(``<id>.pid``), and trust a pid only when its process runs this router's keepalived.conf.
+Commands are POSIX sh (dash or bash).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import re
 import shlex
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from pathlib import PurePosixPath
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from chaos.model import _device, _router_id
+from chaos.neutron import NeutronLayout
 
 _MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 VRRP_PROTOCOL = 112
@@ -77,26 +80,12 @@ def namespace(rid: str) -> str:
     return f"qrouter-{router_id(rid)}"
 
 
-class KeepalivedPaths(BaseModel):
-    """Where Neutron keeps one replica's keepalived files on a node."""
-
-    model_config = ConfigDict(frozen=True)
-
-    conf: str
-    pid: str
-    pid_vrrp: str
-    state: str
-
-
-def keepalived_paths(state_path: PurePosixPath | str, rid: str) -> KeepalivedPaths:
-    confs = PurePosixPath(state_path) / "ha_confs"
-    rid = router_id(rid)
-    return KeepalivedPaths(
-        conf=str(confs / rid / "keepalived.conf"),
-        pid=str(confs / f"{rid}.pid"),
-        pid_vrrp=str(confs / f"{rid}.pid-vrrp"),
-        state=str(confs / rid / "state"),
-    )
+def _pid_suffixes(layout: NeutronLayout, rid: str) -> tuple[list[str], list[str]]:
+    """File-name suffixes after ``<ha_confs>/<id>.`` of the main and VRRP pid files, own naming
+    first (the names differ only in that suffix, so the node-side functions take it as words)."""
+    pairs = layout.keepalived_pid_candidates(rid)
+    cut = len(rid) + 1
+    return [m.name[cut:] for m, _ in pairs], [v.name[cut:] for _, v in pairs]
 
 
 def as_root(command: str, sudo: bool) -> str:
@@ -110,34 +99,46 @@ def as_root(command: str, sudo: bool) -> str:
 #   N 0|1                              the qrouter namespace exists
 #   S <state file's first line | ->
 #   A <one line of `ip -o -4 addr`>
-#   K <pid|pid-vrrp> <pid|-> <proc state letter|->   (- = not a running keepalived)
+#   K main|vrrp <pid|-> <proc state letter|->   (- = not a running keepalived of this router)
 #   L <one line of `ip -o link show dev <ha>`>
 #   E                                  end of block
+# `kp` looks for a process through its pid file names in order (current, then pre-Train) and
+# trusts a pid only if it runs this router's keepalived.conf: pid files outlive a reboot.
+_KEEPALIVED_PID_FN = r"""kp() {
+  key=$1; r=$2; shift 2; first=-
+  for sfx in "$@"; do
+    p=$(head -n1 "$c/$r.$sfx" 2>/dev/null | tr -cd '0-9')
+    [ -n "$p" ] || continue
+    [ "$first" = - ] && first=$p
+    if grep -qaF "$c/$r/keepalived.conf" "/proc/$p/cmdline" 2>/dev/null; then
+      echo "K $key $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"; return 0
+    fi
+  done
+  echo "K $key $first -"
+}"""
+
 _GROUND_TRUTH_FN = r"""gt() {
-  r=$1; ns=qrouter-$1; c=%(confs)s
+  r=$1; ns=qrouter-$1
   echo "R $r"
   if [ -e "/run/netns/$ns" ]; then echo "N 1"; else echo "N 0"; fi
   s=$(head -n1 "$c/$r/state" 2>/dev/null | tr -cd 'a-zA-Z'); echo "S ${s:--}"
   ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
-  for k in pid pid-vrrp; do
-    p=$(head -n1 "$c/$r.$k" 2>/dev/null | tr -cd '0-9')
-    if [ -n "$p" ] && grep -qaF "$c/$r/keepalived.conf" "/proc/$p/cmdline" 2>/dev/null; then
-      echo "K $k $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"
-    else echo "K $k ${p:--} -"; fi
-  done
+  kp main "$r" %(main)s
+  kp vrrp "$r" %(vrrp)s
   ip -n "$ns" -o link show dev "$2" 2>/dev/null | sed 's/^/L /'
   echo E
 }"""
 
 
-def ground_truth(state_path: PurePosixPath | str, replicas: Iterable[tuple[str, str]]) -> str:
+def ground_truth(layout: NeutronLayout, replicas: Iterable[tuple[str, str]]) -> str:
     """One command reading the ground truth of many replicas on one node.
 
     ``replicas`` are (router_id, ha_device) pairs of replicas hosted on that node.
     """
-    confs = PurePosixPath(state_path) / "ha_confs"
     calls = [f"gt {q(router_id(rid))} {q(device(ha))}" for rid, ha in replicas]
-    return _GROUND_TRUTH_FN % {"confs": q(str(confs))} + "\n" + "\n".join(calls)
+    main, vrrp = _pid_suffixes(layout, "0" * 36)
+    fn = _GROUND_TRUTH_FN % {"main": " ".join(q(m) for m in main), "vrrp": " ".join(q(v) for v in vrrp)}
+    return f"c={q(str(layout.ha_confs))}\n{_KEEPALIVED_PID_FN}\n{fn}\n" + "\n".join(calls)
 
 
 class KeepalivedProcess(BaseModel):
@@ -153,12 +154,12 @@ class ReplicaTruth(BaseModel):
     namespace_exists: bool = False
     state: str | None = None
     addresses: list[tuple[str, str]] = []  # (device, cidr)
-    keepalived: dict[str, KeepalivedProcess] = {}  # "pid", "pid-vrrp"
+    keepalived: dict[str, KeepalivedProcess] = {}  # "main", "vrrp"
     ha_link_up: bool | None = None
 
     @property
     def keepalived_alive(self) -> bool:
-        main = self.keepalived.get("pid")
+        main = self.keepalived.get("main")
         return main is not None and main.alive and not main.stopped
 
     def has_address(self, address: str) -> bool:
@@ -201,56 +202,103 @@ def parse_ground_truth(output: str) -> dict[str, ReplicaTruth]:
 
 
 # --------------------------------------------------------------------------- keepalived
-def _pids_loop(paths: Sequence[str], body: str) -> str:
-    """Run ``body`` with $x set to each pid from ``paths`` that is a running keepalived."""
-    files = " ".join(q(p) for p in paths)
+def _each_keepalived(layout: NeutronLayout, rid: str, which: Sequence[str], body: str) -> str:
+    """Run ``body`` with $x set to the pid of each of the replica's running keepalived processes
+    named in ``which`` ("main", "vrrp"), found through its pid files (current names, then
+    pre-Train) and trusted only if the process runs this router's keepalived.conf."""
+    main, vrrp = _pid_suffixes(layout, rid)
+    confs = layout.ha_confs
+    conf = q(str(layout.keepalived_conf(rid)))
+    loops = []
+    for key in which:
+        files = " ".join(q(str(confs / f"{rid}.{sfx}")) for sfx in {"main": main, "vrrp": vrrp}[key])
+        loops.append(
+            f"x=; for f in {files}; do p=$(head -n1 \"$f\" 2>/dev/null | tr -cd '0-9'); "
+            f'[ -n "$p" ] && grep -qaF {conf} "/proc/$p/cmdline" 2>/dev/null && {{ x=$p; break; }}; done; '
+            f'if [ -n "$x" ]; then {body}; fi'
+        )
+    return "; ".join(loops)
+
+
+def keepalived_running(layout: NeutronLayout, rid: str) -> str:
+    """Shell that sets $running to the pids of every keepalived process running this router's
+    keepalived.conf, whatever its pid files say (one scan of /proc/*/cmdline; the scanning
+    processes themselves are not keepalived and are left out)."""
+    conf = q(str(layout.keepalived_conf(router_id(rid))))
     return (
-        f"for f in {files}; do x=$(head -n1 \"$f\" 2>/dev/null | tr -cd '0-9'); "
-        # this router's keepalived only: pid files outlive a reboot, their numbers may be reused
-        f'[ -n "$x" ] || continue; grep -qaF "${{f%.pid*}}/keepalived.conf" "/proc/$x/cmdline" 2>/dev/null || continue; '
-        f"{body}; done"
+        f"running=$(for f in $(grep -laF -- {conf} /proc/[0-9]*/cmdline 2>/dev/null); do "
+        f'a=$(tr "\\000" "\\n" < "$f" 2>/dev/null | head -n1); '
+        f'case "${{a##*/}}" in keepalived) p=${{f#/proc/}}; echo "${{p%/cmdline}}";; esac; done | tr "\\n" " ")'
     )
 
 
-def keepalived_signal(state_path: PurePosixPath | str, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
+def keepalived_instances(layout: NeutronLayout, rid: str) -> str:
+    """Print the pids of every keepalived process of this router on the node, one line."""
+    return f'{keepalived_running(layout, rid)}; echo "keepalived: ${{running:-none}}"'
+
+
+def keepalived_signal(layout: NeutronLayout, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
     """Signal a replica's keepalived, found through its pid files (never a host-wide pattern).
 
     Prints ``signalled <pid>`` per process; exits 3 when no running keepalived was found, so an
     injection against a replica without keepalived fails loudly.
     """
-    p = keepalived_paths(state_path, rid)
+    rid = router_id(rid)
     sig = Signal(signal).value
-    paths = [p.pid_vrrp, p.pid] if vrrp_child else [p.pid]
     prelude = ""
     if sig == Signal.KILL.value and vrrp_child:
         # keepalived's children get SIGTERM when their parent dies (PDEATHSIG) and its parent
         # restarts a dead child: freeze the parent first, then kill the child, then the parent,
         # so that no process gets to clean up, as in a crash.
-        prelude = _pids_loop([p.pid], 'kill -s STOP "$x"') + "; "
-    loop = _pids_loop(paths, f'kill -s {sig} "$x" && echo "signalled $x" && n=$((n+1))')
-    return f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {router_id(rid)}' >&2; exit 3; }}"
+        prelude = _each_keepalived(layout, rid, ["main"], 'kill -s STOP "$x"') + "; "
+    which = ["vrrp", "main"] if vrrp_child else ["main"]
+    loop = _each_keepalived(layout, rid, which, f'kill -s {sig} "$x" && echo "signalled $x" && n=$((n+1))')
+    return f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {rid}' >&2; exit 3; }}"
 
 
-def keepalived_pids(state_path: PurePosixPath | str, rid: str) -> str:
+def keepalived_pids(layout: NeutronLayout, rid: str) -> str:
     """Print ``<pid> <state letter>`` of each running keepalived process of a replica."""
-    p = keepalived_paths(state_path, rid)
-    return _pids_loop([p.pid, p.pid_vrrp], "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\"")
+    return _each_keepalived(layout, router_id(rid), ["main", "vrrp"], "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\"")
 
 
-def keepalived_start(state_path: PurePosixPath | str, rid: str) -> str:
-    """Start keepalived with Neutron's exact command line inside ``qrouter-<id>``."""
-    p = keepalived_paths(state_path, rid)
-    argv = ["ip", "netns", "exec", namespace(rid), "keepalived", "-P", "-f", p.conf, "-p", p.pid, "-r", p.pid_vrrp]
-    return shlex.join(argv)
+def keepalived_start(layout: NeutronLayout, rid: str) -> str:
+    """Start keepalived as Neutron's L3 agent does, unless one already runs for this router.
+
+    Neutron's command line inside ``qrouter-<id>``, after removing stale pid files (as
+    Neutron's ProcessManager does before every start). A keepalived already running this
+    router's keepalived.conf, whatever its pid files, means nothing is started: two keepalived
+    for one VRID on one node is a split brain of the tool's making.
+    """
+    rid = router_id(rid)
+    argv = ["ip", "netns", "exec", namespace(rid), *layout.keepalived_argv(rid)]
+    stale = " ".join(q(str(p)) for p in (layout.keepalived_pid(rid), layout.keepalived_vrrp_pid(rid)))
+    return (
+        f"{keepalived_running(layout, rid)}; "
+        f'if [ -n "$running" ]; then echo "keepalived already running: $running"; '
+        f"else rm -f {stale} && {shlex.join(argv)} && echo 'started keepalived'; fi"
+    )
 
 
-def keepalived_ensure_running(state_path: PurePosixPath | str, rid: str) -> str:
-    """Idempotent undo of any keepalived fault: continue stopped processes, start one if none runs."""
-    p = keepalived_paths(state_path, rid)
-    cont = _pids_loop([p.pid, p.pid_vrrp], "s=$(sed 's/.*) //' /proc/$x/stat | cut -c1); [ \"$s\" = T ] && kill -s CONT \"$x\" && echo \"continued $x\"")
-    alive = _pids_loop([p.pid], "alive=1")
-    start = keepalived_start(state_path, rid)
-    return f"{cont}; alive=0; {alive}; [ \"$alive\" = 1 ] || {{ {start} && echo 'started keepalived'; }}"
+def keepalived_ensure_running(layout: NeutronLayout, rid: str) -> str:
+    """Idempotent undo of any keepalived fault: continue stopped processes, start one only if
+    none runs for this router (see ``keepalived_start``)."""
+    rid = router_id(rid)
+    cont = _each_keepalived(
+        layout, rid, ["main", "vrrp"],
+        "s=$(sed 's/.*) //' /proc/$x/stat | cut -c1); [ \"$s\" = T ] && kill -s CONT \"$x\" && echo \"continued $x\"",
+    )
+    return f"{cont}; {keepalived_start(layout, rid)}"
+
+
+def keepalived_vrids(layout: NeutronLayout, router_ids: Sequence[str]) -> str:
+    """Print ``<router_id> virtual_router_id <n>`` (or ``<router_id> -``) per router, from each
+    replica's keepalived.conf on the node."""
+    parts = [
+        f"printf '%s ' {q(router_id(r))}; "
+        f"(grep -m1 -o 'virtual_router_id [0-9]*' {q(str(layout.keepalived_conf(r)))} 2>/dev/null || echo -); echo"
+        for r in router_ids
+    ]
+    return "; ".join(parts)
 
 
 def pids_alive(pids: Iterable[int]) -> str:
@@ -385,14 +433,14 @@ st() {
 }"""
 
 
-def follow_replicas(state_path: PurePosixPath | str, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
+def follow_replicas(layout: NeutronLayout, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
     """One command streaming address events and state-file changes of many replicas on one node.
 
     ``state_every``: how often the state files are read (the address events need no polling).
     """
     if not router_ids:
         raise ValueError("follow_replicas needs at least one router")
-    confs = PurePosixPath(state_path) / "ha_confs"
+    confs = layout.ha_confs
     rids = [router_id(r) for r in router_ids]
     every = float(state_every)
     beats = max(1, round(float(heartbeat) / every))
@@ -407,22 +455,40 @@ def follow_replicas(state_path: PurePosixPath | str, router_ids: Sequence[str], 
 
 
 # --------------------------------------------------------------------------- conntrack
-def conntrack_tables(router_ids: Sequence[str], ports: Iterable[int]) -> str:
-    """List the TCP conntrack entries whose original destination port is one of ``ports``,
-    inside each router's qrouter namespace on one node. Lines: ``R <router_id> 0|1`` (namespace
-    present), then ``conntrack -L`` lines, then ``E <router_id>``."""
+# `ct TAG CMD...` runs a listing and tags each flow line of its output with TAG; when the command
+# fails it prints `X TAG <exit code> <its last message>` instead of nothing, so a missing binary
+# or a dead conntrackd reads as "unknown, because ...", never as an empty table.
+_CONNTRACK_FN = r"""ct() {
+  t=$1; shift; e=$(mktemp 2>/dev/null || echo "/tmp/chaos-ct.$$")
+  o=$("$@" 2>"$e"); rc=$?
+  printf '%s\n' "$o" | grep -E '^[a-z0-9-]+ +[0-9]+ ' | sed "s/^/$t /"
+  if [ "$rc" != 0 ]; then echo "X $t $rc $(tail -n1 "$e" 2>/dev/null)"; fi
+  rm -f "$e"
+}"""
+# (stderr apart from stdout: conntrack's summary line on stderr lands mid-line when merged)
+
+
+def conntrack_tables(layout: NeutronLayout, router_ids: Sequence[str], ports: Iterable[int]) -> str:
+    """The TCP flows whose original destination port is one of ``ports``, per router on one node:
+    the kernel's table inside ``qrouter-<id>`` and, where the router runs conntrackd (its
+    conntrackd.conf exists), conntrackd's external cache (``conntrackd -C <conf> -e``: the
+    flows replicated from the primary, which Neutron's state-change script commits to the
+    kernel only on promotion). Lines: ``R <router_id> 0|1`` (namespace present), ``K <flow>``
+    (kernel), ``C <flow>`` (external cache), ``X K|C <code> <message>`` (a listing failed),
+    ``E <router_id>``."""
     port_list = sorted({int(p) for p in ports})
     if not port_list or not all(0 < p < 65536 for p in port_list):
         raise ValueError(f"ports {port_list!r} must be 1..65535 and at least one")
     blocks = []
     for rid in (router_id(r) for r in router_ids):
         ns = namespace(rid)
-        lists = "; ".join(
-            shlex.join(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--dport", str(p)]) + " 2>/dev/null"
-            for p in port_list
+        conf = str(layout.conntrackd_file(rid, "conf"))
+        kernel = "; ".join(
+            "ct K " + shlex.join(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--dport", str(p)]) for p in port_list
         )
+        cache = f"if [ -e {q(conf)} ]; then ct C {shlex.join(['ip', 'netns', 'exec', ns, 'conntrackd', '-C', conf, '-e'])}; fi"
         blocks.append(
-            f"if [ -e /run/netns/{q(ns)} ]; then echo {q('R ' + rid + ' 1')}; {lists}; "
+            f"if [ -e /run/netns/{q(ns)} ]; then echo {q('R ' + rid + ' 1')}; {kernel}; {cache}; "
             f"else echo {q('R ' + rid + ' 0')}; fi; echo {q('E ' + rid)}"
         )
-    return "\n".join(blocks)
+    return _CONNTRACK_FN + "\n" + "\n".join(blocks)

@@ -1,0 +1,1 @@
+"""Fidelity tests: what the lab writes for HA router replicas against what Neutron writes."""
