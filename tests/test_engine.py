@@ -207,3 +207,119 @@ def test_kill_9_then_recover_leaves_nothing_injected(lab: LabHandle, tmp_path: P
         assert again.returncode == 0 and "nothing left injected" in again.stdout
     finally:
         lab_is_clean(lab)
+
+
+# --------------------------------------------------------------------------- keepalived restarts
+class KeepalivedWatcher:
+    """Counts, every few milliseconds while a run goes on, the keepalived instances of each
+    router on each lab node, straight from /proc (not through the tool): an instance is a
+    keepalived process whose parent is not a keepalived of the same config (a main process;
+    its VRRP child does not count)."""
+
+    def __init__(self, lab: LabHandle) -> None:
+        import threading
+
+        self.lab = lab
+        self.most: dict[tuple[str, str], int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "KeepalivedWatcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + 600  # bounded, whatever the test does
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            for key, count in self.instances().items():
+                self.most[key] = max(self.most.get(key, 0), count)
+            time.sleep(0.02)
+
+    def instances(self) -> dict[tuple[str, str], int]:
+        from chaos.lab.node import init_pid
+
+        nodes = {}
+        for node in self.lab.spec.nodes:
+            init = init_pid(self.lab.dir, node.name)
+            if init is not None:
+                try:
+                    nodes[os.stat(f"/proc/{init}/ns/pid").st_ino] = node.name
+                except OSError:
+                    continue
+        procs: dict[int, tuple[str, int, str]] = {}  # pid -> (node, ppid, conf)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if not argv or not argv[0].endswith(b"keepalived"):
+                    continue
+                node = nodes.get(os.stat(f"/proc/{entry}/ns/pid").st_ino)
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            conf = next((a.decode() for a in argv if a.endswith(b"keepalived.conf")), "")
+            if node is not None and conf:
+                procs[int(entry)] = (node, ppid, conf)
+        counts: dict[tuple[str, str], int] = {}
+        for node, ppid, conf in procs.values():
+            parent = procs.get(ppid)
+            if parent is None or parent[2] != conf:
+                key = (node, conf.split("/")[-2])
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+@pytest.mark.parametrize("respawn_wait, restarted_by", [("0s", "tool"), ("20s", "agent")])
+def test_sigkill_runs_never_leave_two_keepalived(lab: LabHandle, tmp_path: Path, respawn_wait: str,
+                                                  restarted_by: str) -> None:
+    """Whether the tool restarts keepalived first (it does not wait for the agent) or the
+    agent's process monitor does (every 2 s in the shared lab), at no moment do two keepalived
+    run for one replica, and the journal says who restarted it."""
+    wait_lab_ready(lab)
+    path = write_experiment(
+        tmp_path, f"kill-{restarted_by}",
+        f"  type: keepalived-kill\n  replica: primary\n  params: {{signal: KILL, respawn_wait: {respawn_wait}}}",
+        probes="primary: {}\n  warmup: 1s\n  settle: 4s",
+    )
+    with KeepalivedWatcher(lab) as watcher:
+        proc = run_cli(lab, tmp_path, str(path))
+        time.sleep(2 * lab.spec.options.respawn_interval + 1)  # the agent's next checks, after the run
+    assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
+    assert len(watcher.most) == sum(len(r.replicas) for r in lab.spec.routers), watcher.most
+    assert max(watcher.most.values()) == 1, {k: v for k, v in watcher.most.items() if v > 1}
+    assert all(v == 1 for v in watcher.instances().values())
+    undone = events(run_folder(proc), "fault.undone")
+    assert len(undone) == len(lab.spec.routers)
+    assert {e.get("restarted_by") for e in undone} == {restarted_by}, undone
+    lab_is_clean(lab)
+
+
+def test_a_failed_injection_is_an_infrastructure_error_and_is_rolled_back(make_lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """keepalived is dead on the chosen replica and this lab's agent never respawns (interval
+    0): the injection finds nothing to signal. The run says so in one sentence, exits 5, the
+    journal records the action as not injected, and the undo still starts keepalived."""
+    still = make_lab("n", routers=1, nodes=2, advert_int=1, respawn_interval=0)
+    wait_lab_ready(still)
+    router = still.spec.routers[0]
+    backup = next(r["node"] for r in still.status()["routers"][0]["replicas"] if r["state"] == "backup")
+    subprocess.run([*CHAOS, "lab", "ssh", "--name", still.name, backup, "--",
+                    f"kill $(cat /var/lib/neutron/ha_confs/{router.id}.pid.keepalived)"], check=True, timeout=30)
+    time.sleep(2)
+    path = write_experiment(tmp_path, "nothing-to-kill",
+                            "  type: keepalived-kill\n  replica: backup\n  params: {signal: TERM, respawn_wait: 0s}",
+                            probes="primary: {}\n  warmup: 1s\n  settle: 1s")
+    proc = run_cli(still, tmp_path, str(path))
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stdout + proc.stderr
+    assert "no running keepalived" in proc.stdout + proc.stderr
+    folder = run_folder(proc)
+    assert [e["action_id"] for e in events(folder, "fault.inject_failed")] == ["a1"]
+    assert not events(folder, "fault.injected")
+    assert events(folder, "fault.undone")[0]["restarted_by"] == "tool"
+    assert events(folder, "run.finished")[0]["exit_code"] == ExitCode.INFRASTRUCTURE
+    lab_is_clean(still)

@@ -50,6 +50,11 @@ def metrics_of(events: list[dict[str, Any]], router: str = R1) -> dict[str, Any]
     return router_metrics(RunRecord(events), router).metrics
 
 
+def metrics_reasons(events: list[dict[str, Any]], router: str = R1) -> dict[str, str]:
+    """Why each missing metric is missing."""
+    return router_metrics(RunRecord(events), router).missing
+
+
 # --- ICMP ----------------------------------------------------------------------------------
 
 
@@ -231,6 +236,25 @@ def test_conntrack_entries_replicated_and_lost() -> None:
     assert flow_key(backup[1]) == flow_key(f[1])
 
 
+def test_conntrack_replicated_counts_conntrackds_external_cache() -> None:
+    """Neutron's conntrackd keeps replicated flows in the backup's external cache, not its
+    kernel table: they count as replicated. A listing that failed is unknown, never lost."""
+    f = [{"proto": "tcp", "src": "100.64.0.1", "dst": "100.64.32.1", "sport": p, "dport": 7} for p in (1, 2, 3)]
+
+    def snap(node: str, phase: str, **fields: Any) -> dict[str, Any]:
+        return ev(9 if phase == "before" else 14, "conntrack.snapshot", router_id=R1, node=node, phase=phase, **fields)
+
+    base = failover_events() + [snap("net1", "before", flows=f, cache=None)]
+    m = metrics_of(base + [snap("net2", "before", flows=[], cache=f[:2]), snap("net2", "after", flows=f, cache=[])])
+    assert (m["conntrack_entries"], m["conntrack_replicated"], m["conntrack_lost"]) == (3, 2, 0)
+    failed = snap("net2", "after", flows=None, cache=None, error="conntrack -L failed: exit 255: exec of \"conntrack\" failed")
+    m = metrics_of(base + [snap("net2", "before", flows=[], cache=f), failed])
+    assert m["conntrack_replicated"] == 3 and m["conntrack_lost"] is None
+    assert "exec of" in metrics_reasons(base + [snap("net2", "before", flows=[], cache=f), failed])["conntrack_lost"]
+    on_primary = metrics_of(failover_events() + [snap("net1", "before", flows=None, cache=None, error="x")])
+    assert on_primary["conntrack_entries"] is None and on_primary["conntrack_lost"] is None
+
+
 def test_api_lag_and_disagreements() -> None:
     def api(t: float, node: str, state: str) -> dict[str, Any]:
         return ev(t, "api.ha_state", router_id=R1, node=node, ha_state=state)
@@ -328,3 +352,20 @@ def test_plan_routers_and_affected_routers_decide_what_is_targeted() -> None:
     assert record.targeted_routers() == [R1, R2]
     assert router_metrics(record, R1).metrics["failover_s"] == pytest.approx(2.0)
     assert router_metrics(record, R2).metrics["failover_s"] == pytest.approx(3.0)  # affected though not on net1
+
+
+def test_failover_and_recovery_count_from_the_injection_that_took_the_primary() -> None:
+    """A node fault on the backup's node first (nothing moves), then one on the primary's node
+    7 s later: failover and recovery count from the second, not from the first."""
+    newconn = [ev(t, "probe.newconn", router_id=R1, direction="inbound", ok=t < 7.2 or t > 13.9, started=T0 + t - 0.1)
+               for t in [x / 2 for x in range(2, 40)]]
+    events = [
+        obs(0, R1, "net1", True), obs(0, R1, "net2", False),
+        inject(3, R1, node="net2", action="a1"),   # the backup's node
+        inject(7, R1, node="net1", action="a2"),   # the primary's node
+        obs(7.1, R1, "net1", False), obs(14.5, R1, "net2", True), *newconn,
+    ]
+    m = metrics_of(events)
+    assert m["failover_s"] == pytest.approx(7.5)
+    assert m["new_conn_recovery_inbound_s"] == pytest.approx(14.0 - 7)  # first success after the last failure
+    assert router_metrics(RunRecord(events), R1).injected == pytest.approx(T0 + 7)

@@ -89,6 +89,19 @@ class FaultRecord(_Model):
     injected: float | None
     undone: float | None
     undo_ok: bool | None
+    restarted_by: str | None = None  # keepalived faults: "agent" (the L3 agent respawned it) or "tool"
+
+
+class ResetSeen(_Model):
+    """A TCP reset that reached the vantage point from one of the router's addresses."""
+
+    t: float
+    src: str
+    sport: int | None
+    dst: str
+    dport: int | None
+    mac: str | None
+    port: str | None  # the lab's fabric port the sender's MAC was learned on: which replica
 
 
 class RouterMetrics(_Model):
@@ -101,10 +114,11 @@ class RouterMetrics(_Model):
     holders_before: list[str] | None
     holders_after: list[str] | None
     new_primary: list[str] | None  # replicas that took the addresses at failover
-    injected: float | None  # first injection affecting the router, in the window
+    injected: float | None  # the injection that took the router's primary (else the first affecting it)
     takeover: float | None  # observation that showed the new primary
     tcp_events: list[TcpEvent]
     faults: list[FaultRecord]
+    resets_seen: list[ResetSeen] = []  # TCP resets from its addresses at the vantage point, with their sender
 
 
 class Distribution(_Model):
@@ -153,6 +167,7 @@ class _RouterEvents:
     garp: list[dict[str, Any]] = field(default_factory=list)
     conntrack: list[dict[str, Any]] = field(default_factory=list)
     api: list[dict[str, Any]] = field(default_factory=list)
+    resets: list[dict[str, Any]] = field(default_factory=list)
 
 
 _ROUTER_KINDS = {
@@ -161,6 +176,7 @@ _ROUTER_KINDS = {
     "arp.garp": "garp",
     "conntrack.snapshot": "conntrack",
     "api.ha_state": "api",
+    "tcp.reset_seen": "resets",
 }
 
 
@@ -282,6 +298,7 @@ class RunRecord:
                     injected=float(inj["t"]),
                     undone=float(u["t"]) if u else None,
                     undo_ok=bool(u.get("ok")) if u else None,
+                    restarted_by=_opt_str(u.get("restarted_by")) if u else None,
                 )
             )
         return records
@@ -409,7 +426,7 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
     timeline = HolderTimeline(ev.observations)
 
     fips = _icmp(res, ev, w)
-    injection = next((float(i["t"]) for i in ev.injections if w.contains(float(i["t"]))), None)
+    injection = _disturbing_injection(ev.injections, timeline, w)
     before, after, takeover, new = _replicas(res, timeline, w, injection, bool(ev.observations))
     _tcp(res, ev, w)
     _newconn(res, ev, w, injection)
@@ -435,6 +452,11 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
             for e in ev.tcp if w.contains(float(e["t"]))
         ],
         faults=[f for f in record.faults_of(router_id) if f.injected is not None and w.contains(f.injected)],
+        resets_seen=[
+            ResetSeen(t=float(e["t"]), src=str(e.get("src")), sport=e.get("sport"), dst=str(e.get("dst")),
+                      dport=e.get("dport"), mac=_opt_str(e.get("mac")), port=_opt_str(e.get("port")))
+            for e in ev.resets if w.contains(float(e["t"]))
+        ],
     )
 
 
@@ -521,6 +543,21 @@ def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
     for d in _DIRECTIONS:
         res.set(f"tcp_dropped_{d}", dropped[d] if has else None, reason)
     res.set("tcp_max_stall_s", max_stall if has else None, reason)
+
+
+def _disturbing_injection(injections: Sequence[Mapping[str, Any]], timeline: HolderTimeline, w: Window) -> float | None:
+    """When the router's trouble started: the first injection in the window on a node that held
+    its addresses at the time, else the first injection in the window.
+
+    A router can be hit by several actions one after the other (a node fault on the node of its
+    backup, then on the node of its primary): failover and recovery count from the one that
+    took its primary away, not from an earlier one that only took a backup."""
+    inside = [i for i in injections if w.contains(float(i["t"]))]
+    for i in inside:
+        holders = timeline.at(float(i["t"]), inclusive=False)
+        if holders and i.get("node") in holders:
+            return float(i["t"])
+    return float(inside[0]["t"]) if inside else None
 
 
 def _clipped(lo: float, hi: float, w: Window) -> float:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chaos.analysis.hypothesis import ToleranceResult, evaluate_all, parse_tolerances
-from chaos.analysis.metrics import Distribution, RouterMetrics, RunRecord, aggregates, run_metrics
+from chaos.analysis.metrics import Distribution, ResetSeen, RouterMetrics, RunRecord, aggregates, run_metrics
 from chaos.errors import InvalidInput
 
 SCHEMA_VERSION = 1
@@ -108,6 +108,7 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
     for r in routers.values():
         if r.targeted:
             notes.extend(f"router {r.router_id}: {name}: {why}" for name, why in sorted(r.missing.items()))
+        notes.extend(f"router {r.router_id}: {describe_reset(x)}" for x in r.resets_seen)
     verdict = _verdict(record, results, notes)
     return Summary(
         run=_run_info(record),
@@ -117,6 +118,14 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
         aggregates=aggregates(routers),
         notes=notes,
     )
+
+
+def describe_reset(x: ResetSeen) -> str:
+    """Who reset a connection, in the words a report uses."""
+    sender = f"MAC {x.mac}" if x.mac else "an unknown MAC"
+    where = f", learned on fabric port {x.port}" if x.port else ""
+    return (f"TCP reset seen at the vantage point from {x.src}:{x.sport} to {x.dst}:{x.dport} "
+            f"({sender}{where}) at {x.t:.3f}")
 
 
 def write_summary(summary: Summary, path: Path) -> None:

@@ -243,8 +243,8 @@ async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[s
     """Run every step in order, even after one fails; raise at the end if any failed.
 
     Shared by a live undo and by ``chaos recover``. An ``api`` step is replayed by
-    ``chaos.faults.agent_evacuate.replay_api_step``. A ``bmc`` step ``On`` is skipped when the
-    system is already on, which keeps it idempotent while a reset is still in progress.
+    ``chaos.faults.agent_evacuate.replay_api_step``. A ``bmc`` step ``On`` makes sure the node is
+    or is being powered on: nothing when it is on, a wait when a reset is still in progress.
     """
     details: list[str] = []
     failures: list[str] = []
@@ -260,8 +260,8 @@ async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[s
                 details.append(await replay_api_step(ctx, step))
             else:
                 async with ctx.redfish() as bmc:
-                    if step.command == "On" and await bmc.power_state(step.node) == "On":
-                        details.append(f"{step.node} already powered on")
+                    if step.command == "On":
+                        details.append(await bmc.ensure_on(step.node))
                         continue
                     await bmc.reset(step.node, step.command)
                     details.append(f"{step.node}: BMC {step.command}")

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from chaos.errors import InfrastructureError
 from chaos.experiment.schema import GatewayRebootParams
 from chaos.faults.base import Fault, UndoStep, poll, run_undo_steps
-from chaos.probes.replicas import observe_node
+from chaos.probes.replicas import holders, observe, observe_node
 from chaos.transport import node_commands as nc
 
 BMC_RESET = "ForceRestart"
@@ -101,6 +101,9 @@ class GatewayReboot(Fault):
         return "; ".join(await run_undo_steps(self.ctx, self.undo_steps())) or "nothing to undo"
 
     async def recovered(self) -> tuple[bool, str]:
+        """The node is back with its replicas running, and every router it hosts has exactly one
+        primary again: the next wave must not take down a replica of a router that has not yet
+        failed over (a backup that waits out Master_Down_Interval is its only replica left)."""
         routers = [r for r in self.ctx.topology.routers if any(rep.node == self.node.name for rep in r.replicas)]
 
         async def check() -> tuple[bool, str]:
@@ -113,7 +116,11 @@ class GatewayReboot(Fault):
             missing = [o.router_id for o in obs if not (o.state and o.keepalived_alive)]
             if missing:
                 return False, f"{self.node.name} is back, {len(missing)} of {len(obs)} replica(s) not yet running"
-            return True, f"{self.node.name} is back (boot id {current}) with its {len(obs)} replica(s)"
+            everywhere = await observe(self.ctx.ssh, self.ctx.topology, routers, timeout=self.probe_timeout + 2)
+            unsettled = [rid for rid, o in everywhere.items() if len(holders(o)) != 1]
+            if unsettled:
+                return False, f"{self.node.name} is back; {len(unsettled)} of its routers without exactly one primary yet"
+            return True, f"{self.node.name} is back (boot id {current}) with its {len(obs)} replica(s), one primary each"
 
         return await poll(check, self.params.boot_timeout, interval=0.5)
 

@@ -82,14 +82,21 @@ def _delete_links(fab: IPRoute, names: list[str]) -> None:
                     raise
 
 
+def mgmt_port(node_index: int) -> str:
+    """Fabric-side name of a node's management NIC."""
+    return f"mgmt-{node_index}"
+
+
 def unplug_node(fabric_ns: str, node_index: int) -> int:
-    """Delete every fabric port of a node's replicas (after a power cut) so that it boots into a
-    clean fabric, whatever the kernel's pace in destroying the dead namespaces. Returns how many."""
+    """Delete every fabric port of a node (its management NIC and its replicas' ports): deleting
+    the fabric end of a veth pair takes the node's end with it. A power cut does this first, so
+    that nothing of the dying node (a closing socket, a namespace torn down) reaches the network,
+    and the node boots into a clean fabric. Returns how many ports went."""
     prefixes = tuple(port_name(kind, node_index, "") for kind in "hrg")
 
     def work(fab: IPRoute) -> int:
         names = [link.get_attr("IFLA_IFNAME") for link in fab.get_links()]
-        doomed = [n for n in names if n and n.startswith(prefixes)]
+        doomed = [n for n in names if n and (n.startswith(prefixes) or n == mgmt_port(node_index))]
         _delete_links(fab, doomed)
         return len(doomed)
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from chaos.errors import InfrastructureError
-from chaos.lab.fabric import attach, new_netns, unplug_node
+from chaos.lab.fabric import attach, mgmt_port, new_netns, unplug_node
 from chaos.lab.netlink import remove_netns
 from chaos.lab.procs import kill, pid_alive, pids_matching, read_pid
 from chaos.lab.spec import LabSpec, NodeSpec
@@ -106,7 +106,7 @@ def power_on(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> int:
     new_netns(node.netns)
     prefix = spec.mgmt_cidr.rsplit("/", 1)[1]
     # A server keeps its NIC's MAC across reboots; so does a lab node (no stale ARP after boot).
-    attach(spec, node.netns, "eth0", f"mgmt-{node.index}", "br-mgmt", f"{node.mgmt_ip}/{prefix}", node_mac(node))
+    attach(spec, node.netns, "eth0", mgmt_port(node.index), "br-mgmt", f"{node.mgmt_ip}/{prefix}", node_mac(node))
     log = open(d / "console.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
@@ -129,8 +129,14 @@ def power_on(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> int:
 
 
 def power_off(spec: LabSpec, lab_dir: Path, node: NodeSpec, timeout: float = 10.0) -> None:
-    """Cut the power: every process of the node dies at once, its namespaces and addresses vanish."""
+    """Cut the power: the node falls silent at once, then every process of it dies and its
+    namespaces and addresses vanish.
+
+    A server that loses power sends nothing more: no FIN or reset from its sockets, no ARP.
+    Killing the node's processes first would let its kernel close their connections politely
+    (peers would see resets a real power cut never sends), so its wires are cut first."""
     d = node_dir(lab_dir, node.name)
+    unplug_node(spec.fabric_netns, node.index)
     victims = []
     pid = read_pid(d / "power.pid")
     if pid is not None and pid_alive(pid, "unshare"):

@@ -1,29 +1,36 @@
-"""Gratuitous ARPs for the routers' addresses, as the external network sees them.
+"""What the external network carries at the vantage point: gratuitous ARPs and TCP resets.
 
 After a failover the new primary announces the gateway and floating IPs with gratuitous ARPs
 (keepalived: a burst at the transition, another ``garp_master_delay`` later); until the
 switches and neighbours learn from them, traffic goes to the old primary. The field report
-names VIP moves the network does not learn about as an open problem: this observer makes the
-announcements visible, with their arrival time.
+names VIP moves the network does not learn about as an open problem: ``ArpObserver`` makes the
+announcements visible, with their arrival time. And when a held TCP session is reset, the
+question is who sent the reset: ``ResetObserver`` records every TCP reset that reaches the
+vantage point from a router's floating IP or gateway, with the MAC it came from.
 
-One AF_PACKET socket (``ETH_P_ARP``) created inside the vantage namespace receives every ARP
-frame there; the asyncio loop reads it through a reader callback (no thread, no process per
-address). An ARP is gratuitous when sender IP == target IP (request or reply), or when it is
-a reply nobody at the vantage point asked for (no request for that address left the vantage
+Each observer reads one AF_PACKET socket created inside the vantage namespace, through a reader
+callback on the asyncio loop (no thread, no process per address); the reset socket carries a
+kernel filter that passes TCP resets only, so the probes' own traffic never wakes it.
+
+ARP: a frame is gratuitous when sender IP == target IP (request or reply), or when it is a
+reply nobody at the vantage point asked for (no request for that address left the vantage
 point in the last ``SOLICIT_WINDOW`` seconds). Each one for a router's gateway or floating IP
-becomes an ``arp.garp`` event {router_id, address, mac, op, interface, port?} with ``t`` =
+becomes an ``arp.garp`` event {router_id, address, mac, op, interface, port?}; each reset an
+``tcp.reset_seen`` event {router_id, src, sport, dst, dport, mac, interface, port?}; ``t`` =
 arrival (kernel receive to our read: well under a millisecond unless the loop is busy).
 
-``port``: which bridge port the external network learned the router's MAC on. Only the lab
-can tell (its fabric bridge's forwarding database, queried once per burst of GARPs with
-``bridge fdb show``); on a real cloud it is not observable from the vantage point and is left
-out. A lookup that fails leaves ``port`` out; it never fails the observer.
+``port``: which bridge port the external network learned the sender's MAC on, which tells the
+replica apart where every replica of a router shares its qg- MAC. Only the lab can tell (its
+fabric bridge's forwarding database, queried once per burst with ``bridge fdb show``); on a
+real cloud it is not observable from the vantage point and is left out. A lookup that fails
+leaves ``port`` out; it never fails the observer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import re
 import socket
@@ -42,6 +49,10 @@ from chaos.transport.netns import NETNS_RUN_DIR, socket_in_netns
 log = get_logger("arp")
 
 ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+IPPROTO_TCP = 6
+TCP_RST = 0x04
+SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 SOLICIT_WINDOW = 2.0  # a reply this soon after our own request for the address is an answer
 FDB_TIMEOUT = 2.0
@@ -140,25 +151,22 @@ def lab_port_lookup(topology: Topology, bridge: str = "br-ext") -> PortLookup | 
     return lookup
 
 
-class ArpObserver:
-    """Records gratuitous ARPs for the routers' addresses at the vantage point."""
+class _VantageCapture:
+    """One AF_PACKET socket in the vantage namespace, read on the loop; what it keeps is queued
+    and journaled in bursts (one FDB lookup per burst). Subclasses say what to open and keep."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        routers: Sequence[Router],
-        journal: Journal,
-        *,
-        port_lookup: PortLookup | None = None,
-    ) -> None:
+    ethertype: int = ETH_P_ARP
+    bpf: bytes | None = None  # a classic BPF program attached to the socket
+
+    def __init__(self, topology: Topology, routers: Sequence[Router], journal: Journal, *,
+                 port_lookup: PortLookup | None = None) -> None:
         self.netns = topology.vantage.netns
         self.addresses = watched_addresses(routers)
         self.journal = journal
         self.port_lookup = port_lookup
         self.seen = 0
         self.ready = asyncio.Event()  # the socket is open and being read
-        self._asked: dict[str, float] = {}  # address -> when the vantage point last asked for it
-        self._queue: list[tuple[float, ArpFrame, str]] = []
+        self._queue: list[tuple[float, Any, str]] = []
         self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event, max_duration: float) -> None:
@@ -181,11 +189,15 @@ class ArpObserver:
             await self._flush()  # what arrived before the end is still journaled
 
     def _open(self) -> socket.socket:
-        proto = socket.htons(ETH_P_ARP)
+        proto = socket.htons(self.ethertype)
         if self.netns:
             sock = socket_in_netns(self.netns, socket.AF_PACKET, socket.SOCK_RAW, proto)
         else:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, proto)
+        if self.bpf is not None:
+            program = (ctypes.c_char * len(self.bpf)).from_buffer_copy(self.bpf)
+            fprog = struct.pack("HL", len(self.bpf) // 8, ctypes.addressof(program))
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         sock.setblocking(False)
         return sock
 
@@ -196,26 +208,22 @@ class ArpObserver:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("arp socket read failed", error=str(exc))
+                log.warning("vantage capture read failed", error=str(exc))
                 return
-            self._frame(time.time(), data, addr)
+            item = self._frame(time.time(), data, addr)
+            if item is not None:
+                self.seen += 1
+                self._queue.append(item)
+                self._wake.set()
 
-    def _frame(self, now: float, data: bytes, addr: Any) -> None:
-        frame = parse_arp(data)
-        if frame is None:
-            return
-        ifname, pkttype = str(addr[0]), int(addr[2])
-        if pkttype == PACKET_OUTGOING:
-            if frame.op == 1:
-                self._asked[frame.target_ip] = now
-            return
-        if frame.sender_ip not in self.addresses:
-            return
-        unsolicited = frame.op == 2 and now - self._asked.get(frame.sender_ip, -1e9) > SOLICIT_WINDOW
-        if frame.announces_itself or unsolicited:
-            self.seen += 1
-            self._queue.append((now, frame, ifname))
-            self._wake.set()
+    def _frame(self, now: float, data: bytes, addr: Any) -> tuple[float, Any, str] | None:
+        raise NotImplementedError
+
+    def _journal(self, t: float, item: Any, ifname: str, port: str | None) -> None:
+        raise NotImplementedError
+
+    def _mac_of(self, item: Any) -> str:
+        raise NotImplementedError
 
     async def _writer(self, stop: asyncio.Event) -> None:
         stopper = asyncio.ensure_future(stop.wait())
@@ -246,13 +254,113 @@ class ArpObserver:
             except Exception as exc:  # best effort, lab only
                 log.debug("fdb lookup failed", error=str(exc))
         batch, self._queue = self._queue, []
-        for t, frame, ifname in batch:
-            port = ports.get(frame.sender_mac)
-            self.journal.write(
-                "arp.garp", t=t, router_id=self.addresses[frame.sender_ip], address=frame.sender_ip,
-                mac=frame.sender_mac, op="request" if frame.op == 1 else "reply", interface=ifname,
-                **({"port": port} if port else {}),
-            )
+        for t, item, ifname in batch:
+            self._journal(t, item, ifname, ports.get(self._mac_of(item)))
 
 
-__all__ = ["ArpObserver", "ArpFrame", "parse_arp", "parse_fdb", "lab_port_lookup", "watched_addresses"]
+class ArpObserver(_VantageCapture):
+    """Records gratuitous ARPs for the routers' addresses at the vantage point."""
+
+    ethertype = ETH_P_ARP
+
+    def __init__(self, topology: Topology, routers: Sequence[Router], journal: Journal, *,
+                 port_lookup: PortLookup | None = None) -> None:
+        super().__init__(topology, routers, journal, port_lookup=port_lookup)
+        self._asked: dict[str, float] = {}  # address -> when the vantage point last asked for it
+
+    def _frame(self, now: float, data: bytes, addr: Any) -> tuple[float, Any, str] | None:
+        frame = parse_arp(data)
+        if frame is None:
+            return None
+        ifname, pkttype = str(addr[0]), int(addr[2])
+        if pkttype == PACKET_OUTGOING:
+            if frame.op == 1:
+                self._asked[frame.target_ip] = now
+            return None
+        if frame.sender_ip not in self.addresses:
+            return None
+        unsolicited = frame.op == 2 and now - self._asked.get(frame.sender_ip, -1e9) > SOLICIT_WINDOW
+        return (now, frame, ifname) if frame.announces_itself or unsolicited else None
+
+    def _mac_of(self, item: Any) -> str:
+        return str(item.sender_mac)
+
+    def _journal(self, t: float, item: Any, ifname: str, port: str | None) -> None:
+        self.journal.write(
+            "arp.garp", t=t, router_id=self.addresses[item.sender_ip], address=item.sender_ip,
+            mac=item.sender_mac, op="request" if item.op == 1 else "reply", interface=ifname,
+            **({"port": port} if port else {}),
+        )
+
+
+class TcpReset(BaseModel):
+    """A TCP segment with RST set, as it arrived: who sent it, for which connection."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mac: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+
+def parse_tcp_reset(frame: bytes) -> TcpReset | None:
+    """An Ethernet/IPv4/TCP frame with RST set, else None."""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    if frame[14] >> 4 != 4 or frame[23] != IPPROTO_TCP or ihl < 20 or len(frame) < 14 + ihl + 14:
+        return None
+    tcp = 14 + ihl
+    if not frame[tcp + 13] & TCP_RST:
+        return None
+    sport, dport = struct.unpack_from("!HH", frame, tcp)
+    return TcpReset(mac=_mac(frame[6:12]), src=socket.inet_ntoa(frame[26:30]), dst=socket.inet_ntoa(frame[30:34]),
+                    sport=sport, dport=dport)
+
+
+def _bpf(*insns: tuple[int, int, int, int]) -> bytes:
+    return b"".join(struct.pack("HBBI", code, jt, jf, k) for code, jt, jf, k in insns)
+
+
+# Keeps IPv4 TCP segments with RST set, first fragments only (classic BPF on Ethernet frames):
+#   ldh [12]; jeq 0x800 else drop; ldb [23]; jeq 6 else drop; ldh [20]; jset 0x1fff (a later
+#   fragment) then drop; ldxb 4*([14]&0xf); ldb [x+27] (TCP flags); jset 0x04 then keep else drop.
+_RST_FILTER = _bpf(
+    (0x28, 0, 0, 12), (0x15, 0, 8, ETH_P_IP),
+    (0x30, 0, 0, 23), (0x15, 0, 6, IPPROTO_TCP),
+    (0x28, 0, 0, 20), (0x45, 4, 0, 0x1FFF),
+    (0xB1, 0, 0, 14), (0x50, 0, 0, 27), (0x45, 0, 1, TCP_RST),
+    (0x06, 0, 0, 0x40000), (0x06, 0, 0, 0),
+)
+
+
+class ResetObserver(_VantageCapture):
+    """Records the TCP resets that reach the vantage point from the routers' addresses (the
+    floating IPs of inbound sessions, the SNAT address of outbound ones): a reset the probes
+    see says a session was broken; this says by whom."""
+
+    ethertype = ETH_P_IP
+    bpf = _RST_FILTER
+
+    def _frame(self, now: float, data: bytes, addr: Any) -> tuple[float, Any, str] | None:
+        if int(addr[2]) == PACKET_OUTGOING:
+            return None
+        reset = parse_tcp_reset(data)
+        if reset is None or reset.src not in self.addresses:
+            return None
+        return now, reset, str(addr[0])
+
+    def _mac_of(self, item: Any) -> str:
+        return str(item.mac)
+
+    def _journal(self, t: float, item: Any, ifname: str, port: str | None) -> None:
+        self.journal.write(
+            "tcp.reset_seen", t=t, router_id=self.addresses[item.src], src=item.src, sport=item.sport,
+            dst=item.dst, dport=item.dport, mac=item.mac, interface=ifname, **({"port": port} if port else {}),
+        )
+
+
+__all__ = ["ArpObserver", "ArpFrame", "ResetObserver", "TcpReset", "parse_arp", "parse_fdb", "parse_tcp_reset",
+           "lab_port_lookup", "watched_addresses"]

@@ -43,20 +43,25 @@ _KV_RE = re.compile(r"^(?:(src|dst)=(\S+)|(sport|dport)=(\d+))$")
 
 
 def parse_conntrack_line(line: str) -> dict[str, Any] | None:
-    """One ``conntrack -L`` line as {proto, src, dst, sport, dport, state, reply_*, timeout, flags}.
+    """One ``conntrack -L`` (or ``conntrackd -e``/``-i``) line as {proto, src, dst, sport, dport,
+    state, reply_*, timeout, flags}.
 
     ``tcp      6 431999 ESTABLISHED src=A dst=B sport=1 dport=7 src=C dst=A sport=7 dport=1 [ASSURED] mark=0 use=1``:
     the first src/dst/sport/dport are the original direction, the second the reply direction.
+    conntrackd's caches print no timeout (``tcp 6 ESTABLISHED src=A ... [active since 3s]``) and
+    its external cache only the original direction.
     """
     fields = line.split()
     if len(fields) < 3 or not fields[1].isdigit():
         return None
     flow: dict[str, Any] = {"proto": fields[0]}
-    if fields[2].isdigit():
-        flow["timeout"] = int(fields[2])
+    rest = fields[2:]
+    if rest and rest[0].isdigit():
+        flow["timeout"] = int(rest[0])
+        rest = rest[1:]
     reply = False
     flags: list[str] = []
-    for token in fields[3:]:
+    for token in rest:
         match = _KV_RE.match(token)
         if match:
             key = match.group(1) or match.group(3)

@@ -184,6 +184,23 @@ def state_replicated(summary: Summary) -> Answer:
     return Answer(q, f"{lead}: " + "; ".join(parts) + ".", status)
 
 
+def keepalived_restarts(summary: Summary) -> Answer | None:
+    """Who brought keepalived back after it was ended: Neutron's L3 agent (its process monitor,
+    as on the cloud) or the tool (it waited respawn_wait in vain). None when no keepalived was
+    ended in the run."""
+    by = Counter(f.restarted_by for r in summary.routers for f in r.faults if f.restarted_by)
+    actions = {f.action_id for r in summary.routers for f in r.faults if f.restarted_by}
+    if not by:
+        return None
+    q = "Who restarted keepalived?"
+    agent, tool = by.get("agent", 0), by.get("tool", 0)
+    if tool == 0:
+        return Answer(q, f"The L3 agent, for all {len(actions)} action(s): its process monitor respawned keepalived.", "good")
+    text = (f"The tool, for {tool} of {agent + tool} router(s): the agent had not respawned keepalived within "
+            "respawn_wait (check its check_child_processes_interval), so the undo started it the way the agent does.")
+    return Answer(q, text, "bad")
+
+
 def label_of(router_id: str, names: dict[str, str]) -> str:
     name = names.get(router_id)
     return f"{name} ({router_id[:8]})" if name else router_id

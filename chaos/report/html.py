@@ -27,6 +27,7 @@ from chaos.report.facts import (
     fmt_bound,
     fmt_time,
     label_of,
+    keepalived_restarts,
     primary_now,
     router_order,
     state_replicated,
@@ -204,6 +205,9 @@ def _tolerances(results: list[ToleranceResult]) -> str:
 
 def _answers(run: RunData) -> str:
     answers = [primary_now(run.summary, run.router_names), tcp_survived(run.summary, run.router_names), state_replicated(run.summary)]
+    restarts = keepalived_restarts(run.summary)
+    if restarts is not None:
+        answers.append(restarts)
     return ('<section id="answers"><h2>In plain words</h2><div class="answers">'
             + "".join(_answer(a) for a in answers) + "</div></section>")
 
@@ -311,8 +315,11 @@ def _how(run: RunData) -> str:
     safeguards = st.get("safeguards") if isinstance(st.get("safeguards"), dict) else {}
     guards = ", ".join(f"{k} = {v}" for k, v in safeguards.items()) or "—"
     faults = [f for r in s.routers for f in r.faults]
-    actions = sorted({(f.action_id, f.fault, f.node) for f in faults}, key=lambda a: str(a[0]))
-    plan = "; ".join(f"{a or '?'}: {fault or '?'} on {node or '?'}" for a, fault, node in actions[:FOLD_LIST])
+    actions = sorted({(f.action_id, f.fault, f.node, f.restarted_by) for f in faults}, key=lambda a: str(a[0]))
+    plan = "; ".join(
+        f"{a or '?'}: {fault or '?'} on {node or '?'}" + (f" (keepalived restarted by the {by})" if by else "")
+        for a, fault, node, by in actions[:FOLD_LIST]
+    )
     if len(actions) > FOLD_LIST:
         plan += f"; and {len(actions) - FOLD_LIST} more actions"
     untargeted = sum(1 for r in s.routers if not r.targeted)

@@ -15,6 +15,7 @@ from chaos.report.facts import (
     fmt,
     fmt_bound,
     fmt_time,
+    keepalived_restarts,
     label_of,
     primary_now,
     router_order,
@@ -57,8 +58,10 @@ def render_markdown(run: RunData) -> str:
     else:
         lines.append("No tolerance was checked (no hypothesis found).")
     lines += ["", "## In plain words", ""]
-    for a in (primary_now(s, run.router_names), tcp_survived(s, run.router_names), state_replicated(s)):
-        lines.append(f"- **{a.question}** {a.short}")
+    restarts = keepalived_restarts(s)
+    for a in (primary_now(s, run.router_names), tcp_survived(s, run.router_names), state_replicated(s), restarts):
+        if a is not None:
+            lines.append(f"- **{a.question}** {a.short}")
     lines += ["", "## Per-router figures", ""]
     routers = router_order(s, targeted_only=False)
     if routers:

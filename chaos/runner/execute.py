@@ -154,10 +154,14 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
         nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
                                 interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
         runners.append(nc)
-    if probes.arp is not None and topology.vantage.netns is not None:
-        from chaos.probes.arp import ArpObserver, lab_port_lookup
+    if topology.vantage.netns is not None and (probes.arp is not None or probes.tcp is not None):
+        from chaos.probes.arp import ArpObserver, ResetObserver, lab_port_lookup
 
-        runners.append(ArpObserver(topology, routers, journal, port_lookup=lab_port_lookup(topology)))
+        lookup = lab_port_lookup(topology)
+        if probes.arp is not None:
+            runners.append(ArpObserver(topology, routers, journal, port_lookup=lookup))
+        if probes.tcp is not None:  # who sent a reset, when a held session sees one
+            runners.append(ResetObserver(topology, routers, journal, port_lookup=lookup))
     if probes.api_lag is not None:
         from chaos.probes.api_lag import ApiLagProbe
         from chaos.targets.openstack import client_for_topology

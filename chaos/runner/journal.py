@@ -16,8 +16,12 @@ Event kinds (fields beyond ``t`` and ``kind``):
   *before* the injection, so ``chaos recover`` can undo what a killed run left behind)
 - ``fault.injected``: action_id, fault, router_id, node, detail, inject_s; ``t`` is when injecting
   started (a graceful evacuation hands over inside the injection)
+- ``fault.inject_failed``: action_id, fault, router_id, node, error (the injection failed: the
+  action counts as not injected; its undo still runs, and the run ends with the error's code)
 - ``fault.verified``: action_id, took (bool), detail
-- ``fault.undone``: action_id, ok (bool), detail, by ("recover" when ``chaos recover`` did it)
+- ``fault.undone``: action_id, ok (bool), detail, by ("recover" when ``chaos recover`` did it);
+  keepalived faults add restarted_by ("agent": Neutron's L3 agent respawned it; "tool": the
+  undo started it after respawn_wait)
 - ``fault.recovered``: action_id, ok (bool), detail (the node or replica back to health)
 - ``probe.icmp``: router_id, address, sent: [t...], rtt: [seconds or null...] (a batch of echo
   requests to one floating IP; null = no reply within the probe's timeout), seq (of the first
@@ -32,9 +36,13 @@ Event kinds (fields beyond ``t`` and ``kind``):
 - ``observe.replica``: router_id, node, state ("primary" | "backup" | ...), holds (bool: the
   replica holds the router's addresses), reachable (bool), source ("monitor" | "poll")
 - ``conntrack.snapshot``: router_id, node, phase ("before" | "after"), flows: [{proto, src, dst,
-  sport, dport, state, ...}], detail
+  sport, dport, state, ...}] (the kernel's table; null when the listing failed, with error),
+  cache: the same for conntrackd's external cache (null without conntrackd, or with
+  cache_error), detail
 - ``arp.garp``: router_id, address, mac, op, interface, port (lab only: where the external
   network learned the MAC)
+- ``tcp.reset_seen``: router_id, src, sport, dst, dport, mac, interface, port (lab only): a TCP
+  reset that reached the vantage point from one of the router's addresses, and who sent it
 - ``api.ha_state``: router_id, node, ha_state, agent_alive (one row per hosting agent per poll;
   the rows of one poll share its start time)
 - ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok

@@ -223,14 +223,18 @@ class Scheduler:
             self.progress.undone += 1
 
     async def _wait_recovered(self, fault: Fault) -> tuple[bool, str]:
+        """Ask the fault until it says recovered, within ``recovery_timeout`` in all (each
+        ``recovered()`` polls for a bounded time of its own)."""
         deadline = time.monotonic() + self.recovery_timeout
         why = "not checked"
         while time.monotonic() < deadline:
             try:
-                async with asyncio.timeout(OBSERVE_TIMEOUT):
+                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
                     ok, why = await fault.recovered()
-            except (TimeoutError, OSError, Exception) as exc:  # a node still booting, say
-                ok, why = False, str(exc)
+            except TimeoutError:
+                ok, why = False, "no answer in time"
+            except Exception as exc:  # a node still booting, say
+                ok, why = False, str(exc) or type(exc).__name__
             if ok:
                 return True, why
             await asyncio.sleep(0.5)

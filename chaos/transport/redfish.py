@@ -44,6 +44,14 @@ def load_credentials(path: Path) -> BmcCredentials:
         raise InvalidInput(f"the BMC credentials file {path} is not JSON with \"user\" and \"password\"") from None
 
 
+class BmcError(InfrastructureError):
+    """The BMC answered an HTTP error; ``status`` says which (409: a reset is in progress)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RedfishClient:
     """Talks to one Redfish service; use as an async context manager (it owns an HTTP session)."""
 
@@ -82,7 +90,7 @@ class RedfishClient:
                     if resp.status == 401:
                         raise InfrastructureError(f"the BMC at {self.base_url} refused the credentials (401)")
                     if resp.status >= 400:
-                        raise InfrastructureError(f"the BMC answered {resp.status} to {method} {url}: {_message(text)}")
+                        raise BmcError(f"the BMC answered {resp.status} to {method} {url}: {_message(text)}", status=resp.status)
                     return json.loads(text) if text.strip() else {}
         except TimeoutError:
             raise InfrastructureError(f"the BMC at {self.base_url} did not answer within {self.timeout:g}s") from None
@@ -104,6 +112,28 @@ class RedfishClient:
         if reset_type not in RESET_TYPES:
             raise InvalidInput(f"Redfish ResetType {reset_type!r} is not one of {', '.join(RESET_TYPES)}")
         await self._request("POST", self._url(system, "/Actions/ComputerSystem.Reset"), {"ResetType": reset_type})
+
+
+    async def ensure_on(self, system: str, *, wait: float = 45.0, interval: float = 0.5) -> str:
+        """Make sure the system is, or is being, powered on: the idempotent undo of a power cut.
+
+        A system already on needs nothing. One whose reset is still in progress (409 to a new
+        reset: the lab's BMC while a power cycle waits out its boot delay, a real one while it
+        cycles) is powered on by that reset: wait for it, up to ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        waited = False
+        while True:
+            if await self.power_state(system) == "On":
+                return f"{system} {'powered on by the reset in progress' if waited else 'already powered on'}"
+            try:
+                await self.reset(system, "On")
+                return f"{system}: BMC On"
+            except BmcError as exc:
+                if exc.status != 409 or loop.time() >= deadline:
+                    raise
+            waited = True
+            await asyncio.sleep(interval)
 
 
 def _message(text: str) -> str:
