@@ -377,7 +377,9 @@ async def discover(
     if inventory is None:
         path = client.inventory_path
         inventory = SshInventory.load(path) if path is not None else SshInventory(strict=False)
-    query: dict[str, Any] = {"is_ha": True}
+    # Not ?ha=True: `ha` is no filter attribute in neutron-lib's API definition (l3_ext_ha_mode)
+    # and neutron-server, validating filters by default, answers 400. HA routers are picked here.
+    query: dict[str, Any] = {}
     if project:
         query["project_id"] = project
     if tags:
