@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--site", help="this operator's site (operators of one site sharing a database split the firings)")
     p.add_argument("--workers", type=int, help="runs at once (default 2)")
     p.add_argument("--tokens", metavar="FILE", help="bearer tokens file (`chaos token add`); without it the API is read-only")
+    p.add_argument("--public-read", action="store_true", default=None,
+                   help="with --tokens: anyone may read the dashboard and the API; acting still needs an operator token")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM) ...")
     p.add_argument("--tls-key", metavar="FILE", help="... and this private key")
     p.add_argument("--config", metavar="FILE", help="YAML file with webhooks, retention, freezes and any flag above")
@@ -63,7 +65,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "experiments": args.experiments, "listen": args.listen,
         "state_dir": args.state_dir or settings.state_dir, "reports_dir": args.reports_dir,
         "database_url": args.database_url or settings.database_url, "site": args.site, "workers": args.workers,
-        "tokens": args.tokens, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tokens": args.tokens, "public_read": args.public_read, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
     }
     if args.reindex:
         return asyncio.run(_reindex(settings, flags))

@@ -57,6 +57,7 @@ class ServeConfig(_Model):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_public: bool = Field(default=True, description="serve /metrics without a token")
+    public_read: bool = Field(default=False, description="with tokens: anyone may read (dashboard, GET API); acting still needs a token")
     webhooks: tuple[Webhook, ...] = ()
     retention: Retention = Retention()
     freezes: tuple[Blackout, ...] = Field(default=(), description="blackouts for every schedule (UTC unless an offset is given)")
@@ -68,7 +69,7 @@ class ServeConfig(_Model):
 
     def bind(self) -> tuple[str, int]:
         match = _LISTEN.match(self.listen)
-        if not match or not 0 < int(match["port"]) < 65536:
+        if not match or not 0 <= int(match["port"]) < 65536:  # 0: any free port (it is printed)
             raise InvalidInput(f"--listen {self.listen!r}: expected HOST:PORT, such as 127.0.0.1:8080")
         return match["host"].strip("[]"), int(match["port"])
 
@@ -122,6 +123,7 @@ class _FileConfig(_Model):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     metrics_public: bool | None = None
+    public_read: bool | None = None
     webhooks: tuple[Webhook, ...] | None = None
     retention: Retention | None = None
     freezes: tuple[Blackout, ...] | None = None

@@ -49,7 +49,9 @@ REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-
 OPERATOR_KEY: web.AppKey[Operator] = web.AppKey("operator")
 BOOK_KEY: web.AppKey[TokenBook] = web.AppKey("tokens")
 SESSIONS_KEY: web.AppKey[dict[str, tuple[Identity, float]]] = web.AppKey("sessions")
+PUBLIC_READ_KEY: web.AppKey[bool] = web.AppKey("public_read")
 IDENTITY = "identity"
+AUDIT_DETAIL, AUDIT_TARGET = "audit_detail", "audit_target"
 
 
 def role(needed: str) -> Callable[[Handler], Handler]:
@@ -105,14 +107,25 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
     needed = getattr(handler, "chaos_role", "viewer")
     book = request.app[BOOK_KEY]
     who = _who(request, book)
-    if not book.enabled and who.role == "anonymous":
-        who = Identity("anonymous", "viewer")  # no tokens file: everyone may read, nobody may act
+    if who.role == "anonymous" and who.name == "anonymous" and (not book.enabled or request.app[PUBLIC_READ_KEY]):
+        who = Identity("anonymous", "viewer")  # no tokens file, or --public-read: everyone may read, nobody may act
     request[IDENTITY] = who
     mutating = request.method not in ("GET", "HEAD", "OPTIONS")
     if needed == "public" or who.may(needed):
-        response = await handler(request)
+        if not mutating or needed == "public":
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            await _audit(request, who, ok=exc.status < 400, detail=f"HTTP {exc.status}")
+            raise
+        except ChaosError as exc:  # refused by the operator (unknown experiment, bad body): audited too
+            await _audit(request, who, ok=False, detail=exc.message[:500])
+            raise
+        await _audit(request, who, ok=response.status < 400, detail=request.get(AUDIT_DETAIL, f"HTTP {response.status}"),
+                     target=request.get(AUDIT_TARGET, ""))
     else:
-        if who.role == "anonymous" or who.name == "invalid-token":
+        if who.name in ("anonymous", "invalid-token"):  # not authenticated (even where anyone may read)
             status = 401
             message = ("this operator has no tokens file: it is read-only (start it with --tokens FILE)"
                        if not book.enabled else "a bearer token is required (Authorization: Bearer ...)")
@@ -164,8 +177,9 @@ async def _audit(request: web.Request, who: Identity, *, ok: bool, detail: str =
 
 
 async def audit(request: web.Request, *, detail: str = "", target: str = "") -> None:
-    """Record an allowed mutating call (handlers call this after acting)."""
-    await _audit(request, identity(request), ok=True, detail=detail, target=target)
+    """What the audit record of this (allowed, mutating) call says; the middleware writes it."""
+    request[AUDIT_DETAIL] = detail
+    request[AUDIT_TARGET] = target
 
 
 # ---------------------------------------------------------------------- public routes
@@ -270,6 +284,7 @@ def build_app(operator: Operator) -> web.Application:
     app[OPERATOR_KEY] = operator
     app[BOOK_KEY] = TokenBook(operator.config.tokens)
     app[SESSIONS_KEY] = {}
+    app[PUBLIC_READ_KEY] = operator.config.public_read
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", role("public" if operator.config.metrics_public else "viewer")(metrics))

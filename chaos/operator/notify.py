@@ -69,6 +69,9 @@ class Notifier:
                 number, notice = await self.queue.get()
                 try:
                     await self._deliver(session, number, notice)
+                except Exception:  # noqa: BLE001 - a bug here must not take the operator down
+                    self.failed += 1
+                    log.exception("notification failed with an internal error", webhook=number)
                 finally:
                     self.queue.task_done()
 
@@ -89,7 +92,7 @@ class Notifier:
                         if response.status < 300:
                             self.delivered += 1
                             log.info("notification delivered", webhook=number, experiment=notice.experiment,
-                                     event=notice.event, attempt=attempt)
+                                     what=notice.event, attempt=attempt)
                             return
                         why = f"HTTP {response.status}"
                         if 400 <= response.status < 500 and response.status != 429:
@@ -104,4 +107,4 @@ class Notifier:
             await asyncio.sleep(delay)
             delay *= 2
         self.failed += 1
-        log.error("notification given up", webhook=number, experiment=notice.experiment, event=notice.event)
+        log.error("notification given up", webhook=number, experiment=notice.experiment, what=notice.event)

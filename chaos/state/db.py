@@ -99,13 +99,18 @@ class Database:
         return redacted(self.url)
 
     @asynccontextmanager
-    async def transaction(self, *, exclusive: str | None = None) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, *, exclusive: str | None = None, write: bool = True) -> AsyncIterator[AsyncConnection]:
         """A transaction; ``exclusive`` names a table to lock for its whole length (SQLite locks
-        the database, PostgreSQL the table), for read-then-write decisions such as a lease."""
+        the database, PostgreSQL the table), for read-then-write decisions such as a lease.
+
+        On SQLite every writing transaction starts ``BEGIN IMMEDIATE``: one that began as a read
+        and then writes fails at once with "database is locked" when another process wrote in
+        between (WAL cannot wait there); taking the write lock first makes it wait its turn.
+        ``write=False`` keeps reads concurrent with the writer."""
         try:
             async with asyncio.timeout(DB_TIMEOUT):
                 async with self.engine.connect() as conn:
-                    if exclusive and self.dialect == "sqlite":
+                    if (exclusive or write) and self.dialect == "sqlite":
                         conn = await conn.execution_options(immediate=True)
                     async with conn.begin():
                         if exclusive and self.dialect == "postgresql":

@@ -105,7 +105,7 @@ class LeaseStore:
 
     async def held(self) -> list[dict[str, Any]]:
         """Every lease that has not expired, for the API and the dashboard."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             rows = await conn.execute(select(leases).where(leases.c.expires_at >= time.time()).order_by(leases.c.key))
             return [dict(r._mapping) for r in rows]
 

@@ -118,7 +118,7 @@ class Store:
                 await conn.execute(update(runs).where(runs.c.run_id == row.run_id).values(**data))
 
     async def get_run(self, run_id: str) -> RunRow | None:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).first()
         return RunRow.from_db(row._mapping) if row is not None else None
 
@@ -140,11 +140,11 @@ class Store:
             query = query.where(or_(runs.c.started_at < before[0],
                                     and_(runs.c.started_at == before[0], runs.c.run_id < before[1])))
         query = query.order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit)
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             return [RunRow.from_db(r._mapping) for r in await conn.execute(query)]
 
     async def count_runs(self) -> int:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             return int((await conn.execute(select(func.count()).select_from(runs))).scalar_one())
 
     async def latest_by_experiment(self) -> dict[str, RunRow]:
@@ -152,7 +152,7 @@ class Store:
         newest = (select(runs.c.experiment, func.max(runs.c.started_at).label("t"))
                   .group_by(runs.c.experiment).subquery())
         query = select(runs).join(newest, and_(runs.c.experiment == newest.c.experiment, runs.c.started_at == newest.c.t))
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             rows = [RunRow.from_db(r._mapping) for r in await conn.execute(query)]
         return {r.experiment: r for r in rows}
 
@@ -160,13 +160,13 @@ class Store:
         """The last finished runs of one experiment, oldest first (the dashboard's trend)."""
         query = (select(runs).where(runs.c.experiment == experiment, runs.c.status == "finished")
                  .order_by(runs.c.started_at.desc()).limit(limit))
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             rows = [RunRow.from_db(r._mapping) for r in await conn.execute(query)]
         return rows[::-1]
 
     async def unfinished_runs(self, operator: str) -> list[RunRow]:
         query = select(runs).where(runs.c.operator == operator, runs.c.status == "running")
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             return [RunRow.from_db(r._mapping) for r in await conn.execute(query)]
 
     async def index_folder(self, run_dir: Path, **overrides: Any) -> RunRow:
@@ -232,7 +232,7 @@ class Store:
             await conn.execute(update(firings).where(firings.c.id == firing_id).values(**values))
 
     async def last_firing(self, experiment: str) -> float | None:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             value = (await conn.execute(select(func.max(firings.c.scheduled_for)).where(
                 firings.c.site == self.site, firings.c.experiment == experiment))).scalar_one()
         return float(value) if value is not None else None
@@ -245,7 +245,7 @@ class Store:
         if outcome:
             query = query.where(firings.c.outcome == outcome)
         query = query.order_by(firings.c.scheduled_for.desc(), firings.c.id.desc()).limit(limit)
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
     # ------------------------------------------------------------------ audit
@@ -256,7 +256,7 @@ class Store:
                                                     detail=detail, remote=remote, ok=ok))
 
     async def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             return [dict(r._mapping) for r in await conn.execute(select(audit).order_by(audit.c.id.desc()).limit(limit))]
 
     # ------------------------------------------------------------------ pauses
@@ -272,7 +272,7 @@ class Store:
         return bool(result.rowcount)
 
     async def pauses(self) -> dict[str, dict[str, Any]]:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(write=False) as conn:
             rows = await conn.execute(select(pauses).where(pauses.c.site == self.site))
             return {r.scope: dict(r._mapping) for r in rows}
 
