@@ -40,20 +40,20 @@ class Clock:
 
 
 class ScaledClock(Clock):
-    """Starts at the wall clock's time and runs ``scale`` times faster."""
+    """Agrees with the wall clock at ``origin`` (default: now) and runs ``scale`` times faster.
+    Processes given the same origin agree on the time (two operators sharing a database)."""
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, origin: float | None = None) -> None:
         if not 0 < scale <= 3600:
             raise ValueError(f"clock scale {scale!r} must be in (0, 3600]")
         self.scale = scale
-        self._origin = time.time()
-        self._mono = time.monotonic()
+        self._origin = time.time() if origin is None else origin
 
     def now(self) -> datetime:
-        elapsed = (time.monotonic() - self._mono) * self.scale
-        return datetime.fromtimestamp(self._origin + elapsed, UTC)
+        return datetime.fromtimestamp(self._origin + (time.time() - self._origin) * self.scale, UTC)
 
 
 def clock_from_environment() -> Clock:
     scale = os.environ.get("CHAOS_SERVE_CLOCK_SCALE")
-    return ScaledClock(float(scale)) if scale else Clock()
+    origin = os.environ.get("CHAOS_SERVE_CLOCK_ORIGIN")
+    return ScaledClock(float(scale), float(origin) if origin else None) if scale else Clock()
