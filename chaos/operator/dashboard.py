@@ -56,7 +56,9 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
 
 
 def _trend(rows: list[RunRow]) -> str:
-    return trend_svg([(r.started_at, r.outage_max_s, r.failover_max_s, r.verdict or "error") for r in rows])
+    """Runs with figures only: a skipped run or one that failed before injecting measured nothing."""
+    return trend_svg([(r.started_at, r.outage_max_s, r.failover_max_s, r.verdict or "error") for r in rows
+                      if r.outage_max_s is not None or r.failover_max_s is not None])
 
 
 @role("viewer")
