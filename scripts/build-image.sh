@@ -54,8 +54,23 @@ run() { buildah run --isolation=chroot --network=host "$c" -- "$@"; }
 run chaos --version
 run chaos validate /opt/chaos/experiments/keepalived-term.yaml
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-run sh -c "mkdir -p /etc/chaos/experiments && cp /opt/chaos/experiments/keepalived-term.yaml /etc/chaos/experiments/ \
-  && (chaos serve --experiments /etc/chaos/experiments --state-dir /tmp/state --listen 127.0.0.1:$port > /tmp/serve.log 2>&1 &) \
-  && for i in \$(seq 1 60); do python3 -c 'import sys,urllib.request; r=urllib.request.urlopen(sys.argv[1], timeout=2); sys.stdout.write(r.read().decode())' http://127.0.0.1:$port/metrics > /tmp/metrics 2>/dev/null && break; sleep 0.5; done; \
-  pkill -TERM -f 'chaos serve' ; sleep 2; grep -c '^chaos_' /tmp/metrics && grep chaos_experiment_valid /tmp/metrics"
+# chroot isolation shares this machine's PID namespace: the server is stopped by its own pid only
+cat > "$work/smoke.sh" <<SMOKE
+set -eu
+mkdir -p /etc/chaos/experiments
+cp /opt/chaos/experiments/keepalived-term.yaml /etc/chaos/experiments/
+chaos serve --experiments /etc/chaos/experiments --state-dir /tmp/state --listen 127.0.0.1:$port > /tmp/serve.log 2>&1 &
+pid=\$!
+ok=no
+for i in \$(seq 1 60); do
+    if python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' \
+        http://127.0.0.1:$port/metrics > /tmp/metrics 2>/dev/null; then ok=yes; break; fi
+    sleep 0.5
+done
+kill -TERM \$pid; wait \$pid || true
+[ \$ok = yes ] || { cat /tmp/serve.log; exit 1; }
+echo "/metrics: \$(grep -c '^chaos_' /tmp/metrics) samples"; grep '^chaos_experiment_valid' /tmp/metrics
+SMOKE
+buildah copy "$c" "$work/smoke.sh" /tmp/smoke.sh >/dev/null
+run sh /tmp/smoke.sh
 echo "image $IMAGE built and smoke-tested: $(buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE" | head -1)"

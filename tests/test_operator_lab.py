@@ -216,7 +216,7 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     firings = {name: [f for f in op.get(f"/api/v1/firings?experiment={name}")["firings"] if f["scheduled_for"] <= window_end]
                for name in ("a-term", "b-link", "c-overlap")}
     a_times = sorted(f["scheduled_for"] for f in firings["a-term"])
-    assert len(a_times) >= 4 and all(b - a == 60 for a, b in zip(a_times, a_times[1:])), a_times  # no minute lost
+    assert len(a_times) >= 4 and all(b - a == 60 for a, b in zip(a_times, a_times[1:], strict=False)), a_times  # no minute lost
     for name in ("a-term", "b-link"):
         assert firings[name], name
         for f in firings[name]:

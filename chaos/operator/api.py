@@ -17,7 +17,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chaos.errors import Conflict, InvalidInput
-from chaos.operator.http import OPERATOR_KEY, RUN_ID, audit, identity, json_response, role
+from chaos.operator.http import (
+    OPERATOR_KEY,
+    RUN_ID,
+    audit,
+    identity,
+    json_response,
+    role,
+)
 from chaos.state.store import RunFilter, RunRow
 
 MAX_PAGE = 200

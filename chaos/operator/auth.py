@@ -9,6 +9,7 @@ pause and resume. The file is re-read when it changes, so revoking a token needs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -99,10 +100,8 @@ class TokenBook:
     def identify(self, token: str) -> Identity | None:
         if self.path is None:
             return None
-        try:
+        with contextlib.suppress(OSError, InvalidInput):  # a half-written file: keep the tokens read before
             self._reload()
-        except (OSError, InvalidInput):  # a half-written file: keep the tokens read before
-            pass
         presented = digest(token)
         found = None
         for known, entry in self._by_hash.items():  # compare every entry: no early exit to time

@@ -9,11 +9,18 @@ and pushes it, so the same dashboards and alerts work for runs started from CI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    push_to_gateway,
+)
 
 from chaos.errors import InvalidInput
 from chaos.log import get_logger
@@ -126,10 +133,8 @@ class OperatorMetrics(RunMetrics):
     def forget(self, experiment: str) -> None:
         """An experiment file was removed: its schedule gauges go (its history counters stay)."""
         for gauge in (self.next_fire, self.valid, self.paused):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(experiment)
-            except KeyError:
-                pass
 
 
 async def push_run(url: str, row: RunRow, run_dir: Path) -> None:

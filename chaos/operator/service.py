@@ -18,7 +18,6 @@ by another run (of this operator, another one, or ``chaos run`` in a terminal) m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import signal
