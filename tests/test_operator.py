@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,55 @@ def test_a_second_operator_on_the_same_state_directory_is_refused(tmp_path: Path
         assert "another operator serves the state directory" in second.stderr and f"pid {first.proc.pid}" in second.stderr
     finally:
         assert first.stop() == ExitCode.INTERRUPTED
+
+
+def test_tls_when_given_a_certificate_and_key(tmp_path: Path) -> None:
+    import datetime as dt
+    import ssl
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    exps = tmp_path / "exps"
+    write(exps, "x")
+    proc = subprocess.Popen([*CHAOS_CLI, "serve", "--experiments", str(exps), "--state-dir", str(tmp_path / "state"),
+                             "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key",
+                             str(tmp_path / "key.pem")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        url = proc.stdout.readline().split("listening on ")[1].strip()  # type: ignore[union-attr]
+        assert url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        body = wait_for(lambda: _get_tls(url + "/healthz", context), 20, "https")
+        assert json.loads(body) == {"status": "ok"}
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the certificate is refused
+            urllib.request.urlopen(url + "/healthz", timeout=5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == ExitCode.INTERRUPTED
+
+
+def _get_tls(url: str, context: Any) -> str | None:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(url, timeout=5, context=context).read().decode()
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------- firing rules

@@ -172,6 +172,8 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     experiment(exps, "b-link", oplab.name, "router-2", link, "*/2 * * * *")
     experiment(exps, "c-overlap", oplab.name, "router-1", link, "* * * * *")  # the same router as a-term
     experiment(exps, "d-long", oplab.name, "router-3", "{type: ha-link-down, replica: backup, duration: 40s}")
+    queued = experiment(exps, "e-queue", oplab.name, "router-2", link, "*/2 * * * *")  # with b-link, but it waits
+    queued.write_text(queued.read_text().replace("starting_deadline: 3m}", "starting_deadline: 3m, concurrency: queue}"))
     token_file, alice, bob = tokens
     op = Operator(tmp_path, exps, state, tokens=token_file, scale=SCALE)
     operators.append(op)
@@ -228,6 +230,16 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     for f in overlaps:  # fired with a-term every minute; a-term claims first, c-overlap is skipped
         assert f["outcome"] == "skipped", f
         assert "router router-1 is leased" in f["reason"] and "a-term" in f["reason"], f
+
+    # e-queue fired with b-link on the same router: it waited for b-link's leases, then ran
+    for f in [f for f in op.get("/api/v1/firings?experiment=e-queue")["firings"] if f["scheduled_for"] <= window_end]:
+        assert f["outcome"] == "started", f
+        mine = journal(state / "runs" / f["run_id"])
+        peer = next(x for x in firings["b-link"] if x["scheduled_for"] == f["scheduled_for"])
+        theirs = journal(state / "runs" / peer["run_id"])
+        assert next(e for e in mine if e["kind"] == "run.finished")["verdict"] in ("held", "deviated")
+        last_undo = max(e["t"] for e in theirs if e["kind"] == "fault.undone")
+        assert min(e["t"] for e in mine if e["kind"] == "fault.injected") > last_undo
 
     runs = op.get("/api/v1/runs?limit=200")["runs"]
     by_exp: dict[str, list[dict[str, Any]]] = {}
@@ -318,5 +330,15 @@ def test_kill_9_mid_fault_then_start_undoes_it_before_anything_runs(
     assert min(r["started_at"] for r in eager) > max(e["t"] for e in undone), "nothing ran before the recovery"
     row = second.get(f"/api/v1/runs/{started['run_id']}")
     assert row["verdict"] == "interrupted" and row["status"] == "finished"
-    assert second.stop() == ExitCode.INTERRUPTED
+    wait_for(lambda: second.get("/api/v1/status")["running"], 30, "an eager run to be going")
+    assert second.stop() == ExitCode.INTERRUPTED  # SIGTERM: the running run is aborted and rolled back
+    for folder in (state / "runs").iterdir():
+        events = journal(folder)
+        assert any(e["kind"] == "run.finished" for e in events), folder.name
+        assert all(e["ok"] for e in events if e["kind"] == "fault.undone")
+        injected = {e["action_id"] for e in events if e["kind"] == "fault.injected"}
+        assert injected <= {e["action_id"] for e in events if e["kind"] == "fault.undone" and e["ok"]}
+    stopped = [journal(f) for f in (state / "runs").iterdir()
+               if any(e["kind"] == "run.abort_requested" and e["by"] == "SIGTERM" for e in journal(f))]
+    assert stopped and all(next(e for e in ev if e["kind"] == "run.finished")["verdict"] == "interrupted" for ev in stopped)
     wait_lab_ready(oplab)

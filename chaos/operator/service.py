@@ -267,7 +267,10 @@ class Operator:
                 await self._rescan(now)
             due = sorted((s for s in self.schedules.values() if s.due_at <= now), key=lambda s: (s.due_at, s.key))
             for state in due:
-                await self._fire(state, now)
+                try:
+                    await self._fire(state, now)
+                except ChaosError as exc:  # the database failed mid-firing: this firing is lost, not the loop
+                    log.error("firing failed", experiment=state.key, error=exc.message)
                 following = ScheduleState.after(state.key, state.schedule, state.next_at)
                 if self.schedules.get(state.key) is state:
                     self.schedules[state.key] = following
@@ -425,7 +428,13 @@ class Operator:
             self.store.leases.settle_turn(handle.run_id)
             self.runs.pop(handle.run_id, None)
             if row is not None:
-                await finish_despite_cancel(self._after_run(handle, row))
+                await finish_despite_cancel(self._after_run_logged(handle, row))
+
+    async def _after_run_logged(self, handle: RunHandle, row: RunRow) -> None:
+        try:
+            await self._after_run(handle, row)
+        except Exception:  # noqa: BLE001 - bookkeeping after a run must not take the operator down
+            log.exception("after-run bookkeeping failed", run_id=row.run_id)
 
     async def _failed_row(self, handle: RunHandle, verdict: str, code: int, reason: str) -> RunRow | None:
         assert self.store is not None

@@ -339,7 +339,7 @@ def verdict_for(code: int) -> str:
         ExitCode.INTERRUPTED: "interrupted",
         ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
         ExitCode.INVALID_INPUT: "invalid",
-    }.get(ExitCode(code) if code in ExitCode._value2member_map_ else code, "error")
+    }.get(code, "error")
 
 
 def _summarize_and_render(run_dir: Path, journal_path: Path, tolerances: dict[str, Any]) -> None:
