@@ -282,9 +282,26 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     exp_dom, _ = browse_url(op.url + "/experiments/c-overlap")
     assert "router router-1 is leased" in exp_dom and 'data-outcome="skipped"' in exp_dom
 
+    # no secret of the lab (its cloud's password, its BMC's, its SSH key) in anything shown
+    shown = [op.log.read_text(), metrics, dom, exp_dom, json.dumps(runs), json.dumps(detail), json.dumps(audit),
+             json.dumps(op.get("/api/v1/experiments")), json.dumps(op.get("/api/v1/status")), cli.stdout + cli.stderr]
+    shown += [p.read_text(errors="replace") for p in (state / "runs").rglob("*") if p.is_file()]
+    for secret in lab_secrets(oplab):
+        assert not [text[:80] for text in shown if secret in text]
+
     assert op.stop() == ExitCode.INTERRUPTED
     assert time.time() - began < 300
     wait_lab_ready(oplab)
+
+
+def lab_secrets(lab: LabHandle) -> list[str]:
+    """The lab cloud's password, the BMC's password, and the body of the SSH private key."""
+    from chaos.lab.keystone import load_config
+
+    key_lines = [line for line in (lab.dir / "ssh" / "id_ed25519").read_text().splitlines() if "PRIVATE KEY" not in line]
+    secrets = [load_config(lab.dir).password, lab.lab.bmc()[2], *[line for line in key_lines if len(line) > 20]]
+    assert all(len(s) >= 12 for s in secrets)
+    return secrets
 
 
 def browse_url(url: str, *extra: str) -> tuple[str, str]:

@@ -343,8 +343,9 @@ class Operator:
         if firing_id is None:
             log.info("firing claimed by another operator of the site", experiment=key)
             return None
-        lag_real = self.clock.real_seconds((now - state.due_at).total_seconds())
-        await self.store.update_firing(firing_id, fired_at=now.timestamp(), lag_s=round(lag_real, 4))
+        fired = self.clock.now()  # not `now`: firings due together are claimed one after the other
+        lag_real = self.clock.real_seconds((fired - state.due_at).total_seconds())
+        await self.store.update_firing(firing_id, fired_at=fired.timestamp(), lag_s=round(lag_real, 4))
         if outcome != "started":  # a started firing is counted when its run ends (it may be skipped by a lease)
             self.metrics.firings.labels(key, outcome).inc()
             log.info(f"firing {outcome}", experiment=key, reason=reason, scheduled=state.next_at.isoformat(timespec="seconds"))
