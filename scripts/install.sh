@@ -26,8 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian packages start system-wide daemons on install; the lab runs its own, per node, and
 # the operator's tests start a private PostgreSQL and Pushgateway of their own.
-for unit in keepalived conntrackd ssh postgresql prometheus-pushgateway; do
+for unit in keepalived conntrackd ssh; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
+done
+# A machine without systemd starts these through their init scripts when they are installed:
+# stop them, but only when this script installed them (a server someone runs here is theirs).
+for pkg in postgresql prometheus-pushgateway; do
+    if [[ " ${missing[*]:-} " == *" $pkg "* ]]; then
+        systemctl disable --now "$pkg" >/dev/null 2>&1 || service "$pkg" stop >/dev/null 2>&1 || true
+    fi
 done
 
 PYTHON=${PYTHON:-python3}
