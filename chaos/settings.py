@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     )
     lab_name: str = Field(default="chaoslab", description="Name of the lab to act on.")
     reports_dir: Path = Field(default=Path("reports"), description="Where runs write reports.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/chaos"),
+        description="The state shared by `chaos run` and `chaos serve`: leases, run history (chaos.db), the operator's runs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the state database (postgresql+asyncpg://... to share it); default SQLite in state_dir.",
+    )
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

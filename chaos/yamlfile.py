@@ -377,12 +377,15 @@ def position(doc: YamlDocument, loc: Loc) -> tuple[int, int]:
 
 def _as_written(document: CommentedMap, loc: Loc) -> Loc:
     """Drop the list index the schema adds where the file wrote one mapping instead of a list
-    (a metric's single tolerance), so paths and positions match the file."""
+    (a metric's single tolerance), and the keys a shorthand scalar stands for (``schedule:
+    "0 3 * * *"`` is ``schedule.cron``), so paths and positions match the file."""
     node: Any = document
     out: list[str | int] = []
     for part in loc:
         if isinstance(part, int) and part == 0 and isinstance(node, CommentedMap):
             continue
+        if out and node is not None and not isinstance(node, CommentedMap | CommentedSeq):
+            break  # the file wrote a scalar the schema reads as a mapping (a shorthand): point at it
         out.append(part)
         if isinstance(node, CommentedMap):
             key = _find_key(node, part)

@@ -13,6 +13,7 @@ PACKAGES=(
     keepalived conntrack conntrackd openssh-server openssh-client iptables iproute2
     iputils-ping fping procps util-linux python3 python3-venv python3-pip ca-certificates
     curl chromium
+    postgresql prometheus-pushgateway tzdata
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -23,9 +24,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian packages start system-wide daemons on install; the lab runs its own, per node.
+# The Debian packages start system-wide daemons on install; the lab runs its own, per node, and
+# the operator's tests start a private PostgreSQL and Pushgateway of their own.
 for unit in keepalived conntrackd ssh; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || true
+done
+# A machine without systemd starts these through their init scripts when they are installed:
+# stop them, but only when this script installed them (a server someone runs here is theirs).
+for pkg in postgresql prometheus-pushgateway; do
+    if [[ " ${missing[*]:-} " == *" $pkg "* ]]; then
+        systemctl disable --now "$pkg" >/dev/null 2>&1 || service "$pkg" stop >/dev/null 2>&1 || true
+    fi
 done
 
 PYTHON=${PYTHON:-python3}

@@ -59,6 +59,15 @@ class LabHandle:
         return self.lab.status()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``chaos run`` keeps leases and history in CHAOS_STATE_DIR (default /var/lib/chaos): the
+    tests' runs (and the CLIs they start) use a folder of their own instead."""
+    path = tmp_path_factory.mktemp("chaos-state")
+    os.environ["CHAOS_STATE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def make_lab() -> Iterator[Callable[..., LabHandle]]:
     """Factory: ``make_lab(suffix, **options)`` brings up a lab that is removed at session end."""

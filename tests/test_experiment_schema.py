@@ -1,16 +1,17 @@
-"""The experiment format: durations, cron, the schema's rules, positions, the shipped files."""
+"""The experiment format: durations, schedules (cron, time zone, jitter, blackouts), the schema's rules, positions, the shipped files."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from chaos.experiment.durations import format_duration, parse_cron, parse_duration
+from chaos.experiment.durations import format_duration, parse_duration
 from chaos.experiment.load import check_text, load_experiment
 from chaos.experiment.metrics_catalog import METRICS, parse_metric_ref
+from chaos.experiment.schedule import Schedule, cron_fields
 from chaos.experiment.schema import Experiment, GatewayReboot, KeepalivedKill
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,38 +55,80 @@ def test_zero_only_where_allowed_and_formatting_round_trips() -> None:
     assert format_duration(600.0) == "10m" and format_duration(0.02) == "20ms" and format_duration(90.0) == "90s"
 
 
-# --------------------------------------------------------------------------- cron
-def test_cron_fields_ranges_steps_and_names() -> None:
-    schedule = parse_cron("*/15 3 * jan-mar mon-fri")
-    assert schedule.minutes == {0, 15, 30, 45}
-    assert schedule.hours == {3}
-    assert schedule.months == {1, 2, 3}
-    assert schedule.days_of_week == {1, 2, 3, 4, 5}
-    assert parse_cron("5/20 * * * 7").minutes == {5, 25, 45}
-    assert parse_cron("0 0 * * 7").days_of_week == {0}  # 7 is Sunday
-    assert parse_cron("@daily").hours == {0}
+# --------------------------------------------------------------------------- cron (cronsim)
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC) if "+" not in text else datetime.fromisoformat(text)
 
 
-def test_cron_next_after_and_day_or_rule() -> None:
-    weekdays = parse_cron("0 3 * * 1-5")
-    friday = datetime(2026, 11, 27, 4, 0)  # a Friday, after 03:00
-    assert weekdays.next_after(friday) == datetime(2026, 11, 30, 3, 0)  # Monday
-    assert weekdays.matches(datetime(2026, 11, 30, 3, 0)) and not weekdays.matches(datetime(2026, 11, 29, 3, 0))
-    either = parse_cron("0 0 1 * mon")  # both day fields restricted: the 1st OR a Monday (Vixie cron)
-    assert either.matches(datetime(2026, 12, 1)) and either.matches(datetime(2026, 11, 30))
-    assert parse_cron("0 0 31 2 *").next_after(datetime(2026, 1, 1)) is None
+def test_cron_next_time_day_or_rule_and_macros() -> None:
+    weekdays = Schedule(cron="0 3 * * 1-5")
+    assert weekdays.next_after(_at("2026-11-27T04:00")) == _at("2026-11-30T03:00")  # Friday after 03:00 -> Monday
+    either = Schedule(cron="0 0 1 * mon")  # both day fields restricted: the 1st OR a Monday (Vixie cron)
+    assert either.times_between(_at("2026-11-29T00:00"), _at("2026-12-02T00:00")) == [
+        _at("2026-11-30T00:00"), _at("2026-12-01T00:00")]
+    assert cron_fields("@daily") == "0 0 * * *"
+    assert Schedule(cron="*/15 3 * jan-mar mon-fri").next_after(_at("2026-01-05T03:50")) == _at("2026-01-06T03:00")
+    assert Schedule(cron="5/20 * * * 7").next_after(_at("2026-11-29T00:06")) == _at("2026-11-29T00:25")  # 7 = Sunday
+
+
+def test_cron_in_a_time_zone_across_daylight_saving() -> None:
+    berlin = Schedule(cron="30 2 * * *", timezone="Europe/Berlin")
+    # 2026-03-29: 02:00-03:00 does not exist in Berlin; Debian cron runs the job at 03:00 local (01:00 UTC)
+    assert berlin.next_after(_at("2026-03-28T12:00")) == _at("2026-03-29T01:00")
+    assert berlin.next_after(_at("2026-06-01T12:00")) == _at("2026-06-02T00:30")  # CEST: UTC+2
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
-    [("0 3 * *", "5 fields"), ("60 * * * *", "outside 0-59"), ("0 24 * * *", "outside 0-23"),
-     ("0 0 0 * *", "outside 1-31"), ("0 0 * 13 *", "outside 1-12"), ("0 0 * * 8", "outside 0-7"),
-     ("*/0 * * * *", "step"), ("5-1 * * * *", "backwards"), ("x * * * *", "not a number"),
-     ("0 0 * * funday", "not a number"), ("@fortnightly", "unknown cron macro"), ("1,,2 * * * *", "empty item")],
+    [("0 3 * *", "5 fields"), ("* * * * * *", "has 6"), ("60 * * * *", "bad minute"), ("0 24 * * *", "bad hour"),
+     ("0 0 0 * *", "bad day-of-month"), ("0 0 * 13 *", "bad month"), ("0 0 * * 8", "bad day-of-week"),
+     ("*/0 * * * *", "bad minute"), ("x * * * *", "bad minute"), ("0 0 * * funday", "bad day-of-week"),
+     ("@fortnightly", "unknown cron macro"), ("0 0 31 2 *", "never fire")],
 )
 def test_cron_rejects(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        parse_cron(text)
+        cron_fields(text)
+
+
+def test_schedule_jitter_is_bounded_and_stable_per_firing() -> None:
+    s = Schedule(cron="* * * * *", jitter=30)
+    t = _at("2026-11-30T10:00")
+    delays = {s.jitter_for("exp", t + timedelta(minutes=k)) for k in range(50)}
+    assert all(0 <= d <= 30 for d in delays) and len(delays) > 40
+    assert s.jitter_for("exp", t) == s.jitter_for("exp", t)  # the same firing after a restart
+    assert Schedule(cron="* * * * *").jitter_for("exp", t) == 0.0
+
+
+def test_blackouts_weekly_across_midnight_and_fixed_freeze() -> None:
+    s = Schedule.model_validate({
+        "cron": "* * * * *", "timezone": "Europe/Berlin",
+        "blackouts": [{"name": "nights", "days": ["fri"], "start": "22:00", "end": "06:00"},
+                      {"name": "freeze", "start": "2026-12-20T00:00", "end": "2027-01-04T00:00"}],
+    })
+    assert s.blackout_at(_at("2026-11-27T21:30")).name == "nights"  # Friday 22:30 in Berlin
+    assert s.blackout_at(_at("2026-11-28T04:00")).name == "nights"  # Saturday 05:00: Friday's night
+    assert s.blackout_at(_at("2026-11-29T04:00")) is None  # Sunday 05:00: Saturday's night is not listed
+    assert s.blackout_at(_at("2026-12-24T12:00")).name == "freeze"  # naive edges are in the schedule's zone
+    assert s.blackout_at(_at("2027-01-03T23:30")) is None  # 00:30 on the 4th in Berlin: the freeze is over
+
+
+@pytest.mark.parametrize(
+    ("schedule", "path", "reason"),
+    [('"0 24 * * 1-5"', "schedule", "bad hour"),
+     ('{cron: "@daily", timezone: Mars/Base}', "schedule.timezone", "unknown time zone"),
+     ('{cron: "@daily", concurency: queue}', "schedule.concurency", "did you mean 'concurrency'"),
+     ('{cron: "@daily", concurrency: replace}', "schedule.concurrency", "forbid, queue"),
+     ('{cron: "@daily", jitter: -1s}', "schedule.jitter", "negative"),
+     ('{cron: "@daily", blackouts: [{start: "09:00", end: "2026-12-01T00:00"}]}', "schedule.blackouts[0]", "both"),
+     ('{cron: "@daily", blackouts: [{start: "25:00", end: "06:00"}]}', "schedule.blackouts[0].start", "neither")],
+)
+def test_schedule_problems_point_at_the_field(schedule: str, path: str, reason: str) -> None:
+    text = (ROOT / "experiments" / "keepalived-term.yaml").read_text() + f"\nschedule: {schedule}\n"
+    check = check_text(text, "x.yaml")
+    assert check.experiment is None
+    assert [p.path for p in check.problems] == [path], check.problems
+    assert reason in check.problems[0].message
+    assert check.problems[0].line == len(text.splitlines())  # the schedule's own line
 
 
 # --------------------------------------------------------------------------- catalog

@@ -42,11 +42,13 @@ def chromium() -> str:
     return exe
 
 
-def browse(page: Path, *extra: str) -> tuple[str, str]:
-    """Run Chromium once on ``page``; returns (stdout, stderr). Bounded by a timeout."""
+def browse(page: Path | str, *extra: str) -> tuple[str, str]:
+    """Run Chromium once on ``page`` (a file, or a URL such as the operator's dashboard);
+    returns (stdout, stderr). Bounded by a timeout."""
+    target = page if isinstance(page, str) else page.resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="chaos-chromium-") as profile:
         proc = subprocess.run(
-            [chromium(), *FLAGS, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()],
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", *extra, target],
             capture_output=True, text=True, timeout=90, check=False, env={**os.environ, "HOME": profile},
         )
     assert proc.returncode == 0, proc.stderr[-2000:]

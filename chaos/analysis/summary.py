@@ -22,7 +22,7 @@ from chaos.analysis.metrics import Distribution, ResetSeen, RouterMetrics, RunRe
 from chaos.errors import InvalidInput
 
 SCHEMA_VERSION = 1
-Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken"]
+Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken", "skipped"]
 _VERDICTS: frozenset[str] = frozenset(Verdict.__args__)  # type: ignore[attr-defined]
 
 

@@ -1,23 +1,71 @@
-"""``chaos run EXPERIMENT`` and ``chaos recover RUN``."""
+"""``chaos run EXPERIMENT`` and ``chaos recover RUN``.
+
+``chaos run`` takes its leases and records its run in the state database (``CHAOS_STATE_DIR``
+or ``CHAOS_DATABASE_URL``), the one ``chaos serve`` uses, so a run from a terminal and the
+operator's scheduled runs never disturb the same router or node at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import socket
 from pathlib import Path
 
-from chaos.errors import ExitCode
+from chaos.errors import ChaosError, ExitCode, InvalidInput
+from chaos.log import get_logger
 from chaos.settings import Settings
+
+log = get_logger("run")
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from chaos.runner.execute import run
+    from chaos.runner.execute import print_verdict, run
 
     if args.reports_dir:
         settings = settings.model_copy(update={"reports_dir": Path(args.reports_dir)})
     if args.lab:
         settings = settings.model_copy(update={"lab_name": args.lab})
-    return run(Path(args.experiment), settings, dry_run=args.dry_run)
+    path = Path(args.experiment)
+    if args.dry_run:
+        return run(path, settings, dry_run=True)  # touches nothing, needs no lease
+    if not path.exists():
+        raise InvalidInput(f"{path}: no such experiment file")
+    code, run_dir = asyncio.run(run_recorded(path, settings, wait_lease=args.wait_lease, pushgateway=args.pushgateway))
+    if run_dir is not None:
+        print_verdict(run_dir)
+        print(run_dir)
+    return int(code)
+
+
+async def run_recorded(
+    path: Path, settings: Settings, *, wait_lease: float = 0.0, pushgateway: str | None = None
+) -> tuple[int, Path | None]:
+    """A run from a terminal: leases through the state database (shared with any operator on
+    it), the run indexed in its history, its metrics pushed when asked. A state database that
+    cannot be opened stops the run before anything is injected: leases fail closed."""
+    from chaos.runner.control import RunTrigger
+    from chaos.runner.execute import run_experiment
+    from chaos.state.store import Store
+
+    store = await Store.open(settings.state_dir, settings.database_url)
+    try:
+        trigger = RunTrigger(kind="cli", by=f"{getpass.getuser()}@{socket.gethostname()}")
+        code, run_dir = await run_experiment(path, settings, trigger=trigger, leases=store.leases, lease_wait=wait_lease)
+        row = None
+        if run_dir is not None:
+            try:
+                row = await store.index_folder(run_dir)
+            except ChaosError as exc:  # the run folder is the record; `chaos serve --reindex` redoes this
+                log.warning("the run was not indexed in the history", error=exc.message)
+    finally:
+        await store.close()
+    if pushgateway and row is not None and run_dir is not None:
+        from chaos.operator.metrics import push_run
+
+        await push_run(pushgateway, row, run_dir)
+    return code, run_dir
 
 
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
@@ -38,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dry-run", action="store_true", help="print the plan with the exact commands; touch nothing")
     p.add_argument("--reports-dir", help="where the run folder goes (default: reports/)")
     p.add_argument("--lab", help="lab name when the experiment targets the lab (default: CHAOS_LAB_NAME or chaoslab)")
+    p.add_argument("--wait-lease", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another run's leases on the same routers or nodes (default: fail at once, exit 7)")
+    p.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
     p.set_defaults(handler=cmd_run)
     r = sub.add_parser("recover", help="undo whatever an interrupted or killed run left injected")
     r.add_argument("run", help="run id (folder under reports/) or path of the run folder")

@@ -16,7 +16,6 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,9 +35,9 @@ from chaos.experiment.durations import (
     Duration,
     NonNegativeDuration,
     format_duration,
-    parse_cron,
 )
 from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
+from chaos.experiment.schedule import ScheduleField
 from chaos.model import HostName, RouterId
 from chaos.yamlfile import Loc, format_loc
 
@@ -358,16 +357,6 @@ class Hypothesis(_Model):
 
 
 # --------------------------------------------------------------------------- experiment
-def _cron(value: str) -> str:
-    try:
-        schedule = parse_cron(value)
-    except ValueError as exc:
-        raise PydanticCustomError("cron", "{reason}", {"reason": str(exc)}) from None
-    if schedule.next_after(datetime.now(timezone.utc).replace(tzinfo=None)) is None:
-        raise PydanticCustomError("cron", "{reason}", {"reason": f"schedule {value!r} never fires (no such date)"})
-    return value
-
-
 class Experiment(_Model):
     """One experiment file, validated: what to hit, how, within which limits, and what must hold."""
 
@@ -379,8 +368,8 @@ class Experiment(_Model):
     safeguards: Safeguards = Safeguards()
     probes: Probes = DEFAULT_PROBES
     steady_state_hypothesis: Hypothesis
-    schedule: Annotated[Text, AfterValidator(_cron)] | None = Field(
-        default=None, description="cron, 5 fields (UTC), for an operator mode that runs experiments on a schedule"
+    schedule: ScheduleField | None = Field(
+        default=None, description="when `chaos serve` runs it: cron, time zone, jitter, deadline, concurrency, blackouts"
     )
 
     @model_validator(mode="after")

@@ -333,3 +333,46 @@ def sparkline_svg(values: list[float | None]) -> str:
     dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{BLUE}"/>' for x, y in pts)
     return (f'<svg class="spark" data-points="{len(pts)}" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
             f'<path d="{path}" fill="none" stroke="{BLUE}" stroke-width="1.5"/>{dots}</svg>')
+
+
+def trend_svg(points: list[tuple[float, float | None, float | None, str]], *, width: int = 640, height: int = 180) -> str:
+    """Outage and failover of an experiment's runs over time: ``points`` are (started, worst
+    floating-IP outage, worst router failover, verdict), oldest first. Each run is a dot per
+    metric (a missing figure leaves a gap); a run whose verdict is not ``held`` gets a ring."""
+    left, right, top, bottom = 44, 12, 10, 26
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for _, o, f, _ in points for v in (o, f) if v is not None]
+    hi = max(values, default=1.0) or 1.0
+    ticks = nice_ticks(0.0, hi * 1.1, 4)
+    top_value = max(ticks[-1], hi) or 1.0
+    n = max(1, len(points) - 1)
+
+    def xy(k: int, v: float) -> tuple[float, float]:
+        return left + (k / n if len(points) > 1 else 0.5) * plot_w, top + plot_h - v / top_value * plot_h
+
+    parts = [f'<svg class="trend" data-runs="{len(points)}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             f'role="img" aria-label="outage and failover per run">']
+    for t in ticks:
+        y = top + plot_h - t / top_value * plot_h
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#000" stroke-opacity="0.08"/>')
+        parts.append(_label(left - 6, y + 4, f"{_num(t)}s", size=11))
+    for index, (metric, colour) in enumerate((("outage", VERMILLION), ("failover", BLUE))):
+        pts = [(k, p[1 + index]) for k, p in enumerate(points) if p[1 + index] is not None]
+        path = " ".join(f"{'M' if j == 0 else 'L'}{xy(k, v)[0]:.1f},{xy(k, v)[1]:.1f}" for j, (k, v) in enumerate(pts))
+        if path:
+            parts.append(f'<path class="line-{metric}" d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        for k, v in pts:
+            x, y = xy(k, v)
+            shape = (f'<rect x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}"' if index
+                     else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" fill="{colour}"')
+            parts.append(f'{shape} class="pt-{metric}" data-value="{v:g}"><title>{metric} {v:g}s ({escape(points[k][3])})'
+                         f'</title></{"rect" if index else "circle"}>')
+    for k, (_, o, f, verdict) in enumerate(points):
+        if verdict != "held":
+            x, y = xy(k, max(v for v in (o, f, 0.0) if v is not None))
+            parts.append(f'<circle class="not-held" cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="{INK}" stroke-width="1.2"/>')
+    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" stroke="{INK}"/>')
+    parts.append(_label(left, height - 6, "older", anchor="start", size=11))
+    parts.append(_label(width - right, height - 6, "newer", anchor="end", size=11))
+    parts.append("</svg>")
+    return "".join(parts)

@@ -26,6 +26,7 @@ VERDICT_TEXT: dict[str, str] = {
     "interrupted": "INTERRUPTED: the run was stopped before it finished",
     "error": "ERROR: the run failed",
     "steady-state-broken": "STEADY STATE BROKEN: the hypothesis failed before injection; nothing was injected",
+    "skipped": "SKIPPED: another run held a lease on a router or node of the plan; nothing was injected",
 }
 
 # The per-router columns every report shows (the rest are in summary.json).

@@ -9,6 +9,7 @@ while the probes record, and the summary is computed from the journal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import sys
@@ -33,7 +34,9 @@ from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
 from chaos.report.render import render_reports
+from chaos.runner.control import AbortSignal, RunTrigger
 from chaos.runner.journal import Journal, read_journal
+from chaos.runner.leases import LeaseConflict, LeaseProvider, claims_for
 from chaos.runner.plan import (
     NODE_FAULTS,
     Plan,
@@ -170,16 +173,19 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
     return runners
 
 
-def _progress_printer(probes: list[Any], max_run_duration: float) -> Callable[[Progress], None]:
+def _progress_printer(
+    probes: list[Any], max_run_duration: float, sink: Callable[[dict[str, Any]], None] | None = None
+) -> Callable[[Progress], None]:
     """One status line on a terminal (redrawn twice a second); a structured log line every
-    5 s otherwise, so logs stay machine-friendly."""
-    interactive = sys.stderr.isatty()
+    5 s otherwise, so logs stay machine-friendly. With ``sink`` (the operator's live view) the
+    same fields go there instead, twice a second."""
+    interactive = sys.stderr.isatty() and sink is None
     started = time.monotonic()
     last = [0.0]
 
     def show(p: Progress) -> None:
         now = time.monotonic()
-        if now - last[0] < (0.5 if interactive else 5.0):
+        if now - last[0] < (0.5 if interactive or sink is not None else 5.0):
             return
         last[0] = now
         dark = sorted({addr for probe in probes if hasattr(probe, "stats") for addr in probe.stats().failing})
@@ -188,7 +194,9 @@ def _progress_printer(probes: list[Any], max_run_duration: float) -> Callable[[P
             "without_primary": len(p.without_primary), "split_brain": len(p.split_brain),
             "failing_now": len(dark), "time_left_s": round(max(0.0, max_run_duration - (now - started))),
         }
-        if interactive:
+        if sink is not None:
+            sink(fields)
+        elif interactive:
             line = "  ".join(f"{k.replace('_', ' ')} {v}" for k, v in fields.items())
             print("\r" + line[:160].ljust(120), end="", file=sys.stderr, flush=True)
         else:
@@ -197,10 +205,33 @@ def _progress_printer(probes: list[Any], max_run_duration: float) -> Callable[[P
     return show
 
 
-async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = False) -> tuple[int, Path | None]:
-    experiment = load_experiment(path)
-    topology = resolve_topology(experiment, settings)
-    run_id = new_run_id(path)
+async def run_experiment(
+    path: Path,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    run_id: str | None = None,
+    trigger: RunTrigger | None = None,
+    abort: AbortSignal | None = None,
+    leases: LeaseProvider | None = None,
+    lease_wait: float = 0.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    handle_signals: bool = True,
+    loaded: tuple[Experiment, str] | None = None,
+) -> tuple[int, Path | None]:
+    """Run one experiment; returns the exit code and the run folder (None for a dry run).
+
+    ``chaos run`` and ``chaos serve`` both call this. The operator passes the run id it has
+    already announced, the trigger (journaled in ``run.started``), an abort signal, its lease
+    provider (taken after planning, before anything is injected; released after the rollback),
+    a sink for live progress, ``handle_signals=False`` (several runs share its process, and
+    SIGTERM is the operator's to handle: it aborts every run through its signal), and ``loaded``:
+    the experiment and its text as last validated, which it keeps running while the file on
+    disk is being edited into something invalid.
+    """
+    experiment = loaded[0] if loaded is not None else load_experiment(path)
+    topology = await asyncio.to_thread(resolve_topology, experiment, settings)  # OpenStack discovery blocks
+    run_id = run_id or new_run_id(path)
     run_dir = settings.reports_dir / run_id
     if dry_run:
         async with SshPool(topology.nodes) as ssh:
@@ -210,15 +241,26 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
         return ExitCode.OK, None
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "topology.json").write_text(topology.model_dump_json(indent=2))
-    (run_dir / "experiment.yaml").write_text(path.read_text())
+    (run_dir / "experiment.yaml").write_text(loaded[1] if loaded is not None else path.read_text())
     journal = Journal(run_dir / "journal.jsonl")
     tolerances = {name: tol.model_dump(exclude_none=True) for name, tol in experiment.steady_state_hypothesis.tolerances.items()}
     journal.write(
         "run.started", run_id=run_id, experiment=str(path), title=experiment.title, tool_version=__version__,
         target=topology.source, safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
         hypothesis=experiment.steady_state_hypothesis.title,
+        **({"trigger": trigger.model_dump()} if trigger is not None else {}),
     )
     verdict, reason, code = "error", "", ExitCode.INFRASTRUCTURE
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_abort() -> None:
+        assert abort is not None
+        journal.write("run.abort_requested", by=abort.by, reason=abort.reason, interrupt=abort.interrupt)
+        log.warning("abort requested: rolling back", run_id=run_id, by=abort.by)
+        main.cancel()
+
+    unsubscribe = abort.subscribe(on_abort) if abort is not None else (lambda: None)
     try:
         async with SshPool(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
@@ -250,27 +292,38 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
                 observe_interval=0.5,
                 probes=[probe.run for probe in probes],
                 steady_state_check=steady,
-                on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration),
+                on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration, on_progress),
                 observer=observer,
                 conntrack=conntrack,
                 ready=[p.ready for p in probes if isinstance(getattr(p, "ready", None), asyncio.Event)],
+                handle_signals=handle_signals,
             )
-            await scheduler.run()
+            hold = leases.hold(run_id, claims_for(plan, topology), experiment=path.stem, wait=lease_wait) \
+                if leases is not None else contextlib.nullcontext()
+            async with hold:
+                await scheduler.run()
         verdict = "held"
+    except asyncio.CancelledError:
+        if abort is None or not abort.requested:
+            raise
+        main.uncancel()  # the abort's cancellation is consumed here: later timeouts must work
+        error = abort.error()
+        verdict = "interrupted" if abort.interrupt else "aborted"
+        reason, code = str(error), error.exit_code
+        log.error("run stopped", verdict=verdict, reason=reason)
+    except LeaseConflict as exc:
+        verdict, reason, code = "skipped", exc.message, exc.exit_code
+        log.warning("run skipped", reason=reason)
     except ChaosError as exc:
-        verdict = {
-            ExitCode.ABORTED: "aborted",
-            ExitCode.INTERRUPTED: "interrupted",
-            ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
-            ExitCode.INVALID_INPUT: "invalid",
-        }.get(exc.exit_code, "error")
+        verdict = verdict_for(exc.exit_code)
         reason, code = str(exc), exc.exit_code
         log.error("run stopped", verdict=verdict, reason=reason)
     except Exception as exc:  # a bug: rollback has run (scheduler); still close the journal honestly
         verdict, reason, code = "error", f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL
         log.exception("run failed", reason=reason)
     finally:
-        if sys.stderr.isatty():
+        unsubscribe()
+        if sys.stderr.isatty() and on_progress is None:
             print(file=sys.stderr)
     if verdict == "held":
         if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
@@ -278,27 +331,48 @@ async def run_experiment(path: Path, settings: Settings, *, dry_run: bool = Fals
         code = ExitCode.DEVIATED if verdict == "deviated" else ExitCode.OK
     journal.write("run.finished", verdict=verdict, exit_code=int(code), reason=reason)
     journal.close()
-    summary = summarize(read_journal(journal.path), tolerances)
+    # CPU-bound analysis off the event loop: an operator's other runs and its API keep going
+    await asyncio.to_thread(_summarize_and_render, run_dir, journal.path, tolerances)
+    return code, run_dir
+
+
+def verdict_for(code: int) -> str:
+    """The verdict a run that ended with a ChaosError of this exit code gets."""
+    return {
+        ExitCode.ABORTED: "aborted",
+        ExitCode.INTERRUPTED: "interrupted",
+        ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
+        ExitCode.INVALID_INPUT: "invalid",
+    }.get(code, "error")
+
+
+def _summarize_and_render(run_dir: Path, journal_path: Path, tolerances: dict[str, Any]) -> None:
+    summary = summarize(read_journal(journal_path), tolerances)
     write_summary(summary, run_dir / "summary.json")
     try:
         render_reports(run_dir)
     except Exception as exc:  # the journal and summary are the record; a report can be redone
         log.error("report rendering failed; `chaos report` can redo it", error=str(exc))
-    _print_verdict(summary, verdict, reason)
-    return code, run_dir
 
 
-def _print_verdict(summary: Any, verdict: str, reason: str) -> None:
-    print(f"verdict: {verdict}" + (f" ({reason})" if reason else ""))
-    for tol in getattr(summary, "tolerances", []):
+def print_verdict(run_dir: Path) -> None:
+    """The verdict and each tolerance, for a person at a terminal (from the run's summary)."""
+    from chaos.analysis.summary import load_summary
+
+    summary = load_summary(run_dir / "summary.json")
+    reason = summary.run.reason or ""
+    print(f"verdict: {summary.verdict}" + (f" ({reason})" if reason else ""))
+    for tol in summary.tolerances:
         mark = "ok  " if tol.ok else "FAIL"
         print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")
 
 
 def run(path: Path, settings: Settings, *, dry_run: bool = False) -> int:
+    """``chaos run`` without the state database (kept for callers that want the bare engine)."""
     if not path.exists():
         raise InvalidInput(f"{path}: no such experiment file")
     code, run_dir = asyncio.run(run_experiment(path, settings, dry_run=dry_run))
     if run_dir is not None:
+        print_verdict(run_dir)
         print(run_dir)
     return int(code)

@@ -8,7 +8,11 @@ a run uses, so events and samples line up.
 Event kinds (fields beyond ``t`` and ``kind``):
 
 - ``run.started``: run_id, experiment (path), title, tool_version, target (lab name or cloud),
-  safeguards (dict), tolerances (name -> {max|min|equals, phase}), hypothesis (title)
+  safeguards (dict), tolerances (name -> {max|min|equals, phase}), hypothesis (title), and
+  trigger ({kind: "schedule" | "manual" | "cli", by, scheduled_for, operator, site}) when the
+  operator or the CLI's history recorded who started it
+- ``run.abort_requested``: by (who asked: an API token's name, "SIGTERM"), reason, interrupt
+  (bool: the operator itself is stopping); the rollback follows
 - ``run.plan``: routers (every router the plan disturbs: the hypothesis covers them), targets
   (the routers the selection chose), waves (lists of action ids), actions: list of {action_id,
   fault, node, router_id, router_name, replica_role, affected_routers, inject: [cmd], undo: [step]}
@@ -47,7 +51,9 @@ Event kinds (fields beyond ``t`` and ``kind``):
   the rows of one poll share its start time)
 - ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok
 - ``run.finished``: verdict ("held" | "deviated" | "aborted" | "interrupted" |
-  "steady-state-broken" | "invalid" | "error"), exit_code, reason
+  "steady-state-broken" | "skipped" (another run held a lease the plan needed; nothing was
+  injected) | "invalid" | "error"), exit_code, reason; ``by: "recover"`` when the operator closed
+  the journal of a run it recovered after a crash
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ class Scheduler:
         observer: PrimaryObserver | None = None,
         conntrack: ConntrackProbe | None = None,
         ready: Sequence[asyncio.Event] = (),
+        handle_signals: bool = True,
     ) -> None:
         self.topology = topology
         self.plan = plan
@@ -92,6 +93,9 @@ class Scheduler:
         self.routers: list[Router] = [r for r in topology.routers if r.id in set(plan.routers) | _affected(plan)]
         self.interrupted: str | None = None
         self.injection_started = False
+        # False in the operator: several runs share its loop, SIGTERM is its to handle (it aborts
+        # each run, which cancels this task; the rollback below runs all the same)
+        self.handle_signals = handle_signals
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> None:
@@ -106,16 +110,18 @@ class Scheduler:
                 log.warning("signal received: rolling back", signal=signame)
                 main.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig.name)
         try:
             await self._run_guarded()
         except asyncio.CancelledError:
             if self.interrupted is None:
                 raise
+            main.uncancel()  # consumed: the timeouts of what follows (lease release, ...) must work
         finally:
             await self._rollback_uncancellable()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
         if self.interrupted is not None:
             raise Interrupted(f"interrupted by {self.interrupted}; every injected fault was rolled back")
