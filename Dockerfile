@@ -10,7 +10,7 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       keepalived conntrack conntrackd openssh-server openssh-client iptables iproute2 \
-      iputils-ping fping procps util-linux python3 python3-venv python3-pip ca-certificates tzdata \
+      iputils-ping fping procps util-linux curl python3 python3-venv python3-pip ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/chaos
@@ -20,6 +20,7 @@ COPY experiments ./experiments
 COPY docs ./docs
 RUN python3 -m venv /opt/chaos/.venv \
  && /opt/chaos/.venv/bin/pip install --no-cache-dir . \
+ && /opt/chaos/.venv/bin/pip install --no-cache-dir --no-deps --target /opt/chaos/.venv/neutron 'neutron==29.0.0' \
  && mkdir -p /etc/chaos/experiments /var/lib/chaos
 ENV PATH=/opt/chaos/.venv/bin:$PATH CHAOS_STATE_DIR=/var/lib/chaos CHAOS_LOG_FORMAT=json
 VOLUME ["/var/lib/chaos"]

@@ -44,6 +44,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 # Neutron's own neutron-keepalived-state-change (a POSIX sh script in the neutron package) runs
-# in the lab's replicas. Only the script is used: --no-deps keeps Neutron's libraries out.
-.venv/bin/python -m pip install -q --no-deps 'neutron==29.0.0'
+# in the lab's replicas. Only the script is used: --no-deps keeps Neutron's libraries out, and
+# --target keeps the package beside the environment (.venv/neutron), where pip does not judge
+# its unmet requirements.
+if [ ! -x .venv/neutron/bin/neutron-keepalived-state-change ]; then
+    .venv/bin/python -m pip install -q --no-deps --target .venv/neutron 'neutron==29.0.0'
+fi
 echo "installed: $(.venv/bin/chaos --version)"

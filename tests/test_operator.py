@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
 from pathlib import Path
 from typing import Any
 

@@ -72,12 +72,33 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from chaos.runner.recover import recover, run_folder
 
     folder = run_folder(settings.reports_dir, args.run)
-    done = asyncio.run(recover(folder))
+    done, released = asyncio.run(recover_and_release(folder, settings))
     if not done:
         print(f"{folder}: nothing left injected")
     for line in done:
         print(line)
+    if released:
+        print(f"released {released} lease(s) the run still held")
     return ExitCode.OK
+
+
+async def recover_and_release(folder: Path, settings: Settings) -> tuple[list[str], int]:
+    """Undo what the run left injected, then free the leases it held: a killed run's leases
+    would otherwise keep its routers and nodes from other runs until they lapse. A state
+    database that cannot be opened leaves them to lapse (the undo is what matters)."""
+    from chaos.runner.recover import recover
+    from chaos.state.store import Store
+
+    done = await recover(folder)
+    try:
+        store = await Store.open(settings.state_dir, settings.database_url)
+    except ChaosError as exc:
+        log.warning("leases not released; they lapse by themselves", error=exc.message)
+        return done, 0
+    try:
+        return done, await store.leases.release(folder.name)
+    finally:
+        await store.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import signal
-import sysconfig
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -55,10 +55,15 @@ SIGTERM_TIMEOUT = 5.0  # keepalived.py / ha_router.py SIGTERM_TIMEOUT
 THROTTLER_MULTIPLIER = 1.5  # ha_router.py: keepalived spawns at least 1.5 x advert_int apart
 
 
+# Where scripts/install.sh puts the neutron package (``pip install --no-deps --target``): beside
+# this environment, not in it, so that pip never judges Neutron's unmet requirements there.
+NEUTRON_PACKAGE_DIR = Path(sys.prefix) / "neutron"
+
+
 def state_change_program() -> Path:
     """Neutron's ``neutron-keepalived-state-change``, from the neutron package installed beside
-    this interpreter (``pip install --no-deps neutron``; scripts/install.sh does it)."""
-    return Path(sysconfig.get_path("scripts")) / neutron.STATE_CHANGE_PROGRAM
+    this interpreter (scripts/install.sh)."""
+    return NEUTRON_PACKAGE_DIR / "bin" / neutron.STATE_CHANGE_PROGRAM
 
 
 def write_state(path: Path, state: str) -> None:

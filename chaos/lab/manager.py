@@ -63,7 +63,8 @@ def check_prerequisites() -> None:
         raise Prerequisites(
             f"Neutron's neutron-keepalived-state-change is not installed ({state_change_program()}): the lab's "
             "replicas run Neutron's own state-change monitor",
-            hint=f"{sys.executable} -m pip install --no-deps neutron=={NEUTRON_VERSION} (scripts/install.sh does it)",
+            hint=f"{sys.executable} -m pip install --no-deps --target {state_change_program().parent.parent} "
+            f"neutron=={NEUTRON_VERSION} (scripts/install.sh does it)",
         )
 
 
