@@ -53,6 +53,7 @@ def cmd_lab_up(args: argparse.Namespace, settings: Settings) -> int:
         strict_conntrack=args.strict_conntrack,
         respawn_interval=args.respawn_interval,
         boot_delay=args.boot_delay,
+        backend=args.backend,
     )
     lab.up(options, progress=_progress, timeout=args.timeout)
     print(f"lab {lab.name} is up; `chaos lab status --name {lab.name}` describes it")
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the L3 agents' check_child_processes_interval: how often they respawn a dead keepalived "
                     "(default 60s as in Neutron; 0: never)")
     up.add_argument("--boot-delay", type=float, help="seconds a rebooted node stays down (default 3)")
+    up.add_argument("--backend", choices=["emulated", "neutron"],
+                    help="what runs the routers: the lab's emulated agent and API (default), or Debian 12's "
+                    "Neutron Zed (neutron-server, L3 and LinuxBridge agents; scripts/install-neutron-backend.sh)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the lab to be ready")
 
     status = lab_cmd("status", cmd_lab_status, "describe the lab and its live state")

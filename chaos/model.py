@@ -139,6 +139,10 @@ class Topology(_Model):
     vantage: Vantage = Vantage()
     bmc_url: str | None = Field(default=None, description="Redfish endpoint that can power-cycle nodes")
     bmc_credentials_file: Path | None = None
+    backend: str | None = Field(
+        default=None, description="what runs the routers: a lab's 'emulated' or 'neutron' backend; None for a cloud"
+    )
+    neutron_version: str | None = Field(default=None, description="the Neutron release the routers run under, where known")
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

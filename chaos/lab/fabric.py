@@ -87,6 +87,11 @@ def mgmt_port(node_index: int) -> str:
     return f"mgmt-{node_index}"
 
 
+def ext_port(node_index: int) -> str:
+    """Fabric-side name of a node's external NIC (the neutron backend's flat physnet)."""
+    return f"ext-{node_index}"
+
+
 def unplug_node(fabric_ns: str, node_index: int) -> int:
     """Delete every fabric port of a node (its management NIC and its replicas' ports): deleting
     the fabric end of a veth pair takes the node's end with it. A power cut does this first, so
@@ -96,7 +101,7 @@ def unplug_node(fabric_ns: str, node_index: int) -> int:
 
     def work(fab: IPRoute) -> int:
         names = [link.get_attr("IFLA_IFNAME") for link in fab.get_links()]
-        doomed = [n for n in names if n and (n.startswith(prefixes) or n == mgmt_port(node_index))]
+        doomed = [n for n in names if n and (n.startswith(prefixes) or n in (mgmt_port(node_index), ext_port(node_index)))]
         _delete_links(fab, doomed)
         return len(doomed)
 
@@ -111,7 +116,9 @@ def attach(spec: LabSpec, ns: str, ifname: str, peer: str, bridge: str, cidr: st
 
 def build_fabric(spec: LabSpec) -> None:
     new_netns(spec.fabric_netns)
-    names = ["br-mgmt", "br-ext", *(p.bridge for p in spec.projects), *(r.tenant_bridge for r in spec.routers)]
+    names = ["br-mgmt", "br-ext"]
+    if spec.backend == "emulated":  # with Neutron, HA and tenant networks are VXLAN over br-mgmt
+        names += [*(p.bridge for p in spec.projects), *(r.tenant_bridge for r in spec.routers)]
 
     def work(ipr: IPRoute) -> None:
         for name in names:

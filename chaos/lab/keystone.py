@@ -32,8 +32,25 @@ NETWORK_PREFIX = "/networking"
 REGION = "RegionOne"
 
 
+class Account(BaseModel):
+    """A user with a role on one project, as a token names them."""
+
+    user: str
+    user_id: str
+    password: str
+    project: str
+    project_id: str
+    roles: tuple[str, ...]
+
+
+ADMIN_ROLES = ("admin", "member", "reader")
+TENANT_ROLES = ("member", "reader")
+
+
 class KeystoneConfig(BaseModel):
-    """The lab cloud's one user and project, and how long its tokens live."""
+    """The lab cloud's users: the admin (the tool, and neutron-server's keystonemiddleware) and
+    a tenant (``demo``, member of its own project: it owns the routers the neutron backend
+    creates); how long tokens live."""
 
     user: str = "admin"
     user_id: str
@@ -43,6 +60,23 @@ class KeystoneConfig(BaseModel):
     domain: str = "Default"
     domain_id: str = "default"
     token_ttl: float = Field(default=3600.0, gt=0, description="seconds a token is valid")
+    tenant_user: str = "demo"
+    tenant_user_id: str = ""
+    tenant_password: str = ""  # empty: no tenant user (labs from before it existed)
+    tenant_project: str = "demo"
+    tenant_project_id: str = ""
+
+    def accounts(self) -> list[Account]:
+        admin = Account(user=self.user, user_id=self.user_id, password=self.password, project=self.project,
+                        project_id=self.project_id, roles=ADMIN_ROLES)
+        if not self.tenant_password:
+            return [admin]
+        tenant = Account(user=self.tenant_user, user_id=self.tenant_user_id, password=self.tenant_password,
+                         project=self.tenant_project, project_id=self.tenant_project_id, roles=TENANT_ROLES)
+        return [admin, tenant]
+
+    def account(self, user_id: str) -> Account:
+        return next(a for a in self.accounts() if a.user_id == user_id)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -64,7 +98,8 @@ def ensure_config(lab_dir: Path) -> KeystoneConfig:
     if path.exists():
         return load_config(lab_dir)
     config = KeystoneConfig(
-        user_id=uuid.uuid4().hex, password=secrets.token_urlsafe(24), project_id=uuid.uuid4().hex
+        user_id=uuid.uuid4().hex, password=secrets.token_urlsafe(24), project_id=uuid.uuid4().hex,
+        tenant_user_id=uuid.uuid4().hex, tenant_password=secrets.token_urlsafe(24), tenant_project_id=uuid.uuid4().hex,
     )
     _write_private(path, config.model_dump_json(indent=2))
     return config
@@ -124,10 +159,13 @@ def _unauthorized(message: str = "The request you have made requires authenticat
 class Keystone:
     """Issues, validates and revokes tokens; serves the version documents keystoneauth reads."""
 
-    def __init__(self, lab_dir: Path, base_url: str) -> None:
+    def __init__(self, lab_dir: Path, base_url: str, network_url: str | None = None) -> None:
         self.lab_dir = lab_dir
         self.base_url = base_url
+        # The catalog's network endpoint: the lab's API, or neutron-server's forwarder.
+        self.network_url = network_url or f"{base_url}{NETWORK_PREFIX}"
         self.tokens: dict[str, float] = {}  # token -> expires_at (unix time)
+        self.owners: dict[str, str] = {}  # token -> user id
         self.issued = 0
         self.rejected = 0
 
@@ -142,6 +180,7 @@ class Keystone:
             return False
         if time.time() >= expires:
             del self.tokens[token]
+            self.owners.pop(token, None)
             return False
         return True
 
@@ -167,10 +206,10 @@ class Keystone:
             {"type": "identity", "name": "keystone", "id": uuid.uuid5(uuid.NAMESPACE_URL, "identity").hex,
              "endpoints": endpoints(f"{self.base_url}{IDENTITY_PREFIX}", "identity")},
             {"type": "network", "name": "neutron", "id": uuid.uuid5(uuid.NAMESPACE_URL, "network").hex,
-             "endpoints": endpoints(f"{self.base_url}{NETWORK_PREFIX}", "network")},
+             "endpoints": endpoints(self.network_url, "network")},
         ]
 
-    def _token_body(self, config: KeystoneConfig, issued: float, expires: float) -> dict[str, Any]:
+    def _token_body(self, config: KeystoneConfig, account: Account, issued: float, expires: float) -> dict[str, Any]:
         domain = {"id": config.domain_id, "name": config.domain}
         return {
             "token": {
@@ -178,11 +217,10 @@ class Keystone:
                 "issued_at": _iso(issued),
                 "expires_at": _iso(expires),
                 "audit_ids": [secrets.token_urlsafe(16)],
-                "user": {"id": config.user_id, "name": config.user, "domain": domain, "password_expires_at": None},
-                "project": {"id": config.project_id, "name": config.project, "domain": domain},
+                "user": {"id": account.user_id, "name": account.user, "domain": domain, "password_expires_at": None},
+                "project": {"id": account.project_id, "name": account.project, "domain": domain},
                 "is_domain": False,
-                "roles": [{"id": uuid.uuid5(uuid.NAMESPACE_URL, "role/admin").hex, "name": "admin"},
-                          {"id": uuid.uuid5(uuid.NAMESPACE_URL, "role/member").hex, "name": "member"}],
+                "roles": [{"id": uuid.uuid5(uuid.NAMESPACE_URL, f"role/{r}").hex, "name": r} for r in account.roles],
                 "catalog": self.catalog(),
             }
         }
@@ -208,20 +246,25 @@ class Keystone:
                 status=400,
             )
         config = self.config()
-        name_ok = user.get("id") == config.user_id or user.get("name") == config.user
         dom = user.get("domain", {}) or {}
         domain_ok = "id" in user or dom.get("id") == config.domain_id or dom.get("name") == config.domain
-        password_ok = hmac.compare_digest(str(user.get("password", "")), config.password)
-        project_ok = not scope or scope.get("id") == config.project_id or scope.get("name") == config.project
-        if not (name_ok and domain_ok and password_ok and project_ok):
+        account = next(
+            (a for a in config.accounts()
+             if (user.get("id") == a.user_id or user.get("name") == a.user)
+             and hmac.compare_digest(str(user.get("password", "")), a.password)
+             and (not scope or scope.get("id") == a.project_id or scope.get("name") == a.project)),
+            None,
+        )
+        if account is None or not domain_ok:
             self.rejected += 1
             return _unauthorized()
         token = "gAAAA" + secrets.token_urlsafe(48)
         issued = time.time()
         expires = issued + config.token_ttl
         self.tokens[token] = expires
+        self.owners[token] = account.user_id
         self.issued += 1
-        return web.json_response(self._token_body(config, issued, expires), status=201, headers={"X-Subject-Token": token})
+        return web.json_response(self._token_body(config, account, issued, expires), status=201, headers={"X-Subject-Token": token})
 
     async def validate(self, request: web.Request) -> web.Response:
         if not self.valid(request.headers.get("X-Auth-Token")):
@@ -231,13 +274,16 @@ class Keystone:
             return web.json_response({"error": {"code": 404, "title": "Not Found", "message": "Could not find token."}}, status=404)
         assert subject is not None
         expires = self.tokens[subject]
-        return web.json_response(self._token_body(self.config(), expires - self.config().token_ttl, expires),
+        config = self.config()
+        account = config.account(self.owners[subject])
+        return web.json_response(self._token_body(config, account, expires - config.token_ttl, expires),
                                  headers={"X-Subject-Token": subject})
 
     async def revoke(self, request: web.Request) -> web.Response:
         if not self.valid(request.headers.get("X-Auth-Token")):
             return _unauthorized()
         subject = request.headers.get("X-Subject-Token", "")
+        self.owners.pop(subject, None)
         if self.tokens.pop(subject, None) is None:
             return web.json_response({"error": {"code": 404, "title": "Not Found", "message": "Could not find token."}}, status=404)
         return web.Response(status=204)

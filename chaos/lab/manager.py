@@ -48,9 +48,30 @@ NEUTRON_STATE = Path("/var/lib/neutron")
 NEUTRON_VERSION = "29.0.0"  # the neutron package whose state-change script the lab runs
 
 
-def check_prerequisites() -> None:
+NEUTRON_BACKEND_PROGRAMS = {
+    "neutron-server": "neutron-server",
+    "neutron-db-manage": "neutron-common",
+    "neutron-l3-agent": "neutron-l3-agent",
+    "neutron-linuxbridge-agent": "neutron-linuxbridge-agent",
+    "neutron-keepalived-state-change": "neutron-common",
+    "privsep-helper": "python3-oslo.privsep",
+    "sudo": "sudo",
+    "mariadbd": "mariadb-server",
+    "mariadb-install-db": "mariadb-server",
+    "rabbitmq-server": "rabbitmq-server",
+}
+
+
+def check_prerequisites(backend: str = "emulated") -> None:
     if os.geteuid() != 0:
         raise Prerequisites("the lab needs root (network, mount and PID namespaces)", hint="run it as root")
+    if backend == "neutron":
+        absent = sorted(prog for prog in NEUTRON_BACKEND_PROGRAMS if not _which(prog))
+        if absent:
+            raise Prerequisites(
+                "the neutron backend needs Debian's Neutron, MariaDB and RabbitMQ; missing: " + ", ".join(absent),
+                hint="bash scripts/install-neutron-backend.sh (or scripts/install.sh --with-neutron)",
+            )
     missing = sorted({pkg for prog, pkg in REQUIRED_PROGRAMS.items() if not _which(prog)})
     if missing:
         raise Prerequisites(
@@ -59,7 +80,7 @@ def check_prerequisites() -> None:
         )
     from chaos.lab.agent import state_change_program
 
-    if not state_change_program().is_file():
+    if backend == "emulated" and not state_change_program().is_file():
         raise Prerequisites(
             f"Neutron's neutron-keepalived-state-change is not installed ({state_change_program()}): the lab's "
             "replicas run Neutron's own state-change monitor",
@@ -117,7 +138,7 @@ class Lab:
 
     # ------------------------------------------------------------------ up
     def up(self, options: LabOptions, progress: Callable[[str], None] = lambda _: None, timeout: float = 120.0) -> LabSpec:
-        check_prerequisites()
+        check_prerequisites(options.backend)
         if options.conntrackd and not _which("conntrackd"):
             raise Prerequisites("--conntrackd needs conntrackd", hint="apt-get install -y conntrackd")
         spec = plan_lab(options)
@@ -139,13 +160,21 @@ class Lab:
             progress(neighbour_warning)
         started = time.monotonic()
         try:
-            self._create(spec, progress)
+            if spec.backend == "neutron":
+                from chaos.lab.real.lab import create as create_neutron
+
+                spec = create_neutron(self, spec, progress, timeout)
+            else:
+                self._create(spec, progress)
             self._wait_ready(spec, progress, timeout)
+            if spec.backend == "neutron":
+                self.write_inventory(spec)
         except BaseException:
             progress("lab up failed; removing what was created")
             self.down()
             raise
-        progress(f"lab {self.name} up in {time.monotonic() - started:.1f}s: {len(spec.nodes)} nodes, {len(spec.routers)} routers")
+        progress(f"lab {self.name} up in {time.monotonic() - started:.1f}s: {len(spec.nodes)} nodes, {len(spec.routers)} routers"
+                 + (f", Neutron {neutron_version(spec)}" if spec.backend == "neutron" else ""))
         return spec
 
     def _create(self, spec: LabSpec, progress: Callable[[str], None]) -> None:
@@ -157,20 +186,13 @@ class Lab:
             NEUTRON_STATE.mkdir(parents=True)
             (self.root / ".created-var-lib-neutron").touch()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-        ssh_dir = self.dir / "ssh"
-        ssh_dir.mkdir(exist_ok=True)
-        client_pub = generate_key(ssh_dir / "id_ed25519", f"chaos-lab-{self.name}")
-        (ssh_dir / "authorized_keys").write_text(client_pub + "\n")
-        known = []
-        for node in spec.nodes:
-            host_pub = prepare_node_disk(spec, self.dir, node)
-            known.append(f"{node.name},{node.mgmt_ip} {_key_part(host_pub)}")
+        self.prepare_disks(spec)
         progress("building the fabric, vantage point and VMs")
         fabric.build_fabric(spec)
         fabric.build_vantage(spec)
         fabric.build_vms(spec)
-        known += self._start_vm_sshd(spec)
-        (ssh_dir / "known_hosts").write_text("\n".join(known) + "\n")
+        self._start_vm_sshd(spec)
+        self.write_known_hosts(spec)
         new_credentials(self.dir)
         self._start_services()
         # clouds.yaml for the lab's Keystone/Neutron API (chaos.lab.keystone); credentials never logged.
@@ -182,13 +204,40 @@ class Lab:
             progress(f"powered on {node.name}")
         self.write_inventory(spec)
 
-    def _start_vm_sshd(self, spec: LabSpec) -> list[str]:
+    def prepare_disks(self, spec: LabSpec) -> None:
+        """The lab's SSH client key and every node's disk (host key, sshd config, folders)."""
+        ssh_dir = self.dir / "ssh"
+        ssh_dir.mkdir(exist_ok=True)
+        client_pub = generate_key(ssh_dir / "id_ed25519", f"chaos-lab-{self.name}")
+        (ssh_dir / "authorized_keys").write_text(client_pub + "\n")
+        for node in spec.nodes:
+            prepare_node_disk(spec, self.dir, node)
+
+    def write_known_hosts(self, spec: LabSpec) -> None:
+        """Every node's and VM's host key, by name and address (a VM also by its floating IPs)."""
         known = []
+        for node in spec.nodes:
+            host_pub = (node_dir(self.dir, node.name) / "ssh_host_ed25519_key.pub").read_text()
+            known.append(f"{node.name},{node.mgmt_ip} {_key_part(host_pub)}")
+        for router in spec.routers:
+            for vm in router.vms:
+                host_pub = (self.dir / "vms" / vm.name / "ssh_host_ed25519_key.pub").read_text()
+                names = [vm.name, vm.ip, *(f.address for f in router.floating_ips)]
+                known.append(f"{','.join(names)} {_key_part(host_pub)}")
+        (self.dir / "ssh" / "known_hosts").write_text("\n".join(known) + "\n")
+
+    def start_vm_sshd(self, spec: LabSpec) -> None:
+        self._start_vm_sshd(spec)
+
+    def start_services(self) -> None:
+        self._start_services()
+
+    def _start_vm_sshd(self, spec: LabSpec) -> None:
         for router in spec.routers:
             for vm in router.vms:
                 d = self.dir / "vms" / vm.name
                 d.mkdir(parents=True, exist_ok=True)
-                host_pub = generate_key(d / "ssh_host_ed25519_key", f"root@{vm.name}")
+                generate_key(d / "ssh_host_ed25519_key", f"root@{vm.name}")
                 (d / "sshd_config").write_text(
                     sshd_config(vm.ip, 22, d / "ssh_host_ed25519_key", d / "sshd.pid", self.dir / "ssh" / "authorized_keys")
                 )
@@ -196,9 +245,6 @@ class Lab:
                     ["ip", "netns", "exec", vm.netns, "/usr/sbin/sshd", "-f", str(d / "sshd_config")],
                     f"starting sshd of {vm.name}",
                 )
-                names = [vm.name, vm.ip, *(f.address for f in router.floating_ips)]
-                known.append(f"{','.join(names)} {_key_part(host_pub)}")
-        return known
 
     def _start_services(self) -> None:
         with open(self.dir / "services.log", "ab") as logf:
@@ -243,6 +289,19 @@ class Lab:
 
     # ------------------------------------------------------------------ live state
     def agent_status(self, node: str) -> dict[str, Any] | None:
+        """The node's agent as the lab sees it: its boot id and the replicas it runs. With the
+        neutron backend: the routers whose keepalived runs in the node (Neutron's L3 agent
+        started it), and the boot id the node's init wrote."""
+        if self.spec_path.exists() and self.spec().backend == "neutron":
+            if not is_powered(self.dir, node):
+                return None
+            spec = self.spec()
+            try:
+                boot_id = (node_dir(self.dir, node) / "boot_id").read_text().strip()
+            except OSError:
+                return None
+            running = [r.id for r, _ in spec.replicas_on(node) if self.keepalived_pids(node, r)]
+            return {"node": node, "boot_id": boot_id, "replicas": running}
         try:
             return json.loads((node_dir(self.dir, node) / "agent.json").read_text())
         except (OSError, ValueError):
@@ -399,6 +458,8 @@ class Lab:
             vantage=Vantage(netns=spec.vantage.netns, echo_address=spec.vantage.ext_ip, echo_port=spec.vantage.echo_port),
             bmc_url=self.bmc()[0],
             bmc_credentials_file=self.dir / "bmc.json",
+            backend=spec.backend,
+            neutron_version=neutron_version(spec),
         )
         tmp = self.dir / "inventory.json.tmp"
         tmp.write_text(topo.model_dump_json(indent=2))
@@ -449,6 +510,10 @@ class Lab:
         for p in pids_matching(f"chaos.lab.node_init --lab-dir {self.dir} "):
             kill(p)
             removed.append(f"node init pid {p}")
+        from chaos.lab.real import controller
+
+        for p in controller.power_off(self.dir):
+            removed.append(f"controller init pid {p}")
         for ns in self.leftover_namespaces():
             for p in pids_in_netns(Path("/run/netns") / ns):
                 kill(p)
@@ -468,6 +533,20 @@ class Lab:
             self.root.rmdir()
         progress(f"lab {self.name} removed ({len(removed)} items)")
         return removed
+
+
+def neutron_version(spec: LabSpec) -> str:
+    """The Neutron a lab's routers meet: Debian's package for the neutron backend; for the
+    emulated one, the release whose formats and state-change script it reproduces."""
+    if spec.backend != "neutron":
+        return f"{NEUTRON_VERSION} (emulated)"
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "neutron-common"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    upstream = out.split(":", 1)[-1].split("-", 1)[0] if out else "unknown"
+    return f"{upstream} (Debian {out})" if out else upstream
 
 
 NEIGHBOURS_PER_ROUTER = 6  # vantage->FIP, vantage->gateway, primary->vantage, router<->VM, slack

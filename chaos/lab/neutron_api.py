@@ -543,14 +543,22 @@ def apply_filters(items: list[dict[str, Any]], query: Any) -> list[dict[str, Any
 
 
 class LabApi:
-    """Keystone and Neutron of one lab on their own loopback port."""
+    """Keystone and (for the emulated backend) Neutron of one lab on their own loopback port.
 
-    def __init__(self, lab_dir: Path) -> None:
+    With the neutron backend the lab serves Keystone only: ``network_url`` (neutron-server's
+    loopback forwarder) goes into the catalog, and ``extra_sockets`` (a listener inside the
+    controller's namespace) let neutron-server's keystonemiddleware validate tokens here."""
+
+    def __init__(self, lab_dir: Path, *, network_url: str | None = None, serve_neutron: bool = True,
+                 extra_sockets: tuple[socket.socket, ...] = ()) -> None:
         self.lab_dir = lab_dir
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.keystone: Keystone | None = None
         self.neutron: NeutronApi | None = None
+        self.network_url = network_url
+        self.serve_neutron = serve_neutron
+        self.extra_sockets = extra_sockets
 
     async def start(self) -> str:
         ensure_config(self.lab_dir)
@@ -561,15 +569,17 @@ class LabApi:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.keystone = Keystone(self.lab_dir, self.url)
-        self.neutron = NeutronApi(self.lab_dir, self.url, self.keystone)
-        app.middlewares.append(self.neutron.middleware)
+        self.keystone = Keystone(self.lab_dir, self.url, self.network_url)
+        if self.serve_neutron:
+            self.neutron = NeutronApi(self.lab_dir, self.url, self.keystone)
+            app.middlewares.append(self.neutron.middleware)
         self.keystone.add_routes(app)
-        self.neutron.add_routes(app)
+        if self.neutron is not None:
+            self.neutron.add_routes(app)
         await self.runner.setup()
-        site = web.SockSite(self.runner, sock)
-        await site.start()
-        log.info("lab API ready", url=self.url, identity=self.url + IDENTITY_PREFIX + "/v3")
+        for s in (sock, *self.extra_sockets):
+            await web.SockSite(self.runner, s).start()
+        log.info("lab API ready", url=self.url, identity=self.url + IDENTITY_PREFIX + "/v3", neutron=self.serve_neutron)
         return self.url
 
     async def stop(self) -> None:
@@ -577,9 +587,9 @@ class LabApi:
             await self.runner.cleanup()
 
 
-async def start_lab_api(lab_dir: Path) -> LabApi:
-    """Start the lab's Keystone + Neutron API; ``api.url`` is its base URL, ``api.stop()`` ends it."""
-    api = LabApi(lab_dir)
+async def start_lab_api(lab_dir: Path, **kwargs: Any) -> LabApi:
+    """Start the lab's Keystone (+ Neutron API); ``api.url`` is its base URL, ``api.stop()`` ends it."""
+    api = LabApi(lab_dir, **kwargs)
     await api.start()
     return api
 

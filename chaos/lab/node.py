@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from chaos.errors import InfrastructureError
-from chaos.lab.fabric import attach, mgmt_port, new_netns, unplug_node
+from chaos.lab.fabric import attach, ext_port, mgmt_port, new_netns, unplug_node
 from chaos.lab.netlink import remove_netns
 from chaos.lab.procs import kill, pid_alive, pids_matching, read_pid
 from chaos.lab.spec import LabSpec, NodeSpec
@@ -79,8 +79,8 @@ def prepare_node_disk(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> str:
     return host_pub
 
 
-def node_mac(node: NodeSpec) -> str:
-    return f"52:54:00:00:{node.index >> 8:02x}:{node.index & 0xFF:02x}"
+def node_mac(node: NodeSpec, nic: int = 0) -> str:
+    return f"52:54:00:{nic:02x}:{node.index >> 8:02x}:{node.index & 0xFF:02x}"
 
 
 def init_pid(lab_dir: Path, node: str) -> int | None:
@@ -107,6 +107,8 @@ def power_on(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> int:
     prefix = spec.mgmt_cidr.rsplit("/", 1)[1]
     # A server keeps its NIC's MAC across reboots; so does a lab node (no stale ARP after boot).
     attach(spec, node.netns, "eth0", mgmt_port(node.index), "br-mgmt", f"{node.mgmt_ip}/{prefix}", node_mac(node))
+    if spec.backend == "neutron":  # Neutron's LinuxBridge agent maps physnet extnet to eth1
+        attach(spec, node.netns, "eth1", ext_port(node.index), "br-ext", None, node_mac(node, nic=1))
     log = open(d / "console.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(

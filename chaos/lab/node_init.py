@@ -1,10 +1,11 @@
-"""PID 1 of a lab network node: mounts the node's private files, starts sshd, then the agent.
+"""PID 1 of a lab network node: mounts the node's private files, starts sshd, then the agents.
 
 It runs inside the node's network namespace and in new mount, PID and UTS namespaces, so
 ``/run/netns`` (the qrouter namespaces), ``/var/lib/neutron`` (ha_confs, state files), ``/root``
 and the boot id are the node's own. Boot order is a server's: sshd first, then the L3 agent,
-which recreates the node's replicas. As init it reaps orphans (keepalived daemonizes) and
-restarts the agent if it dies, as systemd would.
+which recreates the node's replicas: the emulated agent, or with the neutron backend Neutron's
+LinuxBridge and L3 agents. As init it reaps orphans (keepalived daemonizes) and restarts an
+agent that dies, as systemd would.
 """
 
 from __future__ import annotations
@@ -62,27 +63,64 @@ def main() -> None:
     subprocess.run([SSHD, "-f", str(d / "sshd_config")], check=True, timeout=30)
     print(f"{time.time():.3f} {node.name}: sshd started", flush=True)
 
-    agent_cmd = [
-        sys.executable, "-m", "chaos.lab.agent",
-        "--lab-dir", str(lab_dir), "--node", node.name, "--fabric-ns", f"/proc/self/fd/{fabric_fd}",
-    ]
+    services = Supervisor(d)
+    if spec.backend == "neutron":
+        from chaos.lab.real.agents import node_agents
 
-    def start_agent() -> int:
-        with open(d / "agent.log", "ab") as logf:
-            proc = subprocess.Popen(agent_cmd, pass_fds=(fabric_fd,), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        os.close(fabric_fd)  # Neutron's agents plug ports into the node's own bridges
+        for name, argv in node_agents(lab_dir, node):
+            services.start(name, argv, env=neutron_env())
+    else:
+        agent_cmd = [
+            sys.executable, "-m", "chaos.lab.agent",
+            "--lab-dir", str(lab_dir), "--node", node.name, "--fabric-ns", f"/proc/self/fd/{fabric_fd}",
+        ]
+        services.start("agent", agent_cmd, pass_fds=(fabric_fd,))
+    services.run_forever(node.name)
+
+
+def neutron_env() -> dict[str, str]:
+    """The environment of Neutron's processes: the system's programs only. The tool's own
+    environment has neutron 29's neutron-keepalived-state-change on its PATH (the emulated
+    lab runs it); the Zed agents must start Zed's, from /usr/bin."""
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+class Supervisor:
+    """What systemd does for a host's services here: start them, log to files in the host's
+    folder, restart one that dies (after a second), and reap every orphan (as PID 1 must:
+    keepalived and the privsep helpers daemonize)."""
+
+    def __init__(self, host_dir: Path) -> None:
+        self.host_dir = host_dir
+        self.specs: dict[str, tuple[list[str], dict[str, str] | None, tuple[int, ...]]] = {}
+        self.running: dict[int, str] = {}
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> int:
+        self.specs[name] = (argv, env, pass_fds)
+        return self._spawn(name)
+
+    def _spawn(self, name: str) -> int:
+        argv, env, pass_fds = self.specs[name]
+        with open(self.host_dir / f"{name}.log", "ab") as logf:
+            proc = subprocess.Popen(argv, pass_fds=pass_fds, stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env)
+        self.running[proc.pid] = name
+        print(f"{time.time():.3f} started {name} (pid {proc.pid})", flush=True)
         return proc.pid
 
-    agent = start_agent()
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            time.sleep(1)
-            continue
-        if pid == agent:
-            print(f"{time.time():.3f} {node.name}: agent exited ({status}); restarting", flush=True)
-            time.sleep(1)
-            agent = start_agent()
+    def run_forever(self, host: str) -> None:
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                time.sleep(1)
+                continue
+            name = self.running.pop(pid, None)
+            if name is not None:
+                print(f"{time.time():.3f} {host}: {name} exited ({status}); restarting", flush=True)
+                time.sleep(1)
+                self._spawn(name)
 
 
 if __name__ == "__main__":

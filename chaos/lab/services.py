@@ -7,6 +7,9 @@
 - The TCP echo service (RFC 862, port 7) of every VM and of the vantage point. Listening
   sockets are created inside those namespaces; the process itself stays in the root
   namespace, where it binds nothing but loopback.
+- The lab's Keystone and, for the emulated backend, its Neutron API; for the neutron backend
+  Keystone also listens inside the controller's namespace (for keystonemiddleware) and a
+  loopback forwarder reaches neutron-server (``chaos.lab.real.forward``).
 """
 
 from __future__ import annotations
@@ -167,12 +170,25 @@ async def serve(lab_dir: Path) -> None:
     v = spec.vantage
     servers.append(await asyncio.start_server(_echo, sock=_listener(v.netns, v.ext_ip, v.echo_port)))
 
-    # The lab's Keystone + Neutron API (chaos.lab.neutron_api) on a loopback port of its own, so
-    # that the BMC's basic-auth middleware does not apply to it.
+    # The lab's Keystone (+ the emulated Neutron API) on a loopback port of its own, so that the
+    # BMC's basic-auth middleware does not apply to it.
     from chaos.lab.neutron_api import start_lab_api
 
-    lab_api = await start_lab_api(lab_dir)
+    forwarder = None
+    if spec.controller is not None:  # the neutron backend: neutron-server behind a forwarder
+        from chaos.lab.real.config import KEYSTONE_PORT, NEUTRON_PORT
+        from chaos.lab.real.forward import Forwarder
+
+        forwarder = Forwarder(spec.controller.netns, spec.controller.mgmt_ip, NEUTRON_PORT)
+        network_url = await forwarder.start()
+        # keystonemiddleware in neutron-server validates tokens here, inside the lab.
+        inside = _listener(spec.controller.netns, spec.controller.mgmt_ip, KEYSTONE_PORT)
+        lab_api = await start_lab_api(lab_dir, network_url=network_url, serve_neutron=False, extra_sockets=(inside,))
+    else:
+        lab_api = await start_lab_api(lab_dir)
     status = {"pid": os.getpid(), "bmc_url": f"http://127.0.0.1:{port}", "api_url": lab_api.url, "started_at": time.time()}
+    if forwarder is not None:
+        status["network_url"] = forwarder.url
     tmp = lab_dir / "services.json.tmp"
     tmp.write_text(json.dumps(status))
     tmp.replace(lab_dir / "services.json")
@@ -186,6 +202,8 @@ async def serve(lab_dir: Path) -> None:
     await stop.wait()
     for server in servers:
         server.close()
+    if forwarder is not None:
+        await forwarder.stop()
     await lab_api.stop()
     await runner.cleanup()
 

@@ -16,6 +16,7 @@ import ipaddress
 import re
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,10 @@ HA_CIDR = ipaddress.IPv4Network("169.254.192.0/18")
 HA_VIP_NET = ipaddress.IPv4Network("169.254.0.0/24")
 ECHO_PORT = 7  # RFC 862 echo, served by the lab on every VM and on the vantage point
 SSH_PORT = 22
+CONTROLLER_IP = str(MGMT_CIDR.network_address + 2)  # the neutron backend's controller host
+
+# What runs the routers: the lab's own emulated L3 agent and API, or Debian's Neutron (Zed).
+Backend = Literal["emulated", "neutron"]
 
 
 class _Frozen(BaseModel):
@@ -50,6 +55,16 @@ class LabOptions(_Frozen):
     # respawns dead keepalived (60 s by default; 0: never). Tests pass shorter values.
     respawn_interval: float = Field(default=60.0, ge=0, le=3600)
     boot_delay: float = Field(default=3.0, ge=0, le=600)
+    backend: Backend = "emulated"
+
+
+class ControllerSpec(_Frozen):
+    """The neutron backend's controller host: MariaDB, RabbitMQ, neutron-server, and the
+    LinuxBridge agent that plugs the VMs' ports (the VMs live on it, as on an all-in-one host)."""
+
+    name: str = "controller"
+    netns: str
+    mgmt_ip: str = CONTROLLER_IP
 
 
 class NodeSpec(_Frozen):
@@ -150,10 +165,15 @@ class LabSpec(_Frozen):
     nodes: tuple[NodeSpec, ...]
     projects: tuple[ProjectSpec, ...]
     routers: tuple[RouterSpec, ...]
+    controller: ControllerSpec | None = None  # the neutron backend only
 
     @property
     def name(self) -> str:
         return self.options.name
+
+    @property
+    def backend(self) -> Backend:
+        return self.options.backend
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -216,6 +236,18 @@ def plan_lab(options: LabOptions) -> LabSpec:
             f"in one project, but a project's HA network has only VRIDs 1..{MAX_VRID}",
             hint=f"the {MAX_VRID + 1}th router of a project cannot get a VRID; add --projects",
         )
+    if options.backend == "neutron":
+        refused = {
+            "--conntrackd": options.conntrackd,  # ha_conntrackd_enabled arrived in Neutron 2025.1, not in Zed
+            "--strict-conntrack": options.strict_conntrack,
+            "--projects > 1": options.projects > 1,
+        }
+        bad = [flag for flag, on in refused.items() if on]
+        if bad:
+            raise InvalidInput(
+                f"{', '.join(bad)}: not available with --backend neutron",
+                hint="the neutron backend runs Debian 12's Neutron Zed (no ha_conntrackd_enabled) with one tenant project",
+            )
     max_mgmt = MGMT_CIDR.num_addresses - 20
     if options.nodes > max_mgmt:
         raise InvalidInput(f"at most {max_mgmt} nodes fit the management network")
@@ -309,4 +341,5 @@ def plan_lab(options: LabOptions) -> LabSpec:
         nodes=nodes,
         projects=projects,
         routers=tuple(routers),
+        controller=ControllerSpec(netns=f"{lab}-controller") if options.backend == "neutron" else None,
     )

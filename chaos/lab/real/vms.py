@@ -1,0 +1,70 @@
+"""The VMs of the neutron backend: a namespace each, wired to the controller as a VM to its host.
+
+A VM's ``eth0`` (the planned MAC and fixed IP, the router's interface as default route) is one
+end of a veth pair; the other end lives in the controller's namespace. Once Neutron has made
+the VM's port, that end is renamed ``tap<port id[:11]>`` (the name Nova's libvirt driver gives
+a LinuxBridge port) and brought up: the controller's LinuxBridge agent sees the device, asks
+the server for the port bound to its host, and plugs it into ``brq<network id[:11]>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyroute2 import IPRoute
+
+from chaos.lab.fabric import configure, link_index, new_netns
+from chaos.lab.netlink import run_netlink
+from chaos.lab.spec import LabSpec, RouterSpec
+
+VXLAN_MTU = 1450  # Neutron's MTU for a VXLAN network on a 1500-byte underlay
+
+
+def host_end(router: RouterSpec) -> str:
+    """The controller-side end before the port exists."""
+    return f"vm{router.index}"
+
+
+def tap_name(port_id: str) -> str:
+    return f"tap{port_id[:11]}"
+
+
+def build_vms(spec: LabSpec) -> None:
+    assert spec.controller is not None
+    for router in spec.routers:
+        vm = router.vms[0]
+        new_netns(vm.netns)
+        peer = host_end(router)
+
+        def make(ipr: IPRoute, peer: str = peer, target: str = f"/run/netns/{vm.netns}") -> None:
+            for index in ipr.link_lookup(ifname=peer):
+                ipr.link("del", index=index)
+            with open(target, "rb") as fd:
+                ipr.link("add", ifname=peer, kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd.fileno()})
+            ipr.link("set", index=link_index(ipr, peer), mtu=VXLAN_MTU)
+
+        run_netlink(spec.controller.netns, make)
+        prefix = ipaddress.IPv4Network(router.tenant_cidr).prefixlen
+
+        def setup(ipr: IPRoute, router: RouterSpec = router, prefix: int = prefix) -> None:
+            ipr.link("set", index=link_index(ipr, "eth0"), mtu=VXLAN_MTU)
+            configure(ipr, "eth0", f"{router.vms[0].ip}/{prefix}", router.vms[0].mac)
+            ipr.route("add", dst="0.0.0.0/0", gateway=router.internal_ip)
+
+        run_netlink(vm.netns, setup)
+
+
+def plug_vm(spec: LabSpec, router: RouterSpec, port_id: str) -> None:
+    """Name the controller-side end after the port and bring it up (idempotent)."""
+    assert spec.controller is not None
+    tap = tap_name(port_id)
+
+    def work(ipr: IPRoute) -> None:
+        if ipr.link_lookup(ifname=tap):
+            ipr.link("set", index=link_index(ipr, tap), state="up")
+            return
+        index = link_index(ipr, host_end(router))
+        ipr.link("set", index=index, ifname=tap)
+        ipr.link("set", index=index, state="up")
+
+    run_netlink(spec.controller.netns, work)
