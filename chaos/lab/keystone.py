@@ -159,9 +159,14 @@ def _unauthorized(message: str = "The request you have made requires authenticat
 class Keystone:
     """Issues, validates and revokes tokens; serves the version documents keystoneauth reads."""
 
-    def __init__(self, lab_dir: Path, base_url: str, network_url: str | None = None) -> None:
+    def __init__(self, lab_dir: Path, base_url: str, network_url: str | None = None,
+                 internal_identity_url: str | None = None) -> None:
         self.lab_dir = lab_dir
         self.base_url = base_url
+        # The identity endpoint services inside the lab use (the catalog's internal and admin
+        # interfaces), as a cloud's internal endpoints: neutron-server's keystonemiddleware
+        # validates tokens there, it cannot reach the public loopback URL.
+        self.internal_identity_url = internal_identity_url or f"{base_url}{IDENTITY_PREFIX}"
         # The catalog's network endpoint: the lab's API, or neutron-server's forwarder.
         self.network_url = network_url or f"{base_url}{NETWORK_PREFIX}"
         self.tokens: dict[str, float] = {}  # token -> expires_at (unix time)
@@ -195,16 +200,16 @@ class Keystone:
         }
 
     def catalog(self) -> list[dict[str, Any]]:
-        def endpoints(url: str, service: str) -> list[dict[str, Any]]:
+        def endpoints(url: str, service: str, internal: str | None = None) -> list[dict[str, Any]]:
             return [
                 {"id": uuid.uuid5(uuid.NAMESPACE_URL, f"{service}/{i}").hex, "interface": i, "region": REGION,
-                 "region_id": REGION, "url": url}
+                 "region_id": REGION, "url": url if i == "public" or internal is None else internal}
                 for i in ("public", "internal", "admin")
             ]
 
         return [
             {"type": "identity", "name": "keystone", "id": uuid.uuid5(uuid.NAMESPACE_URL, "identity").hex,
-             "endpoints": endpoints(f"{self.base_url}{IDENTITY_PREFIX}", "identity")},
+             "endpoints": endpoints(f"{self.base_url}{IDENTITY_PREFIX}", "identity", self.internal_identity_url)},
             {"type": "network", "name": "neutron", "id": uuid.uuid5(uuid.NAMESPACE_URL, "network").hex,
              "endpoints": endpoints(self.network_url, "network")},
         ]

@@ -134,6 +134,12 @@ class Lab:
         if not self.spec_path.exists() or self.services_pid() is None:
             return False
         spec = self.spec()
+        if spec.backend == "neutron":
+            from chaos.lab.real import controller
+            from chaos.lab.real.lab import BUILT_MARKER
+
+            if not (self.dir / BUILT_MARKER).exists() or not controller.is_running(self.dir):
+                return False
         return all(is_powered(self.dir, n.name) for n in spec.nodes)
 
     # ------------------------------------------------------------------ up

@@ -550,7 +550,7 @@ class LabApi:
     controller's namespace) let neutron-server's keystonemiddleware validate tokens here."""
 
     def __init__(self, lab_dir: Path, *, network_url: str | None = None, serve_neutron: bool = True,
-                 extra_sockets: tuple[socket.socket, ...] = ()) -> None:
+                 extra_sockets: tuple[socket.socket, ...] = (), internal_identity_url: str | None = None) -> None:
         self.lab_dir = lab_dir
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -559,6 +559,7 @@ class LabApi:
         self.network_url = network_url
         self.serve_neutron = serve_neutron
         self.extra_sockets = extra_sockets
+        self.internal_identity_url = internal_identity_url
 
     async def start(self) -> str:
         ensure_config(self.lab_dir)
@@ -569,7 +570,7 @@ class LabApi:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.keystone = Keystone(self.lab_dir, self.url, self.network_url)
+        self.keystone = Keystone(self.lab_dir, self.url, self.network_url, self.internal_identity_url)
         if self.serve_neutron:
             self.neutron = NeutronApi(self.lab_dir, self.url, self.keystone)
             app.middlewares.append(self.neutron.middleware)

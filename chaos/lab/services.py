@@ -176,14 +176,15 @@ async def serve(lab_dir: Path) -> None:
 
     forwarder = None
     if spec.controller is not None:  # the neutron backend: neutron-server behind a forwarder
-        from chaos.lab.real.config import KEYSTONE_PORT, NEUTRON_PORT
+        from chaos.lab.real.config import KEYSTONE_PORT, NEUTRON_PORT, identity_url
         from chaos.lab.real.forward import Forwarder
 
         forwarder = Forwarder(spec.controller.netns, spec.controller.mgmt_ip, NEUTRON_PORT)
         network_url = await forwarder.start()
         # keystonemiddleware in neutron-server validates tokens here, inside the lab.
         inside = _listener(spec.controller.netns, spec.controller.mgmt_ip, KEYSTONE_PORT)
-        lab_api = await start_lab_api(lab_dir, network_url=network_url, serve_neutron=False, extra_sockets=(inside,))
+        lab_api = await start_lab_api(lab_dir, network_url=network_url, serve_neutron=False, extra_sockets=(inside,),
+                                      internal_identity_url=identity_url(spec))
     else:
         lab_api = await start_lab_api(lab_dir)
     status = {"pid": os.getpid(), "bmc_url": f"http://127.0.0.1:{port}", "api_url": lab_api.url, "started_at": time.time()}

@@ -125,6 +125,7 @@ def server_conf(spec: LabSpec, lab_dir: Path, s: Secrets, service_user: tuple[st
             "www_authenticate_uri": identity_url(spec),
             "auth_url": identity_url(spec),
             "auth_type": "password",
+            "interface": "internal",  # the catalog's in-lab identity endpoint (the public one is loopback)
             "username": user,
             "password": password,
             "project_name": project,
@@ -133,7 +134,7 @@ def server_conf(spec: LabSpec, lab_dir: Path, s: Secrets, service_user: tuple[st
         },
         "oslo_concurrency": {"lock_path": d / "state" / "lock"},
         # Neutron's in-code default policy: not Debian's /etc/neutron/policy.d.
-        "oslo_policy": {"policy_file": etc_dir(d) / "policy.yaml", "policy_dirs": ""},
+        "oslo_policy": {"policy_file": etc_dir(d) / "policy.yaml", "policy_dirs": etc_dir(d) / "policy.d"},
         "experimental": {"linuxbridge": True},  # ML2/LinuxBridge is "experimental" in Zed
     })
 
@@ -289,7 +290,7 @@ def _seconds(value: float) -> int:
 def write_controller_files(spec: LabSpec, lab_dir: Path, s: Secrets, service_user: tuple[str, str, str]) -> None:
     d = controller_dir(lab_dir)
     etc = etc_dir(d)
-    for sub in (etc, d / "log", d / "state" / "lock", d / "mysql" / "tmp", d / "rabbitmq" / "log"):
+    for sub in (etc, etc / "policy.d", d / "log", d / "state" / "lock", d / "mysql" / "tmp", d / "rabbitmq" / "log"):
         sub.mkdir(parents=True, exist_ok=True)
     assert spec.controller is not None
     files = {

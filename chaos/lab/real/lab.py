@@ -75,7 +75,7 @@ def create(lab: Lab, spec: LabSpec, progress: Callable[[str], None], timeout: fl
         progress("creating the topology through Neutron's API (admin: external network; tenant: the rest)")
         created = build.create(spec, admin, tenant, progress)
         for router in spec.routers:
-            vms.plug_vm(spec, router, created[router.index]["port"])
+            vms.plug_vm(spec, router, created[router.index]["port"], created[router.index]["network"])
         progress("waiting for the L3 agents to build every replica")
         made: list[LabSpec] = []
 

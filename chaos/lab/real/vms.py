@@ -9,9 +9,11 @@ the server for the port bound to its host, and plugs it into ``brq<network id[:1
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from chaos.lab.fabric import configure, link_index, new_netns
 from chaos.lab.netlink import run_netlink
@@ -54,17 +56,31 @@ def build_vms(spec: LabSpec) -> None:
         run_netlink(vm.netns, setup)
 
 
-def plug_vm(spec: LabSpec, router: RouterSpec, port_id: str) -> None:
-    """Name the controller-side end after the port and bring it up (idempotent)."""
+def bridge_name(network_id: str) -> str:
+    return f"brq{network_id[:11]}"
+
+
+def plug_vm(spec: LabSpec, router: RouterSpec, port_id: str, network_id: str) -> None:
+    """What Nova's os-vif does for a LinuxBridge port: the tap named after the port, in the
+    network's ``brq`` bridge (created if the agent has not made it yet), up. The agent leaves
+    ``compute:`` ports to os-vif and only adds the VXLAN device and the port's status.
+    Idempotent."""
     assert spec.controller is not None
     tap = tap_name(port_id)
+    bridge = bridge_name(network_id)
 
     def work(ipr: IPRoute) -> None:
-        if ipr.link_lookup(ifname=tap):
-            ipr.link("set", index=link_index(ipr, tap), state="up")
-            return
-        index = link_index(ipr, host_end(router))
-        ipr.link("set", index=index, ifname=tap)
+        if not ipr.link_lookup(ifname=tap):
+            ipr.link("set", index=link_index(ipr, host_end(router)), ifname=tap)
+        if not ipr.link_lookup(ifname=bridge):
+            try:
+                ipr.link("add", ifname=bridge, kind="bridge", br_forward_delay=0)
+            except NetlinkError as exc:  # the agent made it meanwhile
+                if exc.code != errno.EEXIST:
+                    raise
+        ipr.link("set", index=link_index(ipr, bridge), state="up")
+        index = link_index(ipr, tap)
+        ipr.link("set", index=index, master=link_index(ipr, bridge))
         ipr.link("set", index=index, state="up")
 
     run_netlink(spec.controller.netns, work)
