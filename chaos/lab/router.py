@@ -46,7 +46,14 @@ def render_conntrackd_conf(router: RouterSpec, replica: ReplicaSpec) -> str:
 
 
 def render_iptables(spec: LabSpec, router: RouterSpec) -> str:
-    """iptables-restore input for a qrouter namespace: floating-IP 1:1 NAT and the router's SNAT."""
+    """iptables-restore input for a qrouter namespace: floating-IP 1:1 NAT and the router's SNAT.
+
+    SNAT with ``--random-fully``, as Neutron's L3 agent writes it (``[AGENT] use_random_fully``,
+    True by default; seen in real Zed's rules on the neutron backend): a connection that a new
+    primary picks up mid-stream is a new NAT mapping there, so an outbound session through the
+    floating IP's SNAT gets another source port after a failover and the far end resets it.
+    Without conntrackd, VM-initiated TCP sessions do not survive a failover; inbound ones
+    (DNAT keeps the ports) do."""
     qg = router.gateway_device
     nat = [
         "*nat",
@@ -68,12 +75,12 @@ def render_iptables(spec: LabSpec, router: RouterSpec) -> str:
         nat += [
             f"-A neutron-l3-agent-PREROUTING -d {fip.address}/32 -j DNAT --to-destination {fip.fixed_ip}",
             f"-A neutron-l3-agent-OUTPUT -d {fip.address}/32 -j DNAT --to-destination {fip.fixed_ip}",
-            f"-A neutron-l3-agent-float-snat -s {fip.fixed_ip}/32 -j SNAT --to-source {fip.address}",
+            f"-A neutron-l3-agent-float-snat -s {fip.fixed_ip}/32 -j SNAT --to-source {fip.address} --random-fully",
         ]
     nat += [
         f"-A neutron-l3-agent-POSTROUTING ! -o {qg} -m conntrack ! --ctstate DNAT -j ACCEPT",
         "-A neutron-l3-agent-snat -j neutron-l3-agent-float-snat",
-        f"-A neutron-l3-agent-snat -o {qg} -j SNAT --to-source {router.gateway_ip}",
+        f"-A neutron-l3-agent-snat -o {qg} -j SNAT --to-source {router.gateway_ip} --random-fully",
         "COMMIT",
     ]
     filt = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
