@@ -33,6 +33,7 @@ class RunInfo(BaseModel):
     experiment: str | None = None
     title: str | None = None
     target: str | None = None
+    backend: str | None = None  # what ran the routers and Neutron's version (run.started)
     started: float | None = None  # unix time of run.started
     finished: float | None = None  # unix time of run.finished; None if the run did not finish
     duration: float | None = None  # seconds from started to finished (or to the last event)
@@ -61,6 +62,7 @@ def _run_info(record: RunRecord) -> RunInfo:
         experiment=_str(s.get("experiment")),
         title=_str(s.get("title")),
         target=_str(s.get("target")),
+        backend=_str(s.get("backend")),
         started=started,
         finished=finished,
         duration=(record.end - started) if started is not None and record.events else None,

@@ -200,13 +200,45 @@ async def serve(lab_dir: Path) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    syncing = asyncio.create_task(_sync_placement(lab_dir, lab_api.url, stop)) if spec.controller is not None else None
     await stop.wait()
+    if syncing is not None:
+        await syncing
     for server in servers:
         server.close()
     if forwarder is not None:
         await forwarder.stop()
     await lab_api.stop()
     await runner.cleanup()
+
+
+SYNC_INTERVAL = 3.0
+
+
+async def _sync_placement(lab_dir: Path, api_url: str, stop: asyncio.Event) -> None:
+    """The neutron backend: follow replicas that Neutron moves (chaos.lab.real.lab.sync_placement)."""
+    from chaos.lab.manager import Lab
+    from chaos.lab.real import build
+    from chaos.lab.real.lab import sync_placement
+
+    lab = Lab(lab_dir.parent, lab_dir.name)
+    admin = None
+    while not stop.is_set():
+        try:
+            if admin is None:
+                admin = build.connect(api_url + "/identity/v3", build.accounts(lab_dir)[0])
+            async with asyncio.timeout(60):
+                if await asyncio.to_thread(sync_placement, lab, admin):
+                    log.info("replicas moved; plan and inventory rewritten")
+        except Exception as exc:  # noqa: BLE001 - the API may be restarting; next round
+            log.info("placement sync failed", error=str(exc)[:200])
+        try:
+            async with asyncio.timeout(SYNC_INTERVAL):
+                await stop.wait()
+        except TimeoutError:
+            pass
+    if admin is not None:
+        admin.close()
 
 
 def new_credentials(lab_dir: Path) -> None:

@@ -162,7 +162,8 @@ def _header(run: RunData, title: str) -> str:
               else f"all {len(s.tolerances)} tolerances held" if s.tolerances else "no tolerance was checked")
     if s.run.reason:
         detail += f" · {s.run.reason}"
-    sub = " · ".join(x for x in (s.run.title if s.run.title != title else "", _fault_types(run), s.run.target or "") if x)
+    sub = " · ".join(x for x in (s.run.title if s.run.title != title else "", _fault_types(run), s.run.target or "",
+                                 f"backend {s.run.backend}" if s.run.backend else "") if x)
     return (
         f'<header><div class="kicker">Chaos run <code>{e(run.run_id)}</code> · {e(fmt_time(s.run.started))}</div>'
         f"<h1>{e(title)}</h1>"
@@ -331,6 +332,7 @@ def _how(run: RunData) -> str:
         ("tolerances from", e(run.tolerance_source)),
         ("tool version", e(st.get("tool_version") or "—")),
         ("target", e(s.run.target or "—")),
+        ("backend", e(s.run.backend or "—")),
         ("routers", e(f"{len(run.targeted)} targeted" + (f", {untargeted} observed but not targeted" if untargeted else ""))),
         ("faults", e(plan or "nothing was injected")),
         ("safeguards", e(guards)),

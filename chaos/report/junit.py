@@ -40,7 +40,7 @@ def render_junit(run: RunData) -> str:
     suite = ET.SubElement(suites, "testsuite", name=f"{experiment} {run.run_id}", timestamp="", hostname="chaos")
     props = ET.SubElement(suite, "properties")
     for key, value in (("run_id", run.run_id), ("experiment", s.run.experiment or ""), ("target", s.run.target or ""),
-                       ("verdict", s.verdict), ("tool_version", str(run.started.get("tool_version") or ""))):
+                       ("backend", s.run.backend or ""), ("verdict", s.verdict), ("tool_version", str(run.started.get("tool_version") or ""))):
         ET.SubElement(props, "property", name=key, value=value)
     for t in s.tolerances:
         classname = f"{classbase}.{t.name}"

@@ -41,7 +41,9 @@ def render_markdown(run: RunData) -> str:
         f"**Verdict: {VERDICT_TEXT.get(s.verdict, s.verdict)}**",
         "",
         f"Run `{cell(run.run_id)}` · experiment `{cell(s.run.experiment or '—')}` ({cell(s.run.title or '—')}) · "
-        f"target {cell(s.run.target or '—')} · {len(run.targeted)} routers targeted · started {fmt_time(s.run.started)}"
+        f"target {cell(s.run.target or '—')}"
+        + (f" (backend {cell(s.run.backend)})" if s.run.backend else "")
+        + f" · {len(run.targeted)} routers targeted · started {fmt_time(s.run.started)}"
         + (f" · reason: {cell(s.run.reason)}" if s.run.reason else ""),
         "",
         "## Tolerances",

@@ -71,6 +71,13 @@ def resolve_topology(experiment: Experiment, settings: Settings) -> Topology:
     return discover_topology(target.cloud)
 
 
+def _backend(topology: Topology) -> str | None:
+    """What ran the routers, as the target describes it: e.g. "neutron (Neutron 21.0.0 ...)"."""
+    if topology.backend is None and topology.neutron_version is None:
+        return None
+    return f"{topology.backend or '?'} (Neutron {topology.neutron_version or 'unknown'})"
+
+
 def new_run_id(experiment_path: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{experiment_path.stem}-{secrets.token_hex(3)}"
@@ -246,7 +253,7 @@ async def run_experiment(
     tolerances = {name: tol.model_dump(exclude_none=True) for name, tol in experiment.steady_state_hypothesis.tolerances.items()}
     journal.write(
         "run.started", run_id=run_id, experiment=str(path), title=experiment.title, tool_version=__version__,
-        target=topology.source, safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
+        target=topology.source, backend=_backend(topology), safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
         hypothesis=experiment.steady_state_hypothesis.title,
         **({"trigger": trigger.model_dump()} if trigger is not None else {}),
     )

@@ -8,6 +8,8 @@ a run uses, so events and samples line up.
 Event kinds (fields beyond ``t`` and ``kind``):
 
 - ``run.started``: run_id, experiment (path), title, tool_version, target (lab name or cloud),
+  backend (what runs the routers and Neutron's version, when the target says: a lab's
+  "emulated (Neutron 29.0.0 (emulated))" or "neutron (Neutron 21.0.0 (Debian ...))"),
   safeguards (dict), tolerances (name -> {max|min|equals, phase}), hypothesis (title), and
   trigger ({kind: "schedule" | "manual" | "cli", by, scheduled_for, operator, site}) when the
   operator or the CLI's history recorded who started it

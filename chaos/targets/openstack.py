@@ -65,6 +65,8 @@ class SshInventory(BaseModel):
     bmc_url: str | None = None
     bmc_credentials_file: Path | None = None
     lab_routers: tuple[Router, ...] = Field(default=(), description="lab only: probe details (VM namespaces) by router")
+    backend: str | None = None  # a lab's: what runs its routers
+    neutron_version: str | None = None
 
     def covers(self, host: str) -> bool:
         return (
@@ -95,6 +97,8 @@ class SshInventory(BaseModel):
             bmc_url=topology.bmc_url,
             bmc_credentials_file=topology.bmc_credentials_file,
             lab_routers=topology.routers,
+            backend=topology.backend,
+            neutron_version=topology.neutron_version,
         )
 
     @classmethod
@@ -468,6 +472,8 @@ async def discover(
         vantage=inventory.vantage,
         bmc_url=inventory.bmc_url,
         bmc_credentials_file=inventory.bmc_credentials_file,
+        backend=inventory.backend,
+        neutron_version=inventory.neutron_version,
     )
     return Discovery(
         cloud=client.cloud, routers=api_routers, agents=agents_t.result(), ha_networks=ha_networks,

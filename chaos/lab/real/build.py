@@ -215,3 +215,14 @@ def _one(items: list[Any] | None, what: str) -> Any:
     if not items:
         raise LookupError(what)
     return items[0]
+
+
+def current_replicas(admin: Any, router_ids: list[str]) -> dict[str, tuple[ReplicaSpec, ...]]:
+    """Where each router's replicas are now, by its HA ports (Neutron deletes a replica's HA
+    port when the router leaves an agent and makes a new one when it joins another)."""
+    found: dict[str, list[ReplicaSpec]] = {rid: [] for rid in router_ids}
+    for p in admin.network.ports(device_owner=HA_PORT_OWNER):
+        if p.device_id in found and p.binding_host_id:
+            found[p.device_id].append(ReplicaSpec(node=p.binding_host_id, ha_port_id=p.id,
+                                                  ha_ip=p.fixed_ips[0]["ip_address"], ha_mac=p.mac_address))
+    return {rid: tuple(sorted(reps, key=lambda r: r.node)) for rid, reps in found.items()}

@@ -19,7 +19,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chaos.errors import InfrastructureError
 from chaos.lab import fabric
@@ -137,3 +137,24 @@ def _wait_floating_ips(spec: LabSpec, progress: Callable[[str], None], deadline:
         if pending and time.monotonic() > deadline:
             raise InfrastructureError(f"floating IPs not answering: {', '.join(pending)}")
     progress("every floating IP answers")
+
+
+def sync_placement(lab: Lab, admin: Any) -> bool:
+    """Rewrite the plan and the inventory when Neutron moved replicas (an evacuation through the
+    API, by the tool or by hand): the emulated lab's API does this as it moves them; here the
+    lab's services process asks Neutron every few seconds. True when something changed."""
+    from chaos.lab.placement import locked_plan
+
+    if not (lab.dir / BUILT_MARKER).exists():
+        return False
+    spec = lab.spec()
+    now = build.current_replicas(admin, [r.id for r in spec.routers])
+    with locked_plan(lab.dir) as spec:
+        changed = [r for r in spec.routers if now.get(r.id) and now[r.id] != r.replicas]
+        if not changed:
+            return False
+        routers = tuple(r.model_copy(update={"replicas": now[r.id]}) if r in changed else r for r in spec.routers)
+        spec = spec.model_copy(update={"routers": routers})
+        spec.save(lab.spec_path)
+        lab.write_inventory(spec)
+    return True
