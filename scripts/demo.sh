@@ -2,9 +2,15 @@
 # The main job, end to end: install, bring the lab up, run an experiment against it, write the
 # report. The run folder is printed last. The lab is taken down afterwards unless KEEP_LAB=1.
 #   bash scripts/demo.sh [EXPERIMENT]       (default: experiments/keepalived-term.yaml)
+#   BACKEND=neutron bash scripts/demo.sh    the same against Debian's real Neutron (Zed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+BACKEND=${BACKEND:-emulated}
+if [ "$BACKEND" = neutron ]; then
+    bash scripts/install.sh --with-neutron
+else
+    bash scripts/install.sh
+fi
 EXPERIMENT=${1:-experiments/keepalived-term.yaml}
 LAB=${CHAOS_LAB_NAME:-chaoslab}
 CHAOS=.venv/bin/chaos
@@ -16,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$CHAOS" lab up --name "$LAB"
+"$CHAOS" lab up --name "$LAB" --backend "$BACKEND" --timeout 600
 "$CHAOS" lab status --name "$LAB"
 out=$(mktemp)
 set +e

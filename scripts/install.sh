@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the lab and the tests need on Debian 12, as root: Debian packages, then the
 # project in a virtual environment at .venv (Debian's own Python refuses system-wide pip).
+# --with-neutron also installs the neutron backend (Debian's Neutron Zed, MariaDB, RabbitMQ;
+# scripts/install-neutron-backend.sh: about 2 minutes and 800 MB, nothing started).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_neutron=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-neutron) with_neutron=1 ;;
+        *) echo "install.sh: unknown option $arg (known: --with-neutron)" >&2; exit 2 ;;
+    esac
+done
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root (the lab needs network, mount and PID namespaces)" >&2
@@ -49,5 +58,8 @@ fi
 # its unmet requirements.
 if [ ! -x .venv/neutron/bin/neutron-keepalived-state-change ]; then
     .venv/bin/python -m pip install -q --no-deps --target .venv/neutron 'neutron==29.0.0'
+fi
+if [ "$with_neutron" -eq 1 ]; then
+    bash scripts/install-neutron-backend.sh
 fi
 echo "installed: $(.venv/bin/chaos --version)"

@@ -2,7 +2,8 @@
 # Installs everything, then runs the whole test suite (lab tests included; they need root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+# --with-neutron: the neutron backend's tests (tests/test_neutron_backend.py) run real Neutron.
+bash scripts/install.sh --with-neutron
 # Neutron's own code, for the fidelity tests (a venv of its own: .venv-neutron).
 bash scripts/install-neutron-reference.sh
 set +e
