@@ -26,7 +26,8 @@ from chaos.lab.spec import LabSpec
 from tests.conftest import CHAOS_CLI, IN_CI, LabHandle, wait_lab_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.lab
+# The module's lab comes up inside the first test's time: Neutron's agents need minutes on two cores.
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 
 def require_neutron_backend() -> None:

@@ -22,6 +22,7 @@ from tests.test_neutron_backend import ROOT, nothing_injected, require_neutron_b
 
 pytestmark = [
     pytest.mark.lab,
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(os.environ.get("CHAOS_NEUTRON_FULL") != "1",
                        reason="the full neutron-backend set runs with CHAOS_NEUTRON_FULL=1 (about 10 minutes)"),
 ]

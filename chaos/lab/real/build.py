@@ -123,7 +123,7 @@ def create(spec: LabSpec, admin: Any, tenant: Any, progress: Callable[[str], Non
         if router is None:
             router = tenant.network.create_router(name=r.name)
             tenant.network.update_router(router, external_gateway_info={"network_id": ext.id})
-            tenant.network.add_interface_to_router(router, subnet_id=subnet.id)
+            tenant.network.add_interface_to_router(router, subnet=subnet.id)
         port = tenant.network.find_port(vm.name)
         if port is None:
             port = tenant.network.create_port(

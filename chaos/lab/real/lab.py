@@ -60,12 +60,13 @@ def create(lab: Lab, spec: LabSpec, progress: Callable[[str], None], timeout: fl
     lab.start_services()
     services = json.loads((lab.dir / "services.json").read_text())
     write_clouds_yaml(lab.dir, lab.name, services["api_url"])
+    deadline = time.monotonic() + max(timeout, 300.0)
+    # Controllers first, as in a datacenter: agents started before RabbitMQ listens back off
+    # between reconnections (up to 30 s) and come up much later.
+    _wait_controller(lab, progress, deadline)
     for node in spec.nodes:
         power_on(spec, lab.dir, node)
         progress(f"powered on {node.name}")
-
-    deadline = time.monotonic() + max(timeout, 300.0)
-    _wait_controller(lab, progress, deadline)
     admin_account, tenant_account = build.accounts(lab.dir)
     auth_url = services["api_url"] + "/identity/v3"
     admin = build.connect(auth_url, admin_account)
