@@ -57,7 +57,22 @@ def respawn_s(run_dir: Path) -> float | None:
     return max(found) if found else None
 
 
+def wait_floating_ips(lab: str, timeout: float = 180.0) -> float:
+    """Until every floating IP answers from the vantage point (a previous run can leave one
+    black-holed while the external bridge still sends the router's MAC to the old node);
+    returns how long that took."""
+    topo = json.loads((Path("/run/chaos-lab") / lab / "inventory.json").read_text())
+    netns = topo["vantage"]["netns"]
+    started = time.monotonic()
+    pending = [f["address"] for r in topo["routers"] for f in r["floating_ips"]]
+    while pending and time.monotonic() - started < timeout:
+        pending = [a for a in pending if subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", a],
+                                                        capture_output=True, timeout=10).returncode != 0]
+    return time.monotonic() - started
+
+
 def run_one(lab: str, name: str, runs: Path) -> dict[str, Any]:
+    dark_before = wait_floating_ips(lab)
     text = (ROOT / "experiments" / f"{name}.yaml").read_text().replace("cloud: chaoslab", f"cloud: {lab}")
     path = runs / f"{lab}-{name}.yaml"
     path.write_text(text)
@@ -68,6 +83,7 @@ def run_one(lab: str, name: str, runs: Path) -> dict[str, Any]:
         return {"verdict": f"error (exit {proc.returncode})", "wall_s": time.monotonic() - started}
     summary = json.loads((folder / "summary.json").read_text())
     row: dict[str, Any] = {"verdict": summary["verdict"], "run": str(folder), "wall_s": time.monotonic() - started,
+                           "waited_for_floating_ips_s": round(dark_before, 1),
                            "failed": [t["name"] for t in summary["tolerances"] if not t["ok"]]}
     for metric, _ in COLUMNS:
         row[metric] = respawn_s(folder) if metric == "respawn_s" else worst(summary, metric)

@@ -66,7 +66,10 @@ def cmd_lab_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return ExitCode.OK
-    print(f"lab {status['name']}  ({status['dir']})")
+    print(f"lab {status['name']}  ({status['dir']})  backend {status['backend']}, Neutron {status['neutron_version']}")
+    if status.get("controller"):
+        ctl = status["controller"]
+        print(f"  controller      {ctl['management_address']:<15} {'up' if ctl['running'] else 'DOWN':<5} {ctl['boot'].get('step', '-')}")
     for node in status["nodes"]:
         power = "up" if node["powered"] else "DOWN"
         print(f"  node {node['name']:<12} {node['management_address']:<15} {power:<5} agent {'synced' if node['agent_synced'] else '-'}")

@@ -416,9 +416,18 @@ class Lab:
                     "vms": [{"name": vm.name, "netns": vm.netns, "ip": vm.ip, "echo_port": 7, "ssh_port": 22} for vm in router.vms],
                 }
             )
+        controller = None
+        if spec.controller is not None:
+            from chaos.lab.real import controller as ctl
+
+            controller = {"netns": spec.controller.netns, "management_address": spec.controller.mgmt_ip,
+                          "running": ctl.is_running(self.dir), "boot": ctl.boot_state(self.dir)}
         return {
             "name": self.name,
             "dir": str(self.dir),
+            "backend": spec.backend,
+            "neutron_version": neutron_version(spec),
+            "controller": controller,
             "options": spec.options.model_dump(),
             "fabric_netns": spec.fabric_netns,
             "vantage": {**spec.vantage.model_dump(), "external_network": spec.external_cidr},
