@@ -71,6 +71,27 @@ def wait_floating_ips(lab: str, timeout: float = 180.0) -> float:
     return time.monotonic() - started
 
 
+def row_of(folder: Path, started: float | None = None) -> dict[str, Any]:
+    summary = json.loads((folder / "summary.json").read_text())
+    row: dict[str, Any] = {"verdict": summary["verdict"], "run": str(folder),
+                           "failed": [t["name"] for t in summary["tolerances"] if not t["ok"]]}
+    if started is not None:
+        row["wall_s"] = time.monotonic() - started
+    for metric, _ in COLUMNS:
+        row[metric] = respawn_s(folder) if metric == "respawn_s" else worst(summary, metric)
+    return row
+
+
+def reuse(backend: str, experiments: list[str], runs: Path) -> dict[str, dict[str, Any]]:
+    """Rows from the latest earlier run of each experiment on that backend's lab (``--reuse``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name in experiments:
+        folders = sorted(f for f in runs.glob(f"*-{LAB_NAMES[backend]}-{name}-*") if (f / "summary.json").exists())
+        if folders:
+            found[name] = row_of(folders[-1])
+    return found
+
+
 def run_one(lab: str, name: str, runs: Path) -> dict[str, Any]:
     dark_before = wait_floating_ips(lab)
     text = (ROOT / "experiments" / f"{name}.yaml").read_text().replace("cloud: chaoslab", f"cloud: {lab}")
@@ -81,24 +102,26 @@ def run_one(lab: str, name: str, runs: Path) -> dict[str, Any]:
     folder = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
     if folder is None or not (folder / "summary.json").exists():
         return {"verdict": f"error (exit {proc.returncode})", "wall_s": time.monotonic() - started}
-    summary = json.loads((folder / "summary.json").read_text())
-    row: dict[str, Any] = {"verdict": summary["verdict"], "run": str(folder), "wall_s": time.monotonic() - started,
-                           "waited_for_floating_ips_s": round(dark_before, 1),
-                           "failed": [t["name"] for t in summary["tolerances"] if not t["ok"]]}
-    for metric, _ in COLUMNS:
-        row[metric] = respawn_s(folder) if metric == "respawn_s" else worst(summary, metric)
+    row = row_of(folder, started)
+    row["waited_for_floating_ips_s"] = round(dark_before, 1)
     return row
 
 
-def measure(backend: str, experiments: list[str], routers: int, respawn: float, runs: Path) -> dict[str, dict[str, Any]]:
+def measure(backend: str, experiments: list[str], routers: int, respawn: float, runs: Path,
+            done: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Bring the backend's lab up, run what ``done`` does not have yet, take the lab down."""
     lab = LAB_NAMES[backend]
+    done = done or {}
+    experiments = [e for e in experiments if e not in done]
+    if not experiments:
+        return {"_up": {"wall_s": None}, **done}
     chaos("lab", "down", "--name", lab, timeout=300)
     started = time.monotonic()
     up = chaos("lab", "up", "--name", lab, "--backend", backend, "--routers", str(routers),
                "--respawn-interval", str(respawn), "--timeout", "600", timeout=900)
     if up.returncode != 0:
         raise SystemExit(f"{backend}: lab up failed: {up.stderr[-2000:]}")
-    results: dict[str, dict[str, Any]] = {"_up": {"wall_s": time.monotonic() - started}}
+    results: dict[str, dict[str, Any]] = {"_up": {"wall_s": time.monotonic() - started}, **done}
     try:
         for name in experiments:
             print(f"{backend}: {name} ...", file=sys.stderr, flush=True)
@@ -129,7 +152,7 @@ def table(results: dict[str, dict[str, dict[str, Any]]], experiments: list[str])
             verdict = row["verdict"] + (f" ({', '.join(row['failed'])})" if row.get("failed") else "")
             cells = [fmt(row.get(metric)) for metric, _ in COLUMNS]
             lines.append(f"| `{name}` | {backend} | {verdict} | " + " | ".join(cells) + " |")
-    ups = ", ".join(f"{b} {results[b]['_up']['wall_s']:.0f} s" for b in backends)
+    ups = ", ".join(f"{b} {results[b]['_up']['wall_s']:.0f} s" for b in backends if results[b]["_up"]["wall_s"])
     return "\n".join(lines) + f"\n\nBring-up (`chaos lab up`, 3 nodes): {ups}.\n"
 
 
@@ -141,13 +164,18 @@ def main() -> None:
     parser.add_argument("--respawn-interval", type=float, default=60.0)
     parser.add_argument("--runs", type=Path, default=Path("/tmp/chaos-bench-backends"))
     parser.add_argument("--out", type=Path, help="write the table (and the raw figures as .json beside it)")
+    parser.add_argument("--reuse", action="store_true", help="take the figures of experiments already run in --runs")
     args = parser.parse_args()
     experiments = args.experiments.split(",")
     args.runs.mkdir(parents=True, exist_ok=True)
-    results = {b: measure(b, experiments, args.routers, args.respawn_interval, args.runs) for b in args.backends.split(",")}
+    results = {}
+    for b in args.backends.split(","):
+        done = reuse(b, experiments, args.runs) if args.reuse else {}
+        results[b] = measure(b, experiments, args.routers, args.respawn_interval, args.runs, done)
     text = table(results, experiments)
     print(text)
     if args.out:
+        args.out.write_text(text)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
         print(f"raw figures: {args.out.with_suffix('.json')}", file=sys.stderr)
 

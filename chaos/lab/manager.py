@@ -515,7 +515,7 @@ class Lab:
         """Remove everything of the lab; works from the name alone after a crash."""
         removed: list[str] = []
         pid = self.services_pid()
-        for p in {*(pids_matching(f"chaos.lab.services --lab-dir {self.dir}")), *([pid] if pid else [])}:
+        for p in {*(pids_matching(f"chaos.lab.services --lab-dir {self.dir} ")), *([pid] if pid else [])}:
             terminate(p, 5.0)
             removed.append(f"services pid {p}")
         spec = LabSpec.load(self.spec_path) if self.spec_path.exists() else None

@@ -40,7 +40,9 @@ INIT_MODULE = "chaos.lab.real.controller"
 
 # --------------------------------------------------------------------------- seen from outside
 def init_marker(lab_dir: Path) -> str:
-    return f"{INIT_MODULE} --lab-dir {lab_dir}"
+    """What the init's command line holds; the trailing space (the end of its argv) keeps lab
+    ``t1`` from matching lab ``t12``'s controller."""
+    return f"{INIT_MODULE} --lab-dir {lab_dir} "
 
 
 def power_on(spec: LabSpec, lab_dir: Path) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -95,8 +96,16 @@ def create(lab: Lab, spec: LabSpec, progress: Callable[[str], None], timeout: fl
     spec.save(lab.spec_path)
     (lab.dir / BUILT_MARKER).touch()
     lab.write_known_hosts(spec)
-    _wait_floating_ips(spec, progress, deadline)
+    _wait_floating_ips(spec, lab.dir, progress, deadline)
     return spec
+
+
+def _state(lab_dir: Path, node: str, router_id: str) -> str:
+    path = lab_dir / "nodes" / node / "neutron" / "ha_confs" / router_id / "state"
+    try:
+        return f"{node}:{path.read_text()}"
+    except OSError:
+        return f"{node}:-"
 
 
 def _left(deadline: float) -> float:
@@ -125,7 +134,7 @@ def _wait_controller(lab: Lab, progress: Callable[[str], None], deadline: float)
         time.sleep(0.5)
 
 
-def _wait_floating_ips(spec: LabSpec, progress: Callable[[str], None], deadline: float) -> None:
+def _wait_floating_ips(spec: LabSpec, lab_dir: Path, progress: Callable[[str], None], deadline: float) -> None:
     """Until every floating IP answers a ping from the vantage point (ports ACTIVE, ARP learnt)."""
     pending = [f.address for r in spec.routers for f in r.floating_ips]
     progress(f"waiting for {len(pending)} floating IP(s) to answer")
@@ -136,7 +145,10 @@ def _wait_floating_ips(spec: LabSpec, progress: Callable[[str], None], deadline:
                               capture_output=True, timeout=10).returncode != 0
         ]
         if pending and time.monotonic() > deadline:
-            raise InfrastructureError(f"floating IPs not answering: {', '.join(pending)}")
+            states = {r.name: [_state(lab_dir, rep.node, r.id) for rep in r.replicas]
+                      for r in spec.routers if any(f.address in pending for f in r.floating_ips)}
+            raise InfrastructureError(f"floating IPs not answering: {', '.join(pending)} (replica states {states})",
+                                      hint="the nodes' logs: <lab dir>/nodes/*/log/, the controller's: <lab dir>/controller/log/")
     progress("every floating IP answers")
 
 
