@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -86,7 +87,8 @@ def reuse(backend: str, experiments: list[str], runs: Path) -> dict[str, dict[st
     """Rows from the latest earlier run of each experiment on that backend's lab (``--reuse``)."""
     found: dict[str, dict[str, Any]] = {}
     for name in experiments:
-        folders = sorted(f for f in runs.glob(f"*-{LAB_NAMES[backend]}-{name}-*") if (f / "summary.json").exists())
+        exact = re.compile(rf"-{LAB_NAMES[backend]}-{re.escape(name)}-[0-9a-f]{{6}}$")  # not agent-evacuate-abrupt for agent-evacuate
+        folders = sorted(f for f in runs.iterdir() if exact.search(f.name) and (f / "summary.json").exists())
         if folders:
             found[name] = row_of(folders[-1])
     return found

@@ -155,8 +155,8 @@ def test_discovery_against_real_neutron_agrees_with_the_nodes(nlab: LabHandle) -
 def test_shipped_experiment_holds_against_neutron(nlab: LabHandle, tmp_path: Path, name: str) -> None:
     wait_lab_ready(nlab, timeout=120)
     code, summary, out = run_experiment(nlab, ROOT / "experiments" / f"{name}.yaml", tmp_path)
-    failed = [t for t in summary["tolerances"] if not t["ok"]]
-    assert code == 0 and summary["verdict"] == "held", (code, failed, out[-3000:])
+    failed = [f"{t['name']}={t['value']} ({t.get('reason') or 'over the bound'})" for t in summary["tolerances"] if not t["ok"]]
+    assert code == 0 and summary["verdict"] == "held", f"exit {code}, failed: {failed}\n{out[-2000:]}"
     assert summary["run"]["backend"].startswith("neutron (Neutron 21.0.0"), summary["run"]
     report = next((tmp_path / "reports").glob("*/report.md")).read_text()
     assert "backend neutron (Neutron 21.0.0" in report

@@ -43,8 +43,8 @@ def test_shipped_experiment_holds_against_neutron(flab: LabHandle, tmp_path: Pat
     wait_lab_ready(flab, timeout=300)
     before = placement(flab)
     code, summary, out = run_experiment(flab, ROOT / "experiments" / f"{name}.yaml", tmp_path, timeout=600)
-    failed = [t for t in summary["tolerances"] if not t["ok"]]
-    assert code == 0 and summary["verdict"] == "held", (code, failed, out[-3000:])
+    failed = [f"{t['name']}={t['value']} ({t.get('reason') or 'over the bound'})" for t in summary["tolerances"] if not t["ok"]]
+    assert code == 0 and summary["verdict"] == "held", f"exit {code}, failed: {failed}\n{out[-2000:]}"
     assert summary["run"]["backend"].startswith("neutron (Neutron 21.0.0"), summary["run"]
     wait_lab_ready(flab, timeout=300)
     if name.startswith("agent-evacuate"):
