@@ -11,7 +11,8 @@ can run here (file names, command lines and formats from ``chaos.neutron``):
   power is reset to ``backup`` first, as HaRouter does;
 - it serves the state-change notifications on ``<state_path>/keepalived-state-change`` (a unix
   socket, HTTP as Neutron's KeepalivedStateChangeHandler reads it) and handles them as
-  neutron/agent/l3/ha.py does: a move to primary counts only once it has held for advert_int,
+  neutron/agent/l3/ha.py does: a move to primary counts only once it has held for advert_int
+  (except the first one per router since the agent took it: ha.py initial_state_change),
   then the agent writes the state file and reports the state to the server in batches every
   advert_int (here: ``<node dir>/ha_reports.json``, which the lab's Neutron API serves);
 - its process monitor wakes every ``check_child_processes_interval`` (the lab's
@@ -272,6 +273,10 @@ class Agent:
         self.failed: set[str] = set()
         self.reload = asyncio.Event()
         self.transitions: dict[str, str] = {}
+        # ha.py's _initial_state_change_per_router: routers whose first state change this agent
+        # has handled; that first one is not delayed (seen on real Zed: the API showed a first
+        # failover within a second).
+        self.initial_seen: set[str] = set()
         self.notifier = BatchNotifier(float(self.spec.options.advert_int), self.notify_server)
         self.tg: asyncio.TaskGroup | None = None
         self.listening = asyncio.Event()
@@ -288,6 +293,7 @@ class Agent:
         for rid in stale:
             log.info("removing replica", router=rid)
             await self.replicas.pop(rid).stop()
+            self.initial_seen.discard(rid)
         for rid, (router, replica) in wanted.items():
             if rid in self.replicas:
                 continue
@@ -346,8 +352,14 @@ class Agent:
         if pending is None and self.tg is not None:
             self.tg.create_task(self._enqueue_state_change(rid, state))
 
+    def initial_state_change(self, rid: str) -> bool:
+        """ha.py initial_state_change: True the first time a router's state change is handled."""
+        first = rid not in self.initial_seen
+        self.initial_seen.add(rid)
+        return first
+
     async def _enqueue_state_change(self, rid: str, state: str) -> None:
-        if state == neutron.PRIMARY:
+        if state == neutron.PRIMARY and not self.initial_state_change(rid):
             await asyncio.sleep(self.spec.options.advert_int)
         current = self.transitions.pop(rid, None)
         if current != state:
