@@ -55,6 +55,7 @@ def main() -> None:
     boot_id.write_text(str(uuid.uuid4()) + "\n")
     _mount("--bind", str(boot_id), "/proc/sys/kernel/random/boot_id")
     socket.sethostname(node.name)
+    own_hosts_entry(d, node.name)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
@@ -77,6 +78,19 @@ def main() -> None:
         ]
         services.start("agent", agent_cmd, pass_fds=(fabric_fd,))
     services.run_forever(node.name)
+
+
+def own_hosts_entry(host_dir: Path, name: str) -> None:
+    """The host resolves its own name, as a server's /etc/hosts says (``127.0.1.1 <name>``):
+    sudo (privsep's helper) and RabbitMQ look it up, and a lab namespace has no route to the
+    machine's DNS server, so each lookup would wait for a resolver timeout."""
+    try:
+        base = Path("/etc/hosts").read_text()
+    except OSError:
+        base = "127.0.0.1 localhost\n"
+    own = host_dir / "hosts"
+    own.write_text(base.rstrip("\n") + f"\n127.0.1.1 {name}\n")
+    _mount("--bind", str(own), "/etc/hosts")
 
 
 def neutron_env() -> dict[str, str]:

@@ -130,7 +130,7 @@ def _sql(sock: Path, statement: str) -> bool:
 
 
 def main() -> None:
-    from chaos.lab.node_init import Supervisor, neutron_env
+    from chaos.lab.node_init import Supervisor, neutron_env, own_hosts_entry
 
     parser = argparse.ArgumentParser(prog=INIT_MODULE)
     parser.add_argument("--lab-dir", type=Path, required=True)
@@ -142,6 +142,7 @@ def main() -> None:
     d = controller_dir(lab_dir)
     secrets = ensure_secrets(lab_dir)
     socket.sethostname(ctl.name)
+    own_hosts_entry(d, ctl.name)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     env = neutron_env()

@@ -61,7 +61,8 @@ def create(lab: Lab, spec: LabSpec, progress: Callable[[str], None], timeout: fl
     lab.start_services()
     services = json.loads((lab.dir / "services.json").read_text())
     write_clouds_yaml(lab.dir, lab.name, services["api_url"])
-    deadline = time.monotonic() + max(timeout, 300.0)
+    # Neutron's agents take minutes on a loaded 2-core machine; never less than ten.
+    deadline = time.monotonic() + max(timeout, 600.0)
     # Controllers first, as in a datacenter: agents started before RabbitMQ listens back off
     # between reconnections (up to 30 s) and come up much later.
     _wait_controller(lab, progress, deadline)
