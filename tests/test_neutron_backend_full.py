@@ -38,7 +38,17 @@ def placement(lab: LabHandle) -> dict[str, list[str]]:
     return {r.id: sorted(rep.node for rep in r.replicas) for r in LabSpec.load(lab.dir / "lab.json").routers}
 
 
-@pytest.mark.parametrize("name", ["vrrp-partition", "gateway-reboot", "agent-evacuate", "agent-evacuate-abrupt"])
+SLOW_AGENT_SPLIT_BRAIN = pytest.mark.xfail(
+    reason="real Neutron: when the drained node's L3 agent takes longer than Master_Down_Interval to delete a "
+    "router (its updates run one after another, 10-20 s each on a loaded 2-core machine), the replicas whose HA "
+    "port the server already deleted turn primary and take the addresses (split brain, inbound resets); seen "
+    "with two routers on the node (docs/backends.md)",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize("name", ["vrrp-partition", "gateway-reboot", pytest.param("agent-evacuate", marks=SLOW_AGENT_SPLIT_BRAIN),
+                                  "agent-evacuate-abrupt"])
 def test_shipped_experiment_holds_against_neutron(flab: LabHandle, tmp_path: Path, name: str) -> None:
     wait_lab_ready(flab, timeout=300)
     before = placement(flab)
