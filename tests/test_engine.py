@@ -83,8 +83,31 @@ steady_state_hypothesis:
     return path
 
 
-@pytest.mark.parametrize("experiment", sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if "evacuate" not in p.name))
+SHIPPED_ON_NODES = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if "evacuate" not in p.name)
+
+
+@pytest.mark.parametrize("experiment", SHIPPED_ON_NODES)
 def test_shipped_experiment_runs_and_leaves_nothing_injected(lab: LabHandle, tmp_path: Path, experiment: str) -> None:
+    shipped_experiment_leaves_nothing_injected(lab, tmp_path, experiment)
+
+
+@pytest.mark.parametrize("experiment", SHIPPED_ON_NODES)
+def test_shipped_experiment_on_a_kolla_shaped_lab(kolla_lab: LabHandle, tmp_path: Path, experiment: str) -> None:
+    """The same experiments where the L3 agent runs as kolla-ansible runs it: every node command
+    goes through `docker exec` into neutron_l3_agent, with kolla's paths, and keepalived comes
+    back through kolla's wrapper (a sidecar per router)."""
+    folder = shipped_experiment_leaves_nothing_injected(kolla_lab, tmp_path, experiment)
+    plan = events(folder, "run.plan")[0]
+    for action in plan["actions"]:
+        for command in action["inject"]:
+            assert "/var/lib/neutron/ha_confs" not in command, command
+            if command.startswith("nohup setsid"):  # the dead-man: a timer on the host, its undo in the agent's context
+                assert "docker exec -u root neutron_l3_agent sh -c " in command, command
+            elif "ip netns" in command or "keepalived" in command or "ip -n " in command:
+                assert command.startswith("docker exec -u root neutron_l3_agent sh -c "), command
+
+
+def shipped_experiment_leaves_nothing_injected(lab: LabHandle, tmp_path: Path, experiment: str) -> Path:
     wait_lab_ready(lab)
     proc = run_cli(lab, tmp_path, str(EXPERIMENTS / experiment))
     assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
@@ -101,6 +124,7 @@ def test_shipped_experiment_runs_and_leaves_nothing_injected(lab: LabHandle, tmp
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["verdict"] in ("held", "deviated")
     lab_is_clean(lab)
+    return folder
 
 
 def test_faults_on_several_routers_are_injected_concurrently(lab: LabHandle, tmp_path: Path) -> None:

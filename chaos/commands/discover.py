@@ -112,7 +112,7 @@ async def read_vrids(ssh: SshPool, topology: Topology) -> dict[tuple[str, str], 
 
     async def node_vrids(node: str, routers: list[Router]) -> None:
         try:
-            result = await ssh.run(node, nc.keepalived_vrids(topology.node(node).layout, [r.id for r in routers]), timeout=15, check=False)
+            result = await ssh.run(node, nc.keepalived_vrids(topology.node(node).agent, [r.id for r in routers]), timeout=15, check=False)
         except Exception:  # noqa: BLE001 - a node that does not answer has no VRIDs to show
             return
         for line in result.stdout.splitlines():

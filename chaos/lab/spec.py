@@ -16,6 +16,7 @@ import ipaddress
 import re
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +50,9 @@ class LabOptions(_Frozen):
     # Neutron's [agent] check_child_processes_interval: how often the L3 agent's process monitor
     # respawns dead keepalived (60 s by default; 0: never). Tests pass shorter values.
     respawn_interval: float = Field(default=60.0, ge=0, le=3600)
+    # How the nodes run the L3 agent (chaos.deployment): on the host, or as kolla-ansible does,
+    # in a neutron_l3_agent "container" with kolla's paths and keepalived in per-router sidecars.
+    profile: Literal["upstream", "kolla"] = "upstream"
     boot_delay: float = Field(default=3.0, ge=0, le=600)
 
 
