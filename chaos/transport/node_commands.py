@@ -517,12 +517,22 @@ def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iter
 #   I <iptables -V>                      the iptables the namespace rules go through
 #   C <check_child_processes_interval line | ->   from the agent's configuration, where readable
 _PREFLIGHT_AGENT = r"""echo "A ok"
-for p in ip keepalived conntrack iptables; do
-  case $p in ip) v=$(ip -V 2>&1);; keepalived) v=$(keepalived --version 2>&1 | head -n1);; *) v=$($p --version 2>&1 | head -n1);; esac
-  if [ $? -eq 0 ] && [ -n "$v" ]; then echo "P $p ok $v"; else echo "P $p missing ${v:-not found}"; fi
+for p in ip conntrack iptables; do
+  case $p in ip) v=$(ip -V 2>&1);; *) v=$($p --version 2>&1);; esac
+  rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+  if [ $rc -eq 0 ] && [ -n "$v" ]; then echo "P $p ok $v"; else echo "P $p missing ${v:-not found}"; fi
 done
+# keepalived may be a deployment's wrapper (kolla's, TripleO's) that starts a container: never run it here.
+if k=$(command -v keepalived); then
+  if [ "$(head -c2 "$k" 2>/dev/null)" = "#!" ]; then echo "P keepalived ok a wrapper: $k"
+  else
+    v=$("$k" --version 2>&1); rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+    if [ $rc -eq 0 ]; then echo "P keepalived ok $v"; else echo "P keepalived missing $v"; fi
+  fi
+else echo "P keepalived missing not found"; fi
 if ls "$c"/*/conntrackd.conf >/dev/null 2>&1; then
-  v=$(conntrackd --version 2>&1 | head -n1) && echo "P conntrackd ok $v" || echo "P conntrackd missing ${v:-not found}"
+  v=$(conntrackd --version 2>&1); rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+  if [ $rc -eq 0 ]; then echo "P conntrackd ok $v"; else echo "P conntrackd missing ${v:-not found}"; fi
 fi
 if e=$(ip netns list 2>&1); then echo "N ok"; else echo "N fail $e"; fi
 echo "I $(iptables -V 2>&1 | head -n1)"
