@@ -40,6 +40,7 @@ from chaos.targets.openstack import (
     RefusedRouter,
     SshInventory,
     discover,
+    first_error,
 )
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
@@ -180,8 +181,11 @@ async def build_report(
     finally:
         client.close()
     topology = found.topology
-    async with SshPool(topology.nodes) as ssh:
-        observations, vrids = await asyncio.gather(observe(ssh, topology, topology.routers), read_vrids(ssh, topology))
+    try:
+        async with SshPool(topology.nodes) as ssh:
+            observations, vrids = await asyncio.gather(observe(ssh, topology, topology.routers), read_vrids(ssh, topology))
+    except BaseExceptionGroup as group:  # a sentence and its exit code, never an internal error
+        raise first_error(group) from None
     counts = Counter(len(r.agents) for r in found.routers)
     expected = replicas or (counts.most_common(1)[0][0] if counts else 0)
     rows: list[RouterRow] = []
