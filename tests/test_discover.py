@@ -138,6 +138,19 @@ def test_discover_without_a_cloud_says_how_to_name_one(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
 
 
+def test_run_from_openstack_without_a_cloud_says_how_to_name_one(tmp_path: Path) -> None:
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text("""title: t
+target: {source: openstack}
+fault: {type: keepalived-kill}
+steady_state_hypothesis: {title: t, tolerances: {primaries_after: {equals: 1}}}
+""")
+    proc = run_chaos("run", "--dry-run", str(experiment), env=cli_env(HOME=str(tmp_path)), cwd=tmp_path)
+    assert proc.returncode == ExitCode.INVALID_INPUT, proc.stdout + proc.stderr
+    assert "no OpenStack cloud is configured" in proc.stderr and "OS_CLOUD" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 async def test_a_member_token_is_told_discovery_needs_admin(lab: LabHandle) -> None:
     """The member's answers (no agent, routers without ha) would read as a cloud without HA routers."""
     env = cli_env(OS_CLIENT_CONFIG_FILE=str(lab.dir / "clouds.yaml"))
