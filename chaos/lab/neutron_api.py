@@ -57,6 +57,7 @@ Neutron's own extension, filter and policy code):
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -264,6 +265,8 @@ class NeutronApi:
         self._spec_mtime = 0.0
         self.bindings = HaBindings(self)
         self.started_at = _now_iso()
+        self._state: dict[str, Any] = {}
+        self._state_key: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ state
     def spec(self) -> LabSpec:
@@ -274,7 +277,16 @@ class NeutronApi:
         return self._spec
 
     def _api_state(self) -> dict[str, Any]:
-        return read_api_state(self.lab_dir)
+        """The state file, re-read only when it was replaced (one listing asks it once per router)."""
+        try:
+            st = os.stat(self.lab_dir / API_STATE_FILE)
+            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if key is None or key != self._state_key:
+            self._state = read_api_state(self.lab_dir)
+            self._state_key = key
+        return self._state
 
     def _save_api_state(self, state: dict[str, Any]) -> None:
         write_api_state(self.lab_dir, state)
@@ -326,7 +338,7 @@ class NeutronApi:
                 "alive": agent_alive(self.lab_dir, node.name),
                 "admin_state_up": True,
             }
-        dvr = any(self.distributed(r.id) for r in spec.routers)
+        dvr = any(self._api_state().get("distributed", {}).values())
         return {
             "id": node.agent_id,
             "agent_type": "L3 agent",
@@ -652,7 +664,7 @@ class NeutronApi:
         if "admin_state_up" in agent:
             if not isinstance(agent["admin_state_up"], bool):
                 raise NeutronFault(400, "InvalidInput", f"Invalid input for admin_state_up. Reason: '{agent['admin_state_up']}' is not a valid boolean value.")
-            state = self._api_state()
+            state = copy.deepcopy(self._api_state())
             state.setdefault("agents", {})[node.agent_id] = {"admin_state_up": agent["admin_state_up"]}
             self._save_api_state(state)
             log.info("agent admin state", agent=node.agent_id, host=node.name, admin_state_up=agent["admin_state_up"])
