@@ -69,7 +69,7 @@ def resolve_topology(experiment: Experiment, settings: Settings) -> Topology:
         return load_inventory(target.inventory)
     from chaos.targets.openstack import discover_topology  # the OpenStack issue
 
-    return discover_topology(target.cloud)
+    return discover_topology(target.cloud, selector=target.routers)
 
 
 def new_run_id(experiment_path: Path) -> str:
