@@ -182,7 +182,7 @@ def test_refused_credentials_are_exit_5(lab: LabHandle, tmp_path: Path) -> None:
         yaml.dump(clouds, f)
     proc = run_chaos("discover", "--cloud", lab.name, env=cli_env(OS_CLIENT_CONFIG_FILE=str(path)))
     assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stdout + proc.stderr
-    assert f"the credentials of user 'admin' were refused (401 from" in proc.stderr
+    assert "the credentials of user 'admin' were refused (401 from" in proc.stderr
     assert "wrong" not in proc.stderr and "Traceback" not in proc.stderr
 
 
