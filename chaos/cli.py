@@ -54,6 +54,7 @@ def cmd_lab_up(args: argparse.Namespace, settings: Settings) -> int:
         respawn_interval=args.respawn_interval,
         boot_delay=args.boot_delay,
         backend=args.backend,
+        profile=args.profile,
     )
     lab.up(options, progress=_progress, timeout=args.timeout)
     print(f"lab {lab.name} is up; `chaos lab status --name {lab.name}` describes it")
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--advert-int", type=int, help="VRRP advert_int in seconds (default 2)")
     up.add_argument("--conntrackd", action="store_true", default=None, help="replicate conntrack state")
     up.add_argument("--strict-conntrack", action="store_true", default=None, help="tcp_loose off, INVALID dropped")
+    up.add_argument("--profile", choices=["upstream", "kolla"],
+                    help="how the nodes run the L3 agent: on the host (default) or as kolla-ansible does "
+                    "(a neutron_l3_agent container, kolla's paths, keepalived sidecars, `docker exec`)")
     up.add_argument("--respawn-interval", type=float,
                     help="the L3 agents' check_child_processes_interval: how often they respawn a dead keepalived "
                     "(default 60s as in Neutron; 0: never)")

@@ -11,9 +11,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
-from chaos import neutron
+from chaos import deployment, neutron
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}$")
@@ -70,7 +70,17 @@ class Node(_Model):
     jump_host: str | None = None
     netns: NetnsName | None = Field(default=None, description="open the SSH socket inside this network namespace")
     sudo: bool = Field(default=False, description="prefix privileged commands with `sudo -n`")
-    state_path: Path = Path(neutron.STATE_PATH)
+    profile: deployment.ProfileName = Field(
+        default="upstream", description="how the deployment runs the L3 agent (chaos.deployment)"
+    )
+    container_engine: deployment.ContainerEngine | None = Field(
+        default=None, description="kolla/tripleo: docker or podman (default: the profile's)"
+    )
+    agent_container: str | None = Field(default=None, description="kolla/tripleo: the L3 agent's container")
+    exec_prefix: tuple[str, ...] | None = Field(
+        default=None, description="custom: the command prefix that runs a command where the L3 agent runs"
+    )
+    state_path: Path | None = Field(default=None, description="Neutron's state_path as the agent sees it (default: the profile's)")
     ha_confs_path: Path | None = Field(default=None, description="Neutron's ha_confs_path (default <state_path>/ha_confs)")
     pid_names: Literal["current", "pre-train"] = Field(
         default="current", description="keepalived pid file names: <id>.pid.keepalived (Train and later) or <id>.pid"
@@ -80,14 +90,34 @@ class Node(_Model):
         description="the L3 agent's process monitor interval (0: it never respawns keepalived)",
     )
 
+    @model_validator(mode="after")
+    def _profile_fields(self) -> Node:
+        if self.profile == "custom" and self.exec_prefix is None:
+            raise ValueError("profile custom needs exec_prefix (the command that runs a command where the L3 agent "
+                             "runs; [] for the host)")
+        if self.profile != "custom" and self.exec_prefix is not None:
+            raise ValueError(f"exec_prefix applies to profile custom only (this node's profile is {self.profile})")
+        if self.profile in ("upstream", "custom") and (self.container_engine or self.agent_container):
+            raise ValueError(f"container_engine and agent_container apply to profiles kolla and tripleo, not {self.profile}")
+        return self
+
     @property
     def layout(self) -> neutron.NeutronLayout:
-        """Where this node's Neutron keeps its HA routers' files."""
+        """Where this node's Neutron keeps its HA routers' files, as the agent sees them."""
+        state = PurePosixPath(self.state_path) if self.state_path else deployment.DEFAULT_STATE_PATH[self.profile]
         return neutron.NeutronLayout(
-            state_path=PurePosixPath(self.state_path),
+            state_path=state,
             ha_confs_path=PurePosixPath(self.ha_confs_path) if self.ha_confs_path else None,
             pid_names=self.pid_names,
         )
+
+    @property
+    def agent(self) -> deployment.AgentContext:
+        """Where commands about Neutron's world run on this node, and with which paths."""
+        prefix = self.exec_prefix if self.exec_prefix is not None else deployment.exec_prefix_for(
+            self.profile, self.container_engine, self.agent_container
+        )
+        return deployment.AgentContext(layout=self.layout, exec_prefix=tuple(prefix))
 
 
 class FloatingIP(_Model):

@@ -102,6 +102,14 @@ def lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
     return make_lab("", nodes=3, routers=4, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0)
 
 
+@pytest.fixture(scope="session")
+def kolla_lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
+    """A lab of the kolla shape: agents in a neutron_l3_agent container, kolla's paths,
+    keepalived in per-router sidecars, reached with `docker exec` (chaos.deployment)."""
+    return make_lab("k", nodes=3, routers=2, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0,
+                    profile="kolla")
+
+
 def wait_lab_ready(handle: LabHandle, timeout: float = 60.0, *, data_plane: bool = True) -> None:
     """Block until every agent is synced, every router has exactly one primary and (with
     ``data_plane``) every floating IP answers a ping from the vantage point: after a healed

@@ -93,6 +93,9 @@ async def test_graceful_outage_below_abrupt(evac_lab: LabHandle) -> None:
     graceful, g_detail = await evacuate(evac_lab, "graceful")
     abrupt, a_detail = await evacuate(evac_lab, "abrupt")
     print(f"worst ping gap: graceful {graceful:.2f}s ({g_detail}); abrupt {abrupt:.2f}s ({a_detail})")
-    # advert_int 1: hand-over after Skew_Time (~0.8 s) vs Master_Down_Interval (~3.8 s)
-    assert abrupt >= 2.0, abrupt
-    assert graceful < abrupt - 1.0, (graceful, abrupt)
+    # advert_int 1. Graceful: the primary hands over after Skew_Time (~0.8 s). Abrupt: the HA
+    # port goes first, so the backup waits Master_Down_Interval from the last advert it heard
+    # (2.8-3.8 s after the unplug), while the old primary forwards until its agent stops
+    # keepalived a moment after the unplug (that moment, longer under load, shortens the gap).
+    assert abrupt >= 1.5, abrupt
+    assert graceful < abrupt - 0.5, (graceful, abrupt)

@@ -83,10 +83,40 @@ steady_state_hypothesis:
     return path
 
 
-@pytest.mark.parametrize("experiment", sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if "evacuate" not in p.name))
+SHIPPED_ON_NODES = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if "evacuate" not in p.name)
+
+
+@pytest.mark.parametrize("experiment", SHIPPED_ON_NODES)
 def test_shipped_experiment_runs_and_leaves_nothing_injected(lab: LabHandle, tmp_path: Path, experiment: str) -> None:
+    shipped_experiment_leaves_nothing_injected(lab, tmp_path, experiment)
+
+
+@pytest.mark.parametrize("experiment", SHIPPED_ON_NODES)
+def test_shipped_experiment_on_a_kolla_shaped_lab(kolla_lab: LabHandle, tmp_path: Path, experiment: str) -> None:
+    """The same experiments where the L3 agent runs as kolla-ansible runs it: every node command
+    goes through `docker exec` into neutron_l3_agent, with kolla's paths, and keepalived comes
+    back through kolla's wrapper (a sidecar per router)."""
+    # As shipped, but with a shorter warm-up and settle (the suite's time; the upstream shape runs
+    # the files untouched).
+    text = (EXPERIMENTS / experiment).read_text().replace("warmup: 5s", "warmup: 2s").replace("settle: 10s", "settle: 4s")
+    assert "warmup: 2s" in text and "settle: 4s" in text
+    (tmp_path / "exp").mkdir()
+    shortened = tmp_path / "exp" / experiment
+    shortened.write_text(text)
+    folder = shipped_experiment_leaves_nothing_injected(kolla_lab, tmp_path, str(shortened))
+    plan = events(folder, "run.plan")[0]
+    for action in plan["actions"]:
+        for command in action["inject"]:
+            assert "/var/lib/neutron/ha_confs" not in command, command
+            if command.startswith("nohup setsid"):  # the dead-man: a timer on the host, its undo in the agent's context
+                assert "docker exec -u root neutron_l3_agent sh -c " in command, command
+            elif "ip netns" in command or "keepalived" in command or "ip -n " in command:
+                assert command.startswith("docker exec -u root neutron_l3_agent sh -c "), command
+
+
+def shipped_experiment_leaves_nothing_injected(lab: LabHandle, tmp_path: Path, experiment: str) -> Path:
     wait_lab_ready(lab)
-    proc = run_cli(lab, tmp_path, str(EXPERIMENTS / experiment))
+    proc = run_cli(lab, tmp_path, str(EXPERIMENTS / experiment))  # an absolute path stays as given
     assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     folder = run_folder(proc)
@@ -101,6 +131,7 @@ def test_shipped_experiment_runs_and_leaves_nothing_injected(lab: LabHandle, tmp
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["verdict"] in ("held", "deviated")
     lab_is_clean(lab)
+    return folder
 
 
 def test_faults_on_several_routers_are_injected_concurrently(lab: LabHandle, tmp_path: Path) -> None:
@@ -274,12 +305,19 @@ class KeepalivedWatcher:
         return counts
 
 
-@pytest.mark.parametrize("respawn_wait, restarted_by", [("0s", "tool"), ("20s", "agent")])
-def test_sigkill_runs_never_leave_two_keepalived(lab: LabHandle, tmp_path: Path, respawn_wait: str,
-                                                  restarted_by: str) -> None:
-    """Whether the tool restarts keepalived first (it does not wait for the agent) or the
-    agent's process monitor does (every 2 s in the shared lab), at no moment do two keepalived
-    run for one replica, and the journal says who restarted it."""
+@pytest.fixture(scope="module")
+def still_lab(make_lab) -> LabHandle:  # type: ignore[no-untyped-def]
+    """A lab whose agents never respawn keepalived (check_child_processes_interval 0)."""
+    return make_lab("n", routers=2, nodes=2, advert_int=1, respawn_interval=0)
+
+
+@pytest.mark.parametrize("lab_fixture, respawn_wait, restarted_by", [("still_lab", "0s", "tool"), ("lab", "20s", "agent")])
+def test_sigkill_runs_never_leave_two_keepalived(request: pytest.FixtureRequest, tmp_path: Path, lab_fixture: str,
+                                                  respawn_wait: str, restarted_by: str) -> None:
+    """Whether the tool restarts keepalived (on a lab whose agents never respawn it) or the
+    agent's process monitor does (every 2 s in the shared lab, well within respawn_wait), at no
+    moment do two keepalived run for one replica, and the journal says who restarted it."""
+    lab: LabHandle = request.getfixturevalue(lab_fixture)
     wait_lab_ready(lab)
     path = write_experiment(
         tmp_path, f"kill-{restarted_by}",
@@ -288,7 +326,7 @@ def test_sigkill_runs_never_leave_two_keepalived(lab: LabHandle, tmp_path: Path,
     )
     with KeepalivedWatcher(lab) as watcher:
         proc = run_cli(lab, tmp_path, str(path))
-        time.sleep(2 * lab.spec.options.respawn_interval + 1)  # the agent's next checks, after the run
+        time.sleep(2 * max(lab.spec.options.respawn_interval, 1.0) + 1)  # the agent's next checks, after the run
     assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
     assert len(watcher.most) == sum(len(r.replicas) for r in lab.spec.routers), watcher.most
     assert max(watcher.most.values()) == 1, {k: v for k, v in watcher.most.items() if v > 1}
@@ -299,25 +337,40 @@ def test_sigkill_runs_never_leave_two_keepalived(lab: LabHandle, tmp_path: Path,
     lab_is_clean(lab)
 
 
-def test_a_failed_injection_is_an_infrastructure_error_and_is_rolled_back(make_lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """keepalived is dead on the chosen replica and this lab's agent never respawns (interval
-    0): the injection finds nothing to signal. The run says so in one sentence, exits 5, the
-    journal records the action as not injected, and the undo still starts keepalived."""
-    still = make_lab("n", routers=1, nodes=2, advert_int=1, respawn_interval=0)
+def test_a_failed_injection_is_an_infrastructure_error_and_is_rolled_back(still_lab: LabHandle, tmp_path: Path) -> None:
+    """keepalived dies on the chosen replica after the run's preflight passed (during its
+    warmup) and this lab's agent never respawns it: the injection finds nothing to signal. The
+    run says so in one sentence, exits 5, the journal records the action as not injected, and
+    the undo still starts keepalived."""
+    still = still_lab
     wait_lab_ready(still)
     router = still.spec.routers[0]
     backup = next(r["node"] for r in still.status()["routers"][0]["replicas"] if r["state"] == "backup")
-    subprocess.run([*CHAOS, "lab", "ssh", "--name", still.name, backup, "--",
-                    f"kill $(cat /var/lib/neutron/ha_confs/{router.id}.pid.keepalived)"], check=True, timeout=30)
-    time.sleep(2)
     path = write_experiment(tmp_path, "nothing-to-kill",
                             "  type: keepalived-kill\n  replica: backup\n  params: {signal: TERM, respawn_wait: 0s}",
-                            probes="primary: {}\n  warmup: 1s\n  settle: 1s")
-    proc = run_cli(still, tmp_path, str(path))
-    assert proc.returncode == ExitCode.INFRASTRUCTURE, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stdout + proc.stderr
-    assert "no running keepalived" in proc.stdout + proc.stderr
-    folder = run_folder(proc)
+                            mode="one", probes="primary: {}\n  warmup: 6s\n  settle: 1s")
+    path.write_text(path.read_text().replace('routers: {name: "*"}', f"routers: {{ids: [{router.id}]}}"))
+    proc = subprocess.Popen([*CHAOS, "run", "--lab", still.name, "--reports-dir", str(tmp_path), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        journal = None
+        while time.monotonic() < deadline:  # the preflight has passed: the run is in its warmup
+            journal = next(tmp_path.glob("*/journal.jsonl"), None)
+            if journal and any(e["kind"] == "run.preflight" for e in read_journal(journal)):
+                break
+            time.sleep(0.1)
+        assert journal is not None
+        subprocess.run([*CHAOS, "lab", "ssh", "--name", still.name, backup, "--",
+                        f"kill $(cat /var/lib/neutron/ha_confs/{router.id}.pid.keepalived)"], check=True, timeout=30)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.INFRASTRUCTURE, out + err
+    assert "Traceback" not in err and "internal error" not in out + err
+    assert "no running keepalived" in out + err
+    folder = Path(out.strip().splitlines()[-1])
     assert [e["action_id"] for e in events(folder, "fault.inject_failed")] == ["a1"]
     assert not events(folder, "fault.injected")
     assert events(folder, "fault.undone")[0]["restarted_by"] == "tool"

@@ -44,7 +44,7 @@ def test_valid_inventory_gives_the_expected_topology() -> None:
     assert (n2.address, n2.port, n2.jump_host) == ("2001:db8::12", 2022, None)
     # the first matching pattern wins ("gw-*" before "gw-1*"), its template gives the address
     assert (gw.address, gw.user, gw.sudo) == ("gw-17.mgmt.example", "ops", False)
-    assert str(gw.state_path) == "/srv/neutron" and str(n1.state_path) == "/var/lib/neutron"
+    assert str(gw.layout.state_path) == "/srv/neutron" and str(n1.layout.state_path) == "/var/lib/neutron"
     web, db = topo.routers
     assert (web.name, web.vrid, web.tags, str(web.floating_ips[0].address)) == ("web", 1, ("prod",), "203.0.113.10")
     assert [(r.node, r.ha_device) for r in db.replicas] == [

@@ -15,10 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from multidict import MultiDict
 
 from chaos.errors import InfrastructureError, InvalidInput
 from chaos.lab.keystone import load_config, set_token_ttl
-from chaos.lab.neutron_api import apply_filters
+from chaos.lab.neutron_api import NeutronFault, apply_filters, parse_filters
 from chaos.lab.spec import LabSpec
 from chaos.targets.openstack import (
     ApiError,
@@ -243,17 +244,29 @@ async def test_unreachable_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 # --------------------------------------------------------------------------- pure functions
 def test_filters_like_neutron() -> None:
-    items = [{"id": "a", "ha": True, "name": "r1", "tags": ["x", "y"]}, {"id": "b", "ha": False, "name": "r2", "tags": ["y"]}]
+    """Filter semantics; which keys and values are accepted is compared with Neutron's own code in
+    tests/test_neutron_api_fidelity.py."""
+    items = [
+        {"id": "a", "admin_state_up": True, "name": "r1", "tags": ["x", "y"]},
+        {"id": "b", "admin_state_up": False, "name": "r2", "tags": ["y"]},
+    ]
 
-    class Q(dict):
-        def getall(self, key: str, default: list | None = None) -> list:
-            return self[key] if key in self else (default or [])
+    def ids(*params: tuple[str, str]) -> list[str]:
+        return [i["id"] for i in apply_filters(items, parse_filters("routers", MultiDict(params)))]
 
-    assert [i["id"] for i in apply_filters(items, Q(ha=["true"]))] == ["a"]
-    assert [i["id"] for i in apply_filters(items, Q(name=["r1", "r2"]))] == ["a", "b"]
-    assert [i["id"] for i in apply_filters(items, Q(tags=["x,y"]))] == ["a"]
-    assert [i["id"] for i in apply_filters(items, Q({"tags-any": ["y"]}))] == ["a", "b"]
-    assert [i["id"] for i in apply_filters(items, Q(unknown=["1"]))] == ["a", "b"]
+    assert ids(("admin_state_up", "true")) == ["a"] and ids(("admin_state_up", "0")) == ["b"]
+    assert ids(("name", "r1"), ("name", "r2")) == ["a", "b"]
+    assert ids(("tags", "x,y")) == ["a"] and ids(("tags-any", "y")) == ["a", "b"]
+    assert ids(("not-tags", "x,y")) == ["b"] and ids(("not-tags-any", "x")) == ["b"]
+    assert ids(("name", "")) == ["a", "b"]  # an empty value filters nothing
+    assert ids(("limit", "1"), ("fields", "id")) == ["a", "b"]  # not filters: paging and fields
+    with pytest.raises(NeutronFault) as refused:
+        parse_filters("routers", MultiDict([("ha", "True"), ("name", "r1"), ("distributed", "1")]))
+    assert (refused.value.status, refused.value.kind) == (400, "HTTPBadRequest")
+    assert refused.value.message == "['ha', 'distributed'] is invalid attribute for filtering"
+    with pytest.raises(NeutronFault) as bad_value:
+        parse_filters("routers", MultiDict([("admin_state_up", "maybe")]))
+    assert bad_value.value.message == "Invalid input for operation: 'maybe' cannot be converted to boolean."
 
 
 def test_non_ha_routers_are_skipped_and_filters() -> None:

@@ -103,13 +103,15 @@ async def test_keystone_tenant_token_and_internal_catalog(tmp_path: Path) -> Non
 
         return resp.status, json.loads(resp.body) if resp.status == 201 else {}, resp.headers.get("X-Subject-Token", "")
 
-    status, body, token = await issue(cfg.tenant_user, cfg.tenant_password, cfg.tenant_project)
+    member = cfg.member
+    assert member is not None
+    status, body, token = await issue(member.user, member.password, member.project)
     assert status == 201 and ks.valid(token)
     roles = {r["name"] for r in body["token"]["roles"]}
-    assert roles == {"member", "reader"} and body["token"]["project"]["id"] == cfg.tenant_project_id
+    assert roles == {"member", "reader"} and body["token"]["project"]["id"] == member.project_id
     # the tenant cannot scope to the admin project, nor log in with the admin's password
-    assert (await issue(cfg.tenant_user, cfg.tenant_password, cfg.project))[0] == 401
-    assert (await issue(cfg.tenant_user, cfg.password, cfg.tenant_project))[0] == 401
+    assert (await issue(member.user, member.password, cfg.project))[0] == 401
+    assert (await issue(member.user, cfg.password, member.project))[0] == 401
     status, body, _ = await issue(cfg.user, cfg.password, cfg.project)
     assert status == 201 and "admin" in {r["name"] for r in body["token"]["roles"]}
     identity = next(s for s in body["token"]["catalog"] if s["type"] == "identity")

@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from chaos import neutron
+from chaos.deployment import AgentContext
 from chaos.lab.agent import state_change_program
-from chaos.lab.router import LAYOUT, keepalived_instance, render_conntrackd_conf, render_keepalived_conf
+from chaos.lab.node import neutron_file
+from chaos.lab.router import LAYOUT, keepalived_instance, lab_layout, render_conntrackd_conf, render_keepalived_conf
 from chaos.lab.spec import HA_CIDR, LabOptions, LabSpec, RouterSpec, plan_lab
 from chaos.transport import node_commands as nc
 from tests.conftest import IN_CI, LabHandle, wait_lab_ready
@@ -87,7 +89,7 @@ def test_lab_renders_every_file_and_command_line_as_neutron(conntrackd: bool) ->
             r.id, rep.ha_device, r.vrid, user=os.geteuid(), group=os.getegid(), conntrackd=conntrackd
         ) == want["state_change_argv"]
         if conntrackd:
-            assert render_conntrackd_conf(r, rep) == want["conntrackd_conf"]
+            assert render_conntrackd_conf(spec, r, rep) == want["conntrackd_conf"]
             assert LAYOUT.conntrackd_argv(r.id) == want["conntrackd_argv"]
             for kind, key in (("conf", "conntrackd_conf_path"), ("pid", "conntrackd_pid_file"),
                               ("lock", "conntrackd_lock"), ("ctl", "conntrackd_ctl")):
@@ -143,7 +145,7 @@ def test_node_commands_start_keepalived_with_neutrons_command_line() -> None:
     spec = plan_lab(LabOptions(name="fid", routers=1, nodes=2))
     r = spec.routers[0]
     want = neutron_reference(reference_input(spec))["routers"][r.id]["keepalived_argv"]
-    start = nc.keepalived_start(LAYOUT, r.id)
+    start = nc.keepalived_start(AgentContext(layout=LAYOUT), r.id)
     assert shlex.join(["ip", "netns", "exec", f"qrouter-{r.id}", *want]) in start
 
 
@@ -171,31 +173,44 @@ def node_cmdlines(lab: LabHandle, node: str) -> list[list[str]]:
 
 
 def node_file(lab: LabHandle, node: str, path: PurePosixPath) -> str:
-    return (lab.dir / "nodes" / node / "neutron" / path.relative_to(LAYOUT.state_path)).read_text()
+    return neutron_file(lab.dir, lab.spec, node, path).read_text()
+
+
+# How each lab shape runs Neutron's keepalived command line: as the agent gives it (upstream),
+# or through kolla's wrapper: /usr/sbin/keepalived in the foreground of its sidecar.
+KEEPALIVED_AS_RUN = {
+    "upstream": lambda argv: argv,
+    "kolla": lambda argv: ["/usr/sbin/keepalived", "-n", "-l", "-D", *argv[1:]],
+}
 
 
 @pytest.mark.lab
-def test_a_running_lab_writes_and_runs_what_neutron_does(lab: LabHandle) -> None:
+@pytest.mark.parametrize("shape", ["lab", "kolla_lab"])
+def test_a_running_lab_writes_and_runs_what_neutron_does(shape: str, request: pytest.FixtureRequest) -> None:
+    lab: LabHandle = request.getfixturevalue(shape)
     wait_lab_ready(lab)
     spec = lab.spec
+    layout = lab_layout(spec)
+    as_run = KEEPALIVED_AS_RUN[spec.options.profile]
     for r in spec.routers:
         for rep in r.replicas:
             # Neutron renders the replica on rep.node: its HA port is that replica's.
-            doc = reference_input(spec, [r.model_copy(update={"replicas": (rep,)})])
+            doc = reference_input(spec, [r.model_copy(update={"replicas": (rep,)})], state_path=str(layout.state_path),
+                                  ha_confs_path=str(layout.ha_confs))
             want = neutron_reference(doc)["routers"][r.id]
-            assert node_file(lab, rep.node, LAYOUT.keepalived_conf(r.id)) == want["keepalived_conf"]
-            assert node_file(lab, rep.node, LAYOUT.state_file(r.id)) in ("primary", "backup")  # no newline
+            assert node_file(lab, rep.node, layout.keepalived_conf(r.id)) == want["keepalived_conf"]
+            assert node_file(lab, rep.node, layout.state_file(r.id)) in ("primary", "backup")  # no newline
             running = node_cmdlines(lab, rep.node)
-            keepalived = [c for c in running if c[0] == "keepalived" and want["keepalived_conf_path"] in c]
-            assert keepalived and all(c == want["keepalived_argv"] for c in keepalived), keepalived
+            keepalived = [c for c in running if c[0].endswith("keepalived") and want["keepalived_conf_path"] in c]
+            assert keepalived and all(c == as_run(want["keepalived_argv"]) for c in keepalived), keepalived
             assert len(keepalived) == 2, "one keepalived (its main process and VRRP child) per replica"
             monitors = [c[2:] for c in running if len(c) > 2 and c[1].endswith("/neutron-keepalived-state-change")
                         and r.id in c]
             # Neutron's script under /bin/sh, with HaRouter's arguments (the script itself forks
             # a reader loop, so its command line shows twice).
             assert monitors and all(m == want["state_change_argv"][1:] for m in monitors), monitors
-            pid = int(node_file(lab, rep.node, LAYOUT.keepalived_pid(r.id)))
-            assert any(str(pid) == p for p in _pids_of(lab, rep.node, want["keepalived_argv"]))
+            pid = int(node_file(lab, rep.node, layout.keepalived_pid(r.id)))
+            assert any(str(pid) == p for p in _pids_of(lab, rep.node, as_run(want["keepalived_argv"])))
 
 
 def _pids_of(lab: LabHandle, node: str, argv: list[str]) -> list[str]:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from chaos.deployment import AgentContext
 from chaos.neutron import NeutronLayout
 from chaos.transport import node_commands as nc
 
 RID = "cfff158b-fb81-50e1-abe2-769b312e5ed7"
 LAYOUT = NeutronLayout()
+AGENT = AgentContext(layout=LAYOUT)
 HA = "ha-e7dbb7a0-b5"
 EVIL_IDS = [
     "cfff158b-fb81-50e1-abe2-769b312e5ed7; rm -rf /",
@@ -38,13 +40,13 @@ def sh(command: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("bad", EVIL_IDS)
 def test_router_id_with_shell_metacharacters_is_refused(bad: str) -> None:
     builders = [
-        lambda: nc.ground_truth(LAYOUT, [(bad, HA)]),
-        lambda: nc.keepalived_signal(LAYOUT, bad, nc.Signal.KILL),
-        lambda: nc.keepalived_start(LAYOUT, bad),
-        lambda: nc.keepalived_ensure_running(LAYOUT, bad),
-        lambda: nc.ha_link_set(bad, HA, nc.LinkAction.DOWN),
-        lambda: nc.vrrp_block(bad, HA, "chaos-r1-a1"),
-        lambda: nc.vrrp_unblock(bad, HA, "chaos-r1-a1"),
+        lambda: nc.ground_truth(AGENT, [(bad, HA)]),
+        lambda: nc.keepalived_signal(AGENT, bad, nc.Signal.KILL),
+        lambda: nc.keepalived_start(AGENT, bad),
+        lambda: nc.keepalived_ensure_running(AGENT, bad),
+        lambda: nc.ha_link_set(AGENT, bad, HA, nc.LinkAction.DOWN),
+        lambda: nc.vrrp_block(AGENT, bad, HA, "chaos-r1-a1"),
+        lambda: nc.vrrp_unblock(AGENT, bad, HA, "chaos-r1-a1"),
     ]
     for build in builders:
         with pytest.raises(ValueError):
@@ -54,15 +56,15 @@ def test_router_id_with_shell_metacharacters_is_refused(bad: str) -> None:
 @pytest.mark.parametrize("bad", ["eth0", "ha-x; reboot", "ha-$(id)", "qg-0123456789abcdef", "tap-1234"])
 def test_device_names_other_than_neutrons_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
-        nc.ha_link_set(RID, bad, nc.LinkAction.DOWN)
+        nc.ha_link_set(AGENT, RID, bad, nc.LinkAction.DOWN)
     with pytest.raises(ValueError):
-        nc.ground_truth(LAYOUT, [(RID, bad)])
+        nc.ground_truth(AGENT, [(RID, bad)])
 
 
 @pytest.mark.parametrize("bad", ["a b", "x;y", "'", "-leading", "a" * 201, ""])
 def test_markers_are_refused_unless_shell_inert(bad: str) -> None:
     with pytest.raises(ValueError):
-        nc.vrrp_block(RID, HA, bad)
+        nc.vrrp_block(AGENT, RID, HA, bad)
     with pytest.raises(ValueError):
         nc.deadman_schedule(bad, 1, ["true"])
 
@@ -75,17 +77,17 @@ def test_durations_must_be_sane_numbers(bad: float) -> None:
 
 def test_signals_come_from_the_enum() -> None:
     with pytest.raises(ValueError):
-        nc.keepalived_signal(LAYOUT, RID, "HUP; reboot")  # type: ignore[arg-type]
+        nc.keepalived_signal(AGENT, RID, "HUP; reboot")  # type: ignore[arg-type]
 
 
 def test_keepalived_start_is_neutrons_command_line() -> None:
-    start = nc.keepalived_start(LAYOUT, RID)
+    start = nc.keepalived_start(AGENT, RID)
     confs = "/var/lib/neutron/ha_confs"
     argv = ["ip", "netns", "exec", f"qrouter-{RID}", "keepalived", "-P", "-f", f"{confs}/{RID}/keepalived.conf",
             "-p", f"{confs}/{RID}.pid.keepalived", "-r", f"{confs}/{RID}.pid.keepalived-vrrp"]
     assert shlex.join(argv) in start
     old = NeutronLayout(pid_names="pre-train")
-    assert f"-p {confs}/{RID}.pid -r {confs}/{RID}.pid-vrrp" in nc.keepalived_start(old, RID)
+    assert f"-p {confs}/{RID}.pid -r {confs}/{RID}.pid-vrrp" in nc.keepalived_start(AgentContext(layout=old), RID)
 
 
 def _fake_keepalived(conf: Path) -> subprocess.Popen[bytes]:
@@ -96,10 +98,11 @@ def _fake_keepalived(conf: Path) -> subprocess.Popen[bytes]:
 
 def test_keepalived_start_never_starts_a_second_one(tmp_path: Path) -> None:
     layout = NeutronLayout(state_path=tmp_path)
+    agent = AgentContext(layout=layout)
     conf = Path(str(layout.keepalived_conf(RID)))
     conf.parent.mkdir(parents=True)
     # None runs: the start goes ahead (and fails here: there is no such namespace on this host).
-    out = sh(nc.keepalived_start(layout, RID))
+    out = sh(nc.keepalived_start(agent, RID))
     assert "already running" not in out.stdout and "started keepalived" not in out.stdout
     assert "qrouter-" in out.stderr
     # One runs under pid files the start does not know (a keepalived of the deployment's own):
@@ -107,15 +110,15 @@ def test_keepalived_start_never_starts_a_second_one(tmp_path: Path) -> None:
     other = _fake_keepalived(conf)
     try:
         time.sleep(0.2)
-        out = sh(nc.keepalived_start(layout, RID))
+        out = sh(nc.keepalived_start(agent, RID))
         assert out.stdout.strip() == f"keepalived already running: {other.pid}", out
-        out = sh(nc.keepalived_ensure_running(layout, RID))
+        out = sh(nc.keepalived_ensure_running(agent, RID))
         assert f"keepalived already running: {other.pid}" in out.stdout and "started" not in out.stdout
-        assert sh(nc.keepalived_instances(layout, RID)).stdout.strip() == f"keepalived: {other.pid}"
+        assert sh(nc.keepalived_instances(agent, RID)).stdout.strip() == f"keepalived: {other.pid}"
     finally:
         other.kill()
         other.wait()
-    assert sh(nc.keepalived_instances(layout, RID)).stdout.strip() == "keepalived: none"
+    assert sh(nc.keepalived_instances(agent, RID)).stdout.strip() == "keepalived: none"
 
 
 @pytest.mark.parametrize("names", ["current", "pre-train"])
@@ -124,22 +127,23 @@ def test_keepalived_is_found_under_either_pid_file_name(tmp_path: Path, names: s
     signal and the ground truth find keepalived under both, and trust a pid only if it runs
     this router's keepalived.conf."""
     layout = NeutronLayout(state_path=tmp_path)
+    agent = AgentContext(layout=layout)
     conf = Path(str(layout.keepalived_conf(RID)))
     conf.parent.mkdir(parents=True)
     proc = _fake_keepalived(conf)
     try:
         time.sleep(0.2)
         Path(str(layout.keepalived_pid(RID, names))).write_text(f"{proc.pid}\n")  # type: ignore[arg-type]
-        truth = nc.parse_ground_truth(sh(nc.ground_truth(layout, [(RID, HA)])).stdout)[RID]
+        truth = nc.parse_ground_truth(sh(nc.ground_truth(agent, [(RID, HA)])).stdout)[RID]
         assert truth.keepalived["main"].pid == proc.pid and truth.keepalived_alive
-        assert sh(nc.keepalived_pids(layout, RID)).stdout.split()[0] == str(proc.pid)
-        out = sh(nc.keepalived_signal(layout, RID, nc.Signal.TERM, vrrp_child=False))
+        assert sh(nc.keepalived_pids(agent, RID)).stdout.split()[0] == str(proc.pid)
+        out = sh(nc.keepalived_signal(agent, RID, nc.Signal.TERM, vrrp_child=False))
         assert out.returncode == 0 and f"signalled {proc.pid}" in out.stdout
         assert proc.wait(timeout=5) == -15
     finally:
         proc.kill()
         proc.wait()
-    out = sh(nc.keepalived_signal(layout, RID, nc.Signal.TERM))
+    out = sh(nc.keepalived_signal(agent, RID, nc.Signal.TERM))
     assert out.returncode == 3 and "no running keepalived" in out.stderr
 
 
@@ -149,7 +153,7 @@ def test_state_path_with_odd_characters_stays_one_word(tmp_path: Path) -> None:
     confs.mkdir(parents=True)
     (confs / "state").write_text("primary\n")
     (odd / "ha_confs" / f"{RID}.pid.keepalived").write_text(f"{os.getpid()}\n")  # a live pid that is not keepalived
-    out = sh(nc.ground_truth(NeutronLayout(state_path=odd), [(RID, HA)]), timeout=20)
+    out = sh(nc.ground_truth(AgentContext(layout=NeutronLayout(state_path=odd)), [(RID, HA)]), timeout=20)
     assert not (Path.cwd() / "pwned").exists() and not (tmp_path / "pwned").exists()
     truth = nc.parse_ground_truth(out.stdout)[RID]
     assert truth.state == "primary"
@@ -189,10 +193,10 @@ def test_parse_ground_truth_reads_every_field() -> None:
 
 
 def test_vrrp_rules_drop_protocol_112_both_ways_with_the_marker() -> None:
-    block = nc.vrrp_block(RID, HA, "chaos-run1-a2")
+    block = nc.vrrp_block(AGENT, RID, HA, "chaos-run1-a2")
     assert block.count("-p 112") == 2 and "-I INPUT -i " + HA in block and "-I OUTPUT -o " + HA in block
     assert block.count("--comment chaos-run1-a2") == 2
-    unblock = nc.vrrp_unblock(RID, HA, "chaos-run1-a2")
+    unblock = nc.vrrp_unblock(AGENT, RID, HA, "chaos-run1-a2")
     assert "-I " not in unblock and unblock.count("-D ") == 2 and unblock.count("chaos-run1-a2") == 2
 
 

@@ -295,11 +295,13 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
 
 
 def lab_secrets(lab: LabHandle) -> list[str]:
-    """The lab cloud's password, the BMC's password, and the body of the SSH private key."""
+    """The lab cloud's passwords (admin and member), the BMC's password, and the body of the SSH private key."""
     from chaos.lab.keystone import load_config
 
     key_lines = [line for line in (lab.dir / "ssh" / "id_ed25519").read_text().splitlines() if "PRIVATE KEY" not in line]
-    secrets = [load_config(lab.dir).password, lab.lab.bmc()[2], *[line for line in key_lines if len(line) > 20]]
+    config = load_config(lab.dir)
+    assert config.member is not None
+    secrets = [config.password, config.member.password, lab.lab.bmc()[2], *[line for line in key_lines if len(line) > 20]]
     assert all(len(s) >= 12 for s in secrets)
     return secrets
 

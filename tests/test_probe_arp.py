@@ -74,12 +74,12 @@ async def test_garps_follow_a_failover(lab: LabHandle, tmp_path: Path) -> None:
                         new = next(r.node for r in router.replicas if r.node != old)
                         ha = next(r.ha_device for r in router.replicas if r.node == old)
                         downed = time.time()
-                        await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.DOWN))
+                        await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.DOWN))
                         async with asyncio.timeout(15):
                             while observer.holders(router.id) != {new}:
                                 await asyncio.sleep(0.02)
                         await asyncio.sleep(1.5)  # the GARP burst
-                        await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.UP))
+                        await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.UP))
                     finally:
                         stop.set()
                 del tasks

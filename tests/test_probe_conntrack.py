@@ -14,7 +14,7 @@ from chaos.analysis.metrics import flow_key
 from chaos.model import Topology
 from chaos.probes.conntrack import ConntrackProbe, parse_conntrack_line, parse_conntrack_tables
 from chaos.runner.journal import Journal, read_journal
-from chaos.neutron import NeutronLayout
+from chaos.deployment import AgentContext
 from chaos.transport import node_commands as nc
 from chaos.transport.netns import open_socket
 from chaos.transport.ssh import SshPool
@@ -42,9 +42,9 @@ def test_parse_line_and_tables() -> None:
     assert tables[other].cache is None and "conntrackd running" in (tables[other].cache_error or "")
     assert not tables[rid[:-1] + "d"].namespace and tables[rid[:-1] + "d"].kernel is None
     with pytest.raises(ValueError):
-        nc.conntrack_tables(NeutronLayout(), ["not-a-uuid"], [7])
+        nc.conntrack_tables(AgentContext(), ["not-a-uuid"], [7])
     with pytest.raises(ValueError):
-        nc.conntrack_tables(NeutronLayout(), [rid], [0])
+        nc.conntrack_tables(AgentContext(), [rid], [0])
 
 
 def test_a_failing_listing_is_reported_with_its_reason() -> None:
@@ -132,7 +132,7 @@ async def test_conntrackd_replicates_to_the_backup_and_the_session_survives(make
                 sport = sock.getsockname()[1]
                 await asyncio.sleep(2)  # conntrackd's FTFW sync
                 await probe.snapshot("before")
-                await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.DOWN))
+                await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.DOWN))
                 try:
                     async with asyncio.timeout(15):
                         while primaries_of(clab, router.id) != [new]:
@@ -140,7 +140,7 @@ async def test_conntrackd_replicates_to_the_backup_and_the_session_survives(make
                     assert await echo(sock, b"after\n") == b"after\n"  # strict tracking, yet it survives
                     await probe.snapshot("after")
                 finally:
-                    await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.UP))
+                    await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.UP))
             finally:
                 sock.close()
     before, after = snapshots(path, "before"), snapshots(path, "after")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chaos.model import Topology
-from chaos.neutron import NeutronLayout
+from chaos.deployment import AgentContext
 from chaos.probes.primary import PrimaryObserver, parse_address_line, router_addresses
 from chaos.runner.journal import Journal, read_journal
 from chaos.transport import node_commands as nc
@@ -40,9 +40,9 @@ def test_address_lines() -> None:
 
 def test_follow_command_validates_ids() -> None:
     with pytest.raises(ValueError):
-        nc.follow_replicas(NeutronLayout(), ["x; reboot"])
+        nc.follow_replicas(AgentContext(), ["x; reboot"])
     with pytest.raises(ValueError):
-        nc.follow_replicas(NeutronLayout(), [])
+        nc.follow_replicas(AgentContext(), [])
 
 
 # --------------------------------------------------------------------------- lab
@@ -72,7 +72,7 @@ async def test_failover_is_seen_within_half_a_second_of_the_state_file(lab: LabH
                     new = next(r.node for r in router.replicas if r.node != old)
                     assert obs.state(router.id, old) == "primary" and obs.reachable(old)
                     ha = next(r.ha_device for r in router.replicas if r.node == old)
-                    await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.DOWN))
+                    await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.DOWN))
                     downed = time.time()
                     async with asyncio.timeout(10):
                         while obs.holders(router.id) != {new} or obs.state(router.id, new) != "primary":
@@ -80,7 +80,7 @@ async def test_failover_is_seen_within_half_a_second_of_the_state_file(lab: LabH
                     state = str(topo.node(new).layout.state_file(router.id))
                     out = await ssh.run(new, f"date -r {nc.q(state)} +%s.%N")
                     state_changed = float(out.stdout)
-                    await ssh.run(old, nc.ha_link_set(router.id, ha, nc.LinkAction.UP))
+                    await ssh.run(old, nc.ha_link_set(topo.node(old).agent, router.id, ha, nc.LinkAction.UP))
                 finally:
                     stop.set()
                     await task

@@ -8,8 +8,13 @@ standby where it is primary), a dead agent whose replica is primary, a router ho
 agents than its peers. It also counts VRIDs per project HA network (read from each replica's
 keepalived.conf, ``virtual_router_id N``) and warns as a project nears Neutron's 254.
 
-Exit codes: 0 (whatever the flags say: they are findings, not failures), 3 for a bad cloud
-name or inventory, 5 when the API or every node is unreachable.
+Routers the tool's faults cannot act on are listed apart with the reason (DVR+HA: keepalived
+in ``snat-<id>``), never silently dropped.
+
+Exit codes: 0 (whatever the flags say: they are findings, not failures); 3 for no cloud
+configured, a bad cloud name or inventory, a token without the admin role discovery needs,
+an ML2/OVN cloud; 5 when the API or every node is unreachable, or the credentials are refused
+(401).
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from chaos.errors import ExitCode
 from chaos.model import Router, Topology
 from chaos.probes.replicas import ReplicaObservation, observe
 from chaos.settings import Settings
-from chaos.targets.openstack import MAX_VRID, ApiRouter, Discovery, OpenStackClient, SshInventory, discover
+from chaos.targets.openstack import (
+    MAX_VRID,
+    ApiRouter,
+    Discovery,
+    OpenStackClient,
+    RefusedRouter,
+    SshInventory,
+    discover,
+    first_error,
+)
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
 
@@ -60,6 +74,7 @@ class DiscoverReport(BaseModel):
     cloud: str
     routers: list[RouterRow]
     skipped_non_ha: list[str]
+    refused: list[RefusedRouter] = []  # HA routers the faults cannot act on, with the reason
     vrids: dict[str, dict[str, Any]]  # project -> {ha_network, used, free, warn}
     warnings: list[str]
 
@@ -112,7 +127,7 @@ async def read_vrids(ssh: SshPool, topology: Topology) -> dict[tuple[str, str], 
 
     async def node_vrids(node: str, routers: list[Router]) -> None:
         try:
-            result = await ssh.run(node, nc.keepalived_vrids(topology.node(node).layout, [r.id for r in routers]), timeout=15, check=False)
+            result = await ssh.run(node, nc.keepalived_vrids(topology.node(node).agent, [r.id for r in routers]), timeout=15, check=False)
         except Exception:  # noqa: BLE001 - a node that does not answer has no VRIDs to show
             return
         for line in result.stdout.splitlines():
@@ -166,8 +181,11 @@ async def build_report(
     finally:
         client.close()
     topology = found.topology
-    async with SshPool(topology.nodes) as ssh:
-        observations, vrids = await asyncio.gather(observe(ssh, topology, topology.routers), read_vrids(ssh, topology))
+    try:
+        async with SshPool(topology.nodes) as ssh:
+            observations, vrids = await asyncio.gather(observe(ssh, topology, topology.routers), read_vrids(ssh, topology))
+    except BaseExceptionGroup as group:  # a sentence and its exit code, never an internal error
+        raise first_error(group) from None
     counts = Counter(len(r.agents) for r in found.routers)
     expected = replicas or (counts.most_common(1)[0][0] if counts else 0)
     rows: list[RouterRow] = []
@@ -205,7 +223,8 @@ async def build_report(
         if entry["warn"]:
             warnings.append(f"project {project_id}: {used} of {MAX_VRID} VRIDs used on its HA network; "
                             f"the {MAX_VRID + 1}th HA router of this project cannot be created")
-    return DiscoverReport(cloud=found.cloud, routers=rows, skipped_non_ha=found.skipped, vrids=vrid_use, warnings=warnings)
+    return DiscoverReport(cloud=found.cloud, routers=rows, skipped_non_ha=found.skipped, refused=found.refused,
+                          vrids=vrid_use, warnings=warnings)
 
 
 def render(report: DiscoverReport) -> str:
@@ -230,6 +249,9 @@ def render(report: DiscoverReport) -> str:
         lines.append(f"WARNING: {w}")
     if report.skipped_non_ha:
         lines.append(f"skipped {len(report.skipped_non_ha)} non-HA router(s): {', '.join(report.skipped_non_ha)}")
+    if report.refused:
+        lines.append(f"refused {len(report.refused)} HA router(s) that this tool's faults cannot act on:")
+        lines += [f"  {r.describe()}" for r in report.refused]
     return "\n".join(lines)
 
 

@@ -69,7 +69,7 @@ async def run_recorded(
 
 
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
-    from chaos.runner.recover import recover, run_folder
+    from chaos.runner.recover import run_folder
 
     folder = run_folder(settings.reports_dir, args.run)
     done, released = asyncio.run(recover_and_release(folder, settings))

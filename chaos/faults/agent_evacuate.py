@@ -71,7 +71,7 @@ async def _ha_devices(client: OpenStackClient, router_id: str) -> dict[str, str]
 
 async def _truth(ctx: FaultContext, host: str, router_id: str, ha_device: str) -> nc.ReplicaTruth | None:
     node = ctx.topology.node(host)
-    out = await ctx.ssh.run(host, nc.ground_truth(node.layout, [(router_id, ha_device)]), timeout=10)
+    out = await ctx.ssh.run(host, nc.ground_truth(node.agent, [(router_id, ha_device)]), timeout=10)
     return nc.parse_ground_truth(out.stdout).get(router_id)
 
 
@@ -105,7 +105,7 @@ async def hand_over(
     if not _is_primary(states[host]):
         return True, f"{host} not primary"
     node = ctx.topology.node(host)
-    await ctx.ssh.run(host, nc.keepalived_signal(node.layout, router_id, nc.Signal.TERM, vrrp_child=False))
+    await ctx.ssh.run(host, nc.keepalived_signal(node.agent, router_id, nc.Signal.TERM, vrrp_child=False))
 
     async def taken_over() -> tuple[bool, str]:
         now = await _states(ctx, router_id, devices, others)

@@ -223,7 +223,7 @@ class Fault(ABC):
     # ------------------------------------------------------------------ helpers for faults
     async def replica_truth(self) -> nc.ReplicaTruth:
         out = await self.ctx.ssh.run(
-            self.node.name, nc.ground_truth(self.node.layout, [(self.router_id, self.replica.ha_device)]), timeout=10
+            self.node.name, nc.ground_truth(self.node.agent, [(self.router_id, self.replica.ha_device)]), timeout=10
         )
         truth = nc.parse_ground_truth(out.stdout).get(self.router_id)
         if truth is None:

@@ -16,10 +16,10 @@ class HaLinkDown(Fault):
     type: ClassVar[str] = "ha-link-down"
 
     def fault_commands(self) -> list[str]:
-        return [nc.ha_link_set(self.router_id, self.replica.ha_device, nc.LinkAction.DOWN)]
+        return [nc.ha_link_set(self.node.agent, self.router_id, self.replica.ha_device, nc.LinkAction.DOWN)]
 
     def revert_commands(self) -> list[str]:
-        return [nc.ha_link_set(self.router_id, self.replica.ha_device, nc.LinkAction.UP)]
+        return [nc.ha_link_set(self.node.agent, self.router_id, self.replica.ha_device, nc.LinkAction.UP)]
 
     def describe(self, detail: str) -> str:
         return f"{self.replica.ha_device} set down in {nc.namespace(self.router_id)}"

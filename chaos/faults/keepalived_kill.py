@@ -52,17 +52,17 @@ class KeepalivedKill(Fault):
     def fault_commands(self) -> list[str]:
         # TERM goes to the main process only, as a service stop does; it stops its VRRP child.
         # KILL and STOP must reach the VRRP child itself, which is what holds the addresses.
-        return [nc.keepalived_signal(self.node.layout, self.router_id, self.signal, vrrp_child=self.signal != nc.Signal.TERM)]
+        return [nc.keepalived_signal(self.node.agent, self.router_id, self.signal, vrrp_child=self.signal != nc.Signal.TERM)]
 
     def revert_commands(self) -> list[str]:
-        return [nc.keepalived_ensure_running(self.node.layout, self.router_id)]
+        return [nc.keepalived_ensure_running(self.node.agent, self.router_id)]
 
     def describe(self, detail: str) -> str:
         self.signalled = [int(p) for p in re.findall(r"signalled (\d+)", detail)]
         return f"SIG{self.signal.value} sent to keepalived pid(s) {', '.join(map(str, self.signalled))}"
 
     async def _signalled_state(self) -> dict[int, str]:
-        out = await self.ctx.ssh.run(self.node.name, nc.pids_alive(self.signalled))
+        out = await self.ctx.ssh.run(self.node.name, nc.pids_alive(self.node.agent, self.signalled))
         return {int(pid): st for pid, st in (line.split() for line in out.stdout.splitlines() if line.strip())}
 
     async def took(self) -> tuple[bool, str]:

@@ -19,16 +19,16 @@ class VrrpPartition(Fault):
     type: ClassVar[str] = "vrrp-partition"
 
     def fault_commands(self) -> list[str]:
-        return [nc.vrrp_block(self.router_id, self.replica.ha_device, self.marker)]
+        return [nc.vrrp_block(self.node.agent, self.router_id, self.replica.ha_device, self.marker)]
 
     def revert_commands(self) -> list[str]:
-        return [nc.vrrp_unblock(self.router_id, self.replica.ha_device, self.marker)]
+        return [nc.vrrp_unblock(self.node.agent, self.router_id, self.replica.ha_device, self.marker)]
 
     def describe(self, detail: str) -> str:
         return f"VRRP dropped on {self.replica.ha_device} in {nc.namespace(self.router_id)} (rules marked {self.marker})"
 
     async def _rules(self) -> int:
-        out = await self.ctx.ssh.run(self.node.name, nc.vrrp_rules_count(self.router_id, self.marker))
+        out = await self.ctx.ssh.run(self.node.name, nc.vrrp_rules_count(self.node.agent, self.router_id, self.marker))
         text = out.stdout.strip()
         return int(text) if text.isdigit() else 0
 

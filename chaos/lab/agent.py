@@ -46,7 +46,7 @@ from chaos import neutron
 from chaos.lab.node import HA_REPORTS
 from chaos.lab.procs import cmdline, pid_alive, pids_matching, read_pid, terminate
 from chaos.lab.replica import build_replica, remove_replica_files, remove_replica_namespace
-from chaos.lab.router import LAYOUT
+from chaos.lab.router import lab_layout
 from chaos.lab.spec import LabSpec, NodeSpec, ReplicaSpec, RouterSpec
 from chaos.log import configure_logging
 
@@ -105,6 +105,7 @@ class ReplicaRuntime:
         self.ns = router.namespace
         self.monitor: asyncio.subprocess.Process | None = None
         self.last_keepalived_spawn = 0.0
+        self.layout = agent.layout
 
     def path(self, p: object) -> Path:
         return Path(str(p))
@@ -122,7 +123,7 @@ class ReplicaRuntime:
 
     def check_and_set_real_state(self) -> None:
         """After a power loss the state file may still say primary: reset it (HaRouter)."""
-        state = self.path(LAYOUT.state_file(self.rid))
+        state = self.path(self.layout.state_file(self.rid))
         try:
             current = state.read_text()
         except OSError:
@@ -132,7 +133,7 @@ class ReplicaRuntime:
 
     async def stop(self) -> None:
         """HaRouter.delete: the state-change monitor, keepalived, conntrackd, then the namespace."""
-        pid = active(self.path(LAYOUT.state_change_pid(self.rid)), f"{self.rid}.monitor")
+        pid = active(self.path(self.layout.state_change_pid(self.rid)), f"{self.rid}.monitor")
         if pid is not None:
             await asyncio.to_thread(terminate, pid, SIGTERM_TIMEOUT)
         if self.monitor is not None and self.monitor.returncode is None:
@@ -142,35 +143,35 @@ class ReplicaRuntime:
         pid = self.keepalived_active()
         if pid is not None:
             await asyncio.to_thread(terminate, pid, SIGTERM_TIMEOUT)
-        vrrp = active(self.path(LAYOUT.keepalived_vrrp_pid(self.rid)), self.rid)
+        vrrp = active(self.path(self.layout.keepalived_vrrp_pid(self.rid)), self.rid)
         if vrrp is not None:
             await asyncio.to_thread(terminate, vrrp, SIGTERM_TIMEOUT)
         if self.agent.spec.options.conntrackd and self.conntrackd_active() is not None:
-            await run_quiet(["ip", "netns", "exec", self.ns, "conntrackd", "-C", str(LAYOUT.conntrackd_file(self.rid, "conf")), "-k"])
+            await run_quiet(["ip", "netns", "exec", self.ns, "conntrackd", "-C", str(self.layout.conntrackd_file(self.rid, "conf")), "-k"])
             pid = self.conntrackd_active()
             if pid is not None:
                 await asyncio.to_thread(terminate, pid, SIGTERM_TIMEOUT)
         await asyncio.to_thread(remove_replica_namespace, self.router)
-        await asyncio.to_thread(remove_replica_files, self.router)
+        await asyncio.to_thread(remove_replica_files, self.agent.spec, self.router)
 
     # ------------------------------------------------------------------ Neutron's "active"
     def keepalived_active(self) -> int | None:
-        return active(self.path(LAYOUT.keepalived_pid(self.rid)), self.rid)
+        return active(self.path(self.layout.keepalived_pid(self.rid)), self.rid)
 
     def conntrackd_active(self) -> int | None:
-        return active(self.path(LAYOUT.conntrackd_file(self.rid, "pid")), self.rid)
+        return active(self.path(self.layout.conntrackd_file(self.rid, "pid")), self.rid)
 
     def state_change_active(self) -> int | None:
-        return active(self.path(LAYOUT.state_change_pid(self.rid)), f"{self.rid}.monitor")
+        return active(self.path(self.layout.state_change_pid(self.rid)), f"{self.rid}.monitor")
 
     # ------------------------------------------------------------------ spawning
     async def spawn_state_change_monitor(self) -> None:
         """HaRouter.spawn_state_change_monitor: Neutron's script, in the node's own namespace."""
         if self.state_change_active() is not None:
             return
-        self.path(LAYOUT.state_change_pid(self.rid)).unlink(missing_ok=True)
-        self.path(LAYOUT.pids).mkdir(parents=True, exist_ok=True)
-        argv = LAYOUT.state_change_argv(
+        self.path(self.layout.state_change_pid(self.rid)).unlink(missing_ok=True)
+        self.path(self.layout.pids).mkdir(parents=True, exist_ok=True)
+        argv = self.layout.state_change_argv(
             self.rid, self.replica.ha_device, self.router.vrid,
             user=os.geteuid(), group=os.getegid(), conntrackd=self.agent.spec.options.conntrackd,
         )
@@ -190,10 +191,10 @@ class ReplicaRuntime:
         """ConntrackdManager.spawn: clean lock and socket, start, record the pid, resync."""
         if self.conntrackd_active() is not None:
             return
-        conf = str(LAYOUT.conntrackd_file(self.rid, "conf"))
+        conf = str(self.layout.conntrackd_file(self.rid, "conf"))
         for kind in ("lock", "ctl", "pid"):
-            self.path(LAYOUT.conntrackd_file(self.rid, kind)).unlink(missing_ok=True)
-        code, err = await run_quiet(["ip", "netns", "exec", self.ns, *LAYOUT.conntrackd_argv(self.rid)])
+            self.path(self.layout.conntrackd_file(self.rid, kind)).unlink(missing_ok=True)
+        code, err = await run_quiet(["ip", "netns", "exec", self.ns, *self.layout.conntrackd_argv(self.rid)])
         if code != 0:
             log.error("conntrackd failed to start", router=self.rid, stderr=err)
             return
@@ -201,7 +202,7 @@ class ReplicaRuntime:
         if pid is None:
             log.error("no process for conntrackd after starting it", router=self.rid)
             return
-        self.path(LAYOUT.conntrackd_file(self.rid, "pid")).write_text(str(pid))
+        self.path(self.layout.conntrackd_file(self.rid, "pid")).write_text(str(pid))
         code, err = await run_quiet(["ip", "netns", "exec", self.ns, "conntrackd", "-C", conf, "-n"])
         if code != 0:
             log.warning("conntrackd resync request failed", router=self.rid, stderr=err)
@@ -212,14 +213,14 @@ class ReplicaRuntime:
         killed and both pid files removed before keepalived starts with Neutron's command line."""
         if self.keepalived_active() is not None:
             return
-        vrrp_pid = self.path(LAYOUT.keepalived_vrrp_pid(self.rid))
+        vrrp_pid = self.path(self.layout.keepalived_vrrp_pid(self.rid))
         orphan = active(vrrp_pid, self.rid)
         if orphan is not None:
             with suppress(ProcessLookupError):
                 os.kill(orphan, signal.SIGKILL)
         vrrp_pid.unlink(missing_ok=True)
-        self.path(LAYOUT.keepalived_pid(self.rid)).unlink(missing_ok=True)
-        code, err = await run_quiet(["ip", "netns", "exec", self.ns, *LAYOUT.keepalived_argv(self.rid)])
+        self.path(self.layout.keepalived_pid(self.rid)).unlink(missing_ok=True)
+        code, err = await run_quiet(["ip", "netns", "exec", self.ns, *self.layout.keepalived_argv(self.rid)])
         self.last_keepalived_spawn = time.monotonic()
         if code != 0:
             log.error("keepalived failed to start", router=self.rid, stderr=err)
@@ -280,6 +281,7 @@ class Agent:
         self.notifier = BatchNotifier(float(self.spec.options.advert_int), self.notify_server)
         self.tg: asyncio.TaskGroup | None = None
         self.listening = asyncio.Event()
+        self.layout = lab_layout(self.spec)
 
     def wanted(self) -> dict[str, tuple[RouterSpec, ReplicaSpec]]:
         return {r.id: (r, rep) for r, rep in self.spec.replicas_on(self.node.name)}
@@ -314,7 +316,7 @@ class Agent:
         """After a sync the agent tells the server the state it holds when the server's differs
         (agent.py; the server's is the last report, standby by default)."""
         try:
-            state = Path(str(LAYOUT.state_file(rid))).read_text()
+            state = Path(str(self.layout.state_file(rid))).read_text()
         except OSError:
             return
         try:
@@ -368,7 +370,7 @@ class Agent:
             return
         log.info("router transitioned", router=rid, state=state, host=self.node.name)
         with suppress(OSError):
-            write_state(Path(str(LAYOUT.state_file(rid))), state)
+            write_state(Path(str(self.layout.state_file(rid))), state)
         await self.notifier.queue((rid, state))
 
     def notify_server(self, batch: list[tuple[str, str]]) -> None:
@@ -385,7 +387,7 @@ class Agent:
         tmp.replace(path)
 
     async def serve_notifications(self, stop: asyncio.Event) -> None:
-        socket_path = Path(str(LAYOUT.state_change_socket))
+        socket_path = Path(str(self.layout.state_change_socket))
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)
         app = web.Application()

@@ -7,6 +7,13 @@ with tokens that really expire (``token_ttl`` in ``keystone.json``, re-read at e
 test can shorten it) and can be revoked (``DELETE /v3/auth/tokens``), so discovery's re-auth
 path runs against a real server.
 
+Two users, so that tests meet Neutron's default policy from both sides: ``admin`` (roles
+admin, member, reader, on the lab's admin project), whom the tool needs, and ``member`` (roles
+member, reader: Keystone lists implied roles in the token), scoped to the lab's first project,
+which owns the lab's routers. clouds.yaml names them ``<lab>`` and ``<lab>-member``; the lab's
+Neutron API answers each token as Neutron's default policy answers that user
+(chaos.lab.neutron_api).
+
 Credentials are generated per lab, kept in ``<lab dir>/keystone.json`` and ``clouds.yaml``
 (both mode 0600) and never logged.
 """
@@ -20,10 +27,10 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 KEYSTONE_FILE = "keystone.json"
 CLOUDS_FILE = "clouds.yaml"
@@ -32,25 +39,23 @@ NETWORK_PREFIX = "/networking"
 REGION = "RegionOne"
 
 
-class Account(BaseModel):
-    """A user with a role on one project, as a token names them."""
+MEMBER_SUFFIX = "-member"
+ADMIN_ROLES = ("admin", "member", "reader")
+MEMBER_ROLES = ("member", "reader")
 
-    user: str
+
+class KeystoneUser(BaseModel):
+    """A second user of the lab's cloud: not admin, on a project of the lab's routers."""
+
+    user: str = "member"
     user_id: str
     password: str
     project: str
     project_id: str
-    roles: tuple[str, ...]
-
-
-ADMIN_ROLES = ("admin", "member", "reader")
-TENANT_ROLES = ("member", "reader")
 
 
 class KeystoneConfig(BaseModel):
-    """The lab cloud's users: the admin (the tool, and neutron-server's keystonemiddleware) and
-    a tenant (``demo``, member of its own project: it owns the routers the neutron backend
-    creates); how long tokens live."""
+    """The lab cloud's users and projects, and how long its tokens live."""
 
     user: str = "admin"
     user_id: str
@@ -60,23 +65,21 @@ class KeystoneConfig(BaseModel):
     domain: str = "Default"
     domain_id: str = "default"
     token_ttl: float = Field(default=3600.0, gt=0, description="seconds a token is valid")
-    tenant_user: str = "demo"
-    tenant_user_id: str = ""
-    tenant_password: str = ""  # empty: no tenant user (labs from before it existed)
-    tenant_project: str = "demo"
-    tenant_project_id: str = ""
+    member: KeystoneUser | None = Field(default=None, description="the non-admin user (None in labs made before it)")
 
-    def accounts(self) -> list[Account]:
-        admin = Account(user=self.user, user_id=self.user_id, password=self.password, project=self.project,
-                        project_id=self.project_id, roles=ADMIN_ROLES)
-        if not self.tenant_password:
-            return [admin]
-        tenant = Account(user=self.tenant_user, user_id=self.tenant_user_id, password=self.tenant_password,
-                         project=self.tenant_project, project_id=self.tenant_project_id, roles=TENANT_ROLES)
-        return [admin, tenant]
 
-    def account(self, user_id: str) -> Account:
-        return next(a for a in self.accounts() if a.user_id == user_id)
+class Principal(BaseModel):
+    """Whom a token stands for: what the Neutron API's policy checks look at."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user: str
+    project_id: str
+    roles: tuple[str, ...]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -92,15 +95,35 @@ def load_config(lab_dir: Path) -> KeystoneConfig:
     return KeystoneConfig.model_validate_json((lab_dir / KEYSTONE_FILE).read_text())
 
 
+def _member_project(lab_dir: Path) -> tuple[str, str]:
+    """The lab's first project (it owns routers), or a project of its own without a plan."""
+    from chaos.lab.spec import LabSpec
+
+    try:
+        project = LabSpec.load(lab_dir / "lab.json").projects[0]
+    except (OSError, ValueError, IndexError):
+        return "member", uuid.uuid4().hex
+    return f"project-{project.index}", project.id
+
+
+def _new_member(lab_dir: Path) -> KeystoneUser:
+    name, project_id = _member_project(lab_dir)
+    return KeystoneUser(user_id=uuid.uuid4().hex, password=secrets.token_urlsafe(24), project=name, project_id=project_id)
+
+
 def ensure_config(lab_dir: Path) -> KeystoneConfig:
-    """The lab's Keystone credentials, generated on first use."""
+    """The lab's Keystone credentials, generated on first use (the member user too, when missing)."""
     path = lab_dir / KEYSTONE_FILE
     if path.exists():
-        return load_config(lab_dir)
-    config = KeystoneConfig(
-        user_id=uuid.uuid4().hex, password=secrets.token_urlsafe(24), project_id=uuid.uuid4().hex,
-        tenant_user_id=uuid.uuid4().hex, tenant_password=secrets.token_urlsafe(24), tenant_project_id=uuid.uuid4().hex,
-    )
+        config = load_config(lab_dir)
+        if config.member is not None:
+            return config
+        config = config.model_copy(update={"member": _new_member(lab_dir)})
+    else:
+        config = KeystoneConfig(
+            user_id=uuid.uuid4().hex, password=secrets.token_urlsafe(24), project_id=uuid.uuid4().hex,
+            member=_new_member(lab_dir),
+        )
     _write_private(path, config.model_dump_json(indent=2))
     return config
 
@@ -112,7 +135,7 @@ def set_token_ttl(lab_dir: Path, seconds: float) -> None:
 
 
 def write_clouds_yaml(lab_dir: Path, cloud: str, api_url: str) -> Path:
-    """``<lab dir>/clouds.yaml`` with one cloud named after the lab (mode 0600).
+    """``<lab dir>/clouds.yaml`` (mode 0600): cloud ``<lab>`` as admin, ``<lab>-member`` as member.
 
     ``chaos_inventory`` tells discovery where the SSH details of the lab's nodes are (the
     lab's inventory.json); openstacksdk keeps unknown keys of a cloud in its config.
@@ -120,23 +143,29 @@ def write_clouds_yaml(lab_dir: Path, cloud: str, api_url: str) -> Path:
     from ruamel.yaml import YAML
 
     config = ensure_config(lab_dir)
+    assert config.member is not None
+
+    def entry_for(user: str, password: str, project: str) -> dict[str, Any]:
+        return {
+            "auth_type": "password",
+            "auth": {
+                "auth_url": f"{api_url}{IDENTITY_PREFIX}/v3",
+                "username": user,
+                "password": password,
+                "project_name": project,
+                "user_domain_name": config.domain,
+                "project_domain_name": config.domain,
+            },
+            "identity_api_version": 3,
+            "region_name": REGION,
+            "interface": "public",
+            "chaos_inventory": str(lab_dir / "inventory.json"),
+        }
+
     entry = {
         "clouds": {
-            cloud: {
-                "auth_type": "password",
-                "auth": {
-                    "auth_url": f"{api_url}{IDENTITY_PREFIX}/v3",
-                    "username": config.user,
-                    "password": config.password,
-                    "project_name": config.project,
-                    "user_domain_name": config.domain,
-                    "project_domain_name": config.domain,
-                },
-                "identity_api_version": 3,
-                "region_name": REGION,
-                "interface": "public",
-                "chaos_inventory": str(lab_dir / "inventory.json"),
-            }
+            cloud: entry_for(config.user, config.password, config.project),
+            cloud + MEMBER_SUFFIX: entry_for(config.member.user, config.member.password, config.member.project),
         }
     }
     import io
@@ -146,6 +175,15 @@ def write_clouds_yaml(lab_dir: Path, cloud: str, api_url: str) -> Path:
     path = lab_dir / CLOUDS_FILE
     _write_private(path, buf.getvalue())
     return path
+
+
+class _Account(NamedTuple):
+    user: str
+    user_id: str
+    password: str
+    project: str
+    project_id: str
+    roles: tuple[str, ...]
 
 
 def _iso(t: float) -> str:
@@ -163,14 +201,15 @@ class Keystone:
                  internal_identity_url: str | None = None) -> None:
         self.lab_dir = lab_dir
         self.base_url = base_url
+        # The catalog's network endpoint: the lab's API, or neutron-server's forwarder.
+        self.network_url = network_url or f"{base_url}{NETWORK_PREFIX}"
         # The identity endpoint services inside the lab use (the catalog's internal and admin
         # interfaces), as a cloud's internal endpoints: neutron-server's keystonemiddleware
         # validates tokens there, it cannot reach the public loopback URL.
         self.internal_identity_url = internal_identity_url or f"{base_url}{IDENTITY_PREFIX}"
-        # The catalog's network endpoint: the lab's API, or neutron-server's forwarder.
-        self.network_url = network_url or f"{base_url}{NETWORK_PREFIX}"
         self.tokens: dict[str, float] = {}  # token -> expires_at (unix time)
-        self.owners: dict[str, str] = {}  # token -> user id
+        self.principals: dict[str, Principal] = {}  # token -> whom it stands for
+        self.accounts_by_token: dict[str, _Account] = {}
         self.issued = 0
         self.rejected = 0
 
@@ -184,10 +223,14 @@ class Keystone:
         if expires is None:
             return False
         if time.time() >= expires:
-            del self.tokens[token]
-            self.owners.pop(token, None)
+            self._forget(token)
             return False
         return True
+
+    def _forget(self, token: str) -> bool:
+        self.principals.pop(token, None)
+        self.accounts_by_token.pop(token, None)
+        return self.tokens.pop(token, None) is not None
 
     # ------------------------------------------------------------------ documents
     def _version(self) -> dict[str, Any]:
@@ -214,7 +257,8 @@ class Keystone:
              "endpoints": endpoints(self.network_url, "network")},
         ]
 
-    def _token_body(self, config: KeystoneConfig, account: Account, issued: float, expires: float) -> dict[str, Any]:
+    def _token_body(self, who: _Account, issued: float, expires: float) -> dict[str, Any]:
+        config = self.config()
         domain = {"id": config.domain_id, "name": config.domain}
         return {
             "token": {
@@ -222,13 +266,28 @@ class Keystone:
                 "issued_at": _iso(issued),
                 "expires_at": _iso(expires),
                 "audit_ids": [secrets.token_urlsafe(16)],
-                "user": {"id": account.user_id, "name": account.user, "domain": domain, "password_expires_at": None},
-                "project": {"id": account.project_id, "name": account.project, "domain": domain},
+                "user": {"id": who.user_id, "name": who.user, "domain": domain, "password_expires_at": None},
+                "project": {"id": who.project_id, "name": who.project, "domain": domain},
                 "is_domain": False,
-                "roles": [{"id": uuid.uuid5(uuid.NAMESPACE_URL, f"role/{r}").hex, "name": r} for r in account.roles],
+                "roles": [{"id": uuid.uuid5(uuid.NAMESPACE_URL, f"role/{r}").hex, "name": r} for r in who.roles],
                 "catalog": self.catalog(),
             }
         }
+
+    def accounts(self) -> list[_Account]:
+        config = self.config()
+        out = [_Account(config.user, config.user_id, config.password, config.project, config.project_id, ADMIN_ROLES)]
+        if config.member is not None:
+            m = config.member
+            out.append(_Account(m.user, m.user_id, m.password, m.project, m.project_id, MEMBER_ROLES))
+        return out
+
+    def principal(self, token: str | None) -> Principal | None:
+        """Whom a valid token stands for; None for an invalid or expired one."""
+        if not self.valid(token):
+            return None
+        assert token is not None
+        return self.principals.get(token)
 
     # ------------------------------------------------------------------ handlers
     async def versions(self, request: web.Request) -> web.Response:
@@ -253,23 +312,25 @@ class Keystone:
         config = self.config()
         dom = user.get("domain", {}) or {}
         domain_ok = "id" in user or dom.get("id") == config.domain_id or dom.get("name") == config.domain
-        account = next(
-            (a for a in config.accounts()
-             if (user.get("id") == a.user_id or user.get("name") == a.user)
-             and hmac.compare_digest(str(user.get("password", "")), a.password)
-             and (not scope or scope.get("id") == a.project_id or scope.get("name") == a.project)),
-            None,
-        )
-        if account is None or not domain_ok:
+        who = None
+        for account in self.accounts():
+            name_ok = user.get("id") == account.user_id or user.get("name") == account.user
+            password_ok = hmac.compare_digest(str(user.get("password", "")), account.password)
+            project_ok = not scope or scope.get("id") == account.project_id or scope.get("name") == account.project
+            if name_ok and domain_ok and password_ok and project_ok:
+                who = account
+                break
+        if who is None:
             self.rejected += 1
             return _unauthorized()
         token = "gAAAA" + secrets.token_urlsafe(48)
         issued = time.time()
         expires = issued + config.token_ttl
         self.tokens[token] = expires
-        self.owners[token] = account.user_id
+        self.principals[token] = Principal(user=who.user, project_id=who.project_id, roles=who.roles)
+        self.accounts_by_token[token] = who
         self.issued += 1
-        return web.json_response(self._token_body(config, account, issued, expires), status=201, headers={"X-Subject-Token": token})
+        return web.json_response(self._token_body(who, issued, expires), status=201, headers={"X-Subject-Token": token})
 
     async def validate(self, request: web.Request) -> web.Response:
         if not self.valid(request.headers.get("X-Auth-Token")):
@@ -279,17 +340,14 @@ class Keystone:
             return web.json_response({"error": {"code": 404, "title": "Not Found", "message": "Could not find token."}}, status=404)
         assert subject is not None
         expires = self.tokens[subject]
-        config = self.config()
-        account = config.account(self.owners[subject])
-        return web.json_response(self._token_body(config, account, expires - config.token_ttl, expires),
+        return web.json_response(self._token_body(self.accounts_by_token[subject], expires - self.config().token_ttl, expires),
                                  headers={"X-Subject-Token": subject})
 
     async def revoke(self, request: web.Request) -> web.Response:
         if not self.valid(request.headers.get("X-Auth-Token")):
             return _unauthorized()
         subject = request.headers.get("X-Subject-Token", "")
-        self.owners.pop(subject, None)
-        if self.tokens.pop(subject, None) is None:
+        if not self._forget(subject):
             return web.json_response({"error": {"code": 404, "title": "Not Found", "message": "Could not find token."}}, status=404)
         return web.Response(status=204)
 
@@ -315,7 +373,10 @@ __all__ = [
     "KEYSTONE_FILE",
     "Keystone",
     "KeystoneConfig",
+    "KeystoneUser",
+    "MEMBER_SUFFIX",
     "NETWORK_PREFIX",
+    "Principal",
     "ensure_config",
     "load_config",
     "set_token_ttl",

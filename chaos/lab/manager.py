@@ -22,9 +22,9 @@ import structlog
 from chaos.errors import Conflict, InfrastructureError, InvalidInput, Prerequisites
 from chaos.lab import fabric
 from chaos.lab.netlink import list_netns, remove_netns, run_netlink
-from chaos.lab.node import generate_key, init_pid, is_powered, node_dir, power_off, power_on, prepare_node_disk, sshd_config
+from chaos.lab.node import generate_key, init_pid, is_powered, neutron_file, node_dir, power_off, power_on, prepare_node_disk, sshd_config
 from chaos.lab.procs import kill, pid_alive, pids_in_netns, pids_matching, run_checked, terminate
-from chaos.lab.router import LAYOUT
+from chaos.lab.router import lab_layout
 from chaos.lab.services import new_credentials
 from chaos.lab.spec import ECHO_PORT, LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
 from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
@@ -288,7 +288,7 @@ class Lab:
         if problems:
             return problems
         for router in spec.routers:
-            states = [self.replica_state(rep.node, router) for rep in router.replicas]
+            states = [self.replica_state(rep.node, router, spec) for rep in router.replicas]
             if states.count("primary") != 1:
                 problems.append(f"{router.name}: states {states}")
         return problems
@@ -313,12 +313,12 @@ class Lab:
         except (OSError, ValueError):
             return None
 
-    def replica_state(self, node: str, router: RouterSpec) -> str | None:
+    def replica_state(self, node: str, router: RouterSpec, spec: LabSpec | None = None) -> str | None:
         if not is_powered(self.dir, node):
             return None
-        rel = LAYOUT.state_file(router.id).relative_to(LAYOUT.state_path)
+        spec = spec or self.spec()
         try:
-            return (node_dir(self.dir, node) / "neutron" / rel).read_text().strip()
+            return neutron_file(self.dir, spec, node, lab_layout(spec).state_file(router.id)).read_text().strip()
         except OSError:
             return None
 
@@ -393,7 +393,7 @@ class Lab:
                         "node": rep.node,
                         "ha_device": rep.ha_device,
                         "ha_ip": rep.ha_ip,
-                        "state": self.replica_state(rep.node, router),
+                        "state": self.replica_state(rep.node, router, spec),
                         # as the tool's ground truth reads it: the gateway or a floating IP is here
                         "holds_addresses": bool(addrs)
                         and any(a in addrs for a in [router.gateway_ip, *(f.address for f in router.floating_ips)]),
@@ -450,6 +450,7 @@ class Lab:
                     known_hosts=ssh_dir / "known_hosts",
                     netns=spec.vantage.netns,
                     check_child_processes_interval=spec.options.respawn_interval,
+                    profile=spec.options.profile,
                 )
                 for n in spec.nodes
             ),

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from chaos.errors import InfrastructureError
 from chaos.lab.fabric import attach, ext_port, mgmt_port, new_netns, unplug_node
@@ -55,6 +55,71 @@ def sshd_config(listen: str, port: int, host_key: Path, pid_file: Path, authoriz
     )
 
 
+# ---------------------------------------------------------------- the kolla shape
+# A kolla node runs the L3 agent in the neutron_l3_agent container: the agent's world is a mount
+# namespace of its own where kolla's state_path (/var/lib/neutron/kolla) is the named volume
+# neutron_metadata_socket, /run/netns is shared with the host, and /usr/local/bin holds
+# kolla's keepalived wrapper. The host (the node) has no /var/lib/neutron/kolla: reaching the
+# agent's files takes `docker exec`, which the node's docker shim provides.
+AGENT_CONTAINER = "neutron_l3_agent"
+KOLLA_VOLUME = Path("volumes") / "neutron_metadata_socket" / "_data"  # in the node's folder, as under /var/lib/docker
+
+# `docker exec [options] CONTAINER CMD...`: CMD in the container's namespaces (here: its mount
+# namespace, through its first process); any other docker command is not this lab's business.
+DOCKER_SHIM = """#!/bin/sh
+# docker, as far as a lab node of the kolla shape has one: `docker exec` into its containers.
+if [ "$1" != exec ]; then echo "lab docker: only 'docker exec' is available on this node" >&2; exit 125; fi
+shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u|--user|-w|--workdir|-e|--env) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+  esac
+done
+name=$1; shift
+pid=$(cat "%(containers)s/$name.pid" 2>/dev/null)
+if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then echo "Error response from daemon: No such container: $name" >&2; exit 1; fi
+exec nsenter -t "$pid" -m -- "$@"
+"""
+
+# kolla's keepalived wrapper (kolla/docker/neutron/neutron-base/keepalived): keepalived in a
+# sidecar of its own per router namespace, host PID namespace, container paths, in the
+# foreground (-n -l -D). The agent and the tool call `keepalived` as usual; this answers.
+KEEPALIVED_WRAPPER = """#!/bin/sh
+# kolla's keepalived wrapper, as the lab's kolla shape runs it: a sidecar per router namespace.
+NETNS=$(ip netns identify)
+setsid -f unshare --mount --propagation unchanged ip netns exec "$NETNS" /usr/sbin/keepalived -n -l -D "$@" \
+  </dev/null >/dev/null 2>&1
+"""
+
+
+def container_pid_file(lab_dir: Path, node: str, container: str = AGENT_CONTAINER) -> Path:
+    return node_dir(lab_dir, node) / "containers" / f"{container}.pid"
+
+
+def prepare_kolla_disk(lab_dir: Path, node: str) -> None:
+    """The kolla node's docker shim, the agent image's keepalived wrapper, the named volume."""
+    d = node_dir(lab_dir, node)
+    for sub in ("sbin", "wrappers", "containers", str(KOLLA_VOLUME)):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    shim = d / "sbin" / "docker"
+    shim.write_text(DOCKER_SHIM % {"containers": d / "containers"})
+    wrapper = d / "wrappers" / "keepalived"
+    wrapper.write_text(KEEPALIVED_WRAPPER)
+    for script in (shim, wrapper):
+        script.chmod(0o755)
+
+
+def neutron_file(lab_dir: Path, spec: LabSpec, node: str, path: PurePosixPath) -> Path:
+    """Where a file the node's agent sees at ``path`` is on the lab's disk."""
+    from chaos.lab.router import lab_layout
+
+    rel = path.relative_to(lab_layout(spec).state_path)
+    d = node_dir(lab_dir, node)
+    return (d / KOLLA_VOLUME / rel) if spec.options.profile == "kolla" else (d / "neutron" / rel)
+
+
 def generate_key(path: Path, comment: str) -> str:
     """An ed25519 key pair at ``path``; returns the public key line."""
     if not path.exists():
@@ -72,6 +137,8 @@ def prepare_node_disk(spec: LabSpec, lab_dir: Path, node: NodeSpec) -> str:
     d = node_dir(lab_dir, node.name)
     (d / "neutron").mkdir(parents=True, exist_ok=True)
     (d / "root").mkdir(exist_ok=True)
+    if spec.options.profile == "kolla":
+        prepare_kolla_disk(lab_dir, node.name)
     host_pub = generate_key(d / "ssh_host_ed25519_key", f"root@{node.name}")
     (d / "sshd_config").write_text(
         sshd_config(node.mgmt_ip, node.ssh_port, d / "ssh_host_ed25519_key", d / "sshd.pid", lab_dir / "ssh" / "authorized_keys")

@@ -12,20 +12,36 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from chaos.lab.node import SSHD, node_dir
+from chaos.lab.node import AGENT_CONTAINER, KOLLA_VOLUME, SSHD, container_pid_file, node_dir
 from chaos.lab.spec import LabSpec
 
 
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True, capture_output=True, timeout=10)
+
+
+def kolla_container(d: Path, agent_cmd: list[str]) -> list[str]:
+    """The agent as kolla-ansible runs it: in the neutron_l3_agent container, a mount namespace
+    of its own where /var/lib/neutron is the image's (empty) and /var/lib/neutron/kolla the
+    named volume, /usr/local/bin holds kolla's wrappers, and /run/netns is the host's (shared)."""
+    setup = " && ".join([
+        "mount -t tmpfs -o mode=755 tmpfs /var/lib/neutron",
+        "mkdir -p /var/lib/neutron/kolla",
+        f"mount --bind {shlex.quote(str(d / KOLLA_VOLUME))} /var/lib/neutron/kolla",
+        f"mount --bind {shlex.quote(str(d / 'wrappers'))} /usr/local/bin",
+        'exec "$@"',
+    ])
+    return ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", setup, AGENT_CONTAINER, *agent_cmd]
 
 
 def main() -> None:
@@ -42,6 +58,8 @@ def main() -> None:
     fabric_fd = os.open(f"/run/netns/{spec.fabric_netns}", os.O_RDONLY)
     os.set_inheritable(fabric_fd, True)
     _mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", "/run/netns")
+    # Shared, as ip netns makes it: a container started later sees the router namespaces too.
+    _mount("--make-shared", "/run/netns")
     _mount("--bind", str(d / "neutron"), "/var/lib/neutron")
     # Root's shell start-up files are the node's own (empty): the host's may run slow things
     # such as `pyenv init` on every SSH command. /root itself stays, since the interpreter
@@ -76,7 +94,18 @@ def main() -> None:
             sys.executable, "-m", "chaos.lab.agent",
             "--lab-dir", str(lab_dir), "--node", node.name, "--fabric-ns", f"/proc/self/fd/{fabric_fd}",
         ]
-        services.start("agent", agent_cmd, pass_fds=(fabric_fd,))
+        env = dict(os.environ)
+        on_start = None
+        if spec.options.profile == "kolla":
+            # The node's docker command; the agent runs in its neutron_l3_agent container.
+            _mount("--bind", str(d / "sbin"), "/usr/local/sbin")
+            agent_cmd = kolla_container(d, agent_cmd)
+            env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+            def on_start(pid: int) -> None:
+                container_pid_file(lab_dir, node.name).write_text(str(pid))
+
+        services.start("agent", agent_cmd, env=env, pass_fds=(fabric_fd,), on_start=on_start)
     services.run_forever(node.name)
 
 
@@ -107,19 +136,23 @@ class Supervisor:
 
     def __init__(self, host_dir: Path) -> None:
         self.host_dir = host_dir
-        self.specs: dict[str, tuple[list[str], dict[str, str] | None, tuple[int, ...]]] = {}
+        self.specs: dict[str, tuple[list[str], dict[str, str] | None, tuple[int, ...], Callable[[int], None] | None]] = {}
         self.running: dict[int, str] = {}
 
-    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> int:
-        self.specs[name] = (argv, env, pass_fds)
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+              on_start: Callable[[int], None] | None = None) -> int:
+        """Start a service; ``on_start(pid)`` runs after every (re)start (kolla's container pid file)."""
+        self.specs[name] = (argv, env, pass_fds, on_start)
         return self._spawn(name)
 
     def _spawn(self, name: str) -> int:
-        argv, env, pass_fds = self.specs[name]
+        argv, env, pass_fds, on_start = self.specs[name]
         with open(self.host_dir / f"{name}.log", "ab") as logf:
             proc = subprocess.Popen(argv, pass_fds=pass_fds, stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env)
         self.running[proc.pid] = name
+        if on_start is not None:
+            on_start(proc.pid)
         print(f"{time.time():.3f} started {name} (pid {proc.pid})", flush=True)
         return proc.pid
 

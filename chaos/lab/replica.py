@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from chaos.lab.fabric import configure, link_index, plug_into_fabric, port_name
 from chaos.lab.netlink import create_netns, list_netns, remove_netns, run_netlink
-from chaos.lab.router import LAYOUT, render_conntrackd_conf, render_iptables, render_keepalived_conf, router_sysctls
+from chaos.lab.router import lab_layout, render_conntrackd_conf, render_iptables, render_keepalived_conf, router_sysctls
 from chaos.lab.spec import HA_CIDR, LabSpec, NodeSpec, ReplicaSpec, RouterSpec
 from chaos.transport.netns import write_sysctls
 
@@ -60,10 +60,11 @@ def build_replica(spec: LabSpec, node: NodeSpec, router: RouterSpec, replica: Re
         capture_output=True,
         timeout=30,
     )
-    Path(LAYOUT.conf_dir(router.id)).mkdir(parents=True, exist_ok=True)
-    Path(LAYOUT.keepalived_conf(router.id)).write_text(render_keepalived_conf(spec, router, replica))
+    layout = lab_layout(spec)
+    Path(layout.conf_dir(router.id)).mkdir(parents=True, exist_ok=True)
+    Path(layout.keepalived_conf(router.id)).write_text(render_keepalived_conf(spec, router, replica))
     if spec.options.conntrackd:
-        Path(LAYOUT.conntrackd_file(router.id, "conf")).write_text(render_conntrackd_conf(router, replica))
+        Path(layout.conntrackd_file(router.id, "conf")).write_text(render_conntrackd_conf(spec, router, replica))
 
 
 def remove_replica_namespace(router: RouterSpec) -> None:
@@ -71,7 +72,8 @@ def remove_replica_namespace(router: RouterSpec) -> None:
     remove_netns(router.namespace)
 
 
-def remove_replica_files(router: RouterSpec) -> None:
-    shutil.rmtree(LAYOUT.conf_dir(router.id), ignore_errors=True)
-    for path in (LAYOUT.keepalived_pid(router.id), LAYOUT.keepalived_vrrp_pid(router.id), LAYOUT.state_change_pid(router.id)):
+def remove_replica_files(spec: LabSpec, router: RouterSpec) -> None:
+    layout = lab_layout(spec)
+    shutil.rmtree(layout.conf_dir(router.id), ignore_errors=True)
+    for path in (layout.keepalived_pid(router.id), layout.keepalived_vrrp_pid(router.id), layout.state_change_pid(router.id)):
         Path(path).unlink(missing_ok=True)

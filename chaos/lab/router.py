@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 
-from chaos import neutron
+from chaos import deployment, neutron
 from chaos.lab.spec import LabSpec, ReplicaSpec, RouterSpec
 
-# Every lab node keeps Neutron's default layout (its own /var/lib/neutron).
+# A lab node of the upstream shape keeps Neutron's default layout (its own /var/lib/neutron);
+# one of the kolla shape has kolla's state_path inside its agent container.
 LAYOUT = neutron.NeutronLayout()
+
+
+def lab_layout(spec: LabSpec) -> neutron.NeutronLayout:
+    """The Neutron layout the lab's agents see, by the lab's profile."""
+    return neutron.NeutronLayout(state_path=deployment.DEFAULT_STATE_PATH[spec.options.profile])
 
 
 def keepalived_instance(spec: LabSpec, router: RouterSpec, replica: ReplicaSpec) -> neutron.KeepalivedInstance:
@@ -39,9 +45,9 @@ def render_keepalived_conf(spec: LabSpec, router: RouterSpec, replica: ReplicaSp
     return neutron.render_keepalived_conf(keepalived_instance(spec, router, replica))
 
 
-def render_conntrackd_conf(router: RouterSpec, replica: ReplicaSpec) -> str:
+def render_conntrackd_conf(spec: LabSpec, router: RouterSpec, replica: ReplicaSpec) -> str:
     return neutron.render_conntrackd_conf(
-        LAYOUT, router.id, ha_ip=replica.ha_ip, ha_device=replica.ha_device, vrid=router.vrid
+        lab_layout(spec), router.id, ha_ip=replica.ha_ip, ha_device=replica.ha_device, vrid=router.vrid
     )
 
 

@@ -54,6 +54,9 @@ class LabOptions(_Frozen):
     # Neutron's [agent] check_child_processes_interval: how often the L3 agent's process monitor
     # respawns dead keepalived (60 s by default; 0: never). Tests pass shorter values.
     respawn_interval: float = Field(default=60.0, ge=0, le=3600)
+    # How the nodes run the L3 agent (chaos.deployment): on the host, or as kolla-ansible does,
+    # in a neutron_l3_agent "container" with kolla's paths and keepalived in per-router sidecars.
+    profile: Literal["upstream", "kolla"] = "upstream"
     boot_delay: float = Field(default=3.0, ge=0, le=600)
     backend: Backend = "emulated"
 
@@ -241,6 +244,7 @@ def plan_lab(options: LabOptions) -> LabSpec:
             "--conntrackd": options.conntrackd,  # ha_conntrackd_enabled arrived in Neutron 2025.1, not in Zed
             "--strict-conntrack": options.strict_conntrack,
             "--projects > 1": options.projects > 1,
+            f"--profile {options.profile}": options.profile != "upstream",  # the packages lay Neutron out upstream's way
         }
         bad = [flag for flag, on in refused.items() if on]
         if bad:

@@ -170,7 +170,7 @@ class ConntrackProbe:
         hosted = [r for r in self.routers if any(rep.node == node for rep in r.replicas)]
         try:
             async with asyncio.timeout(SNAPSHOT_TIMEOUT):
-                command = nc.conntrack_tables(self.topology.node(node).layout, [r.id for r in hosted], self.ports)
+                command = nc.conntrack_tables(self.topology.node(node).agent, [r.id for r in hosted], self.ports)
                 out = await self.ssh.run(node, command, timeout=SNAPSHOT_TIMEOUT)
         except (InfrastructureError, TimeoutError) as exc:
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -162,7 +162,7 @@ class PrimaryObserver:
 
     async def _stream_once(self, node: str, deadline: float) -> bool:
         """One channel's life; True if it delivered a complete snapshot before it ended."""
-        command = nc.follow_replicas(self.topology.node(node).layout, self._by_node[node], heartbeat=HEARTBEAT)
+        command = nc.follow_replicas(self.topology.node(node).agent, self._by_node[node], heartbeat=HEARTBEAT)
         remaining = max(0.1, deadline - time.monotonic())
         got_snapshot = False
         lines = self.ssh.stream(node, command, timeout=remaining)

@@ -70,7 +70,7 @@ async def observe_node(
     ssh: SshPool, topology: Topology, node: str, routers: Sequence[Router], *, timeout: float = 10.0
 ) -> list[ReplicaObservation]:
     """Observations of every replica of ``routers`` hosted on ``node``, in one command per chunk."""
-    layout = topology.node(node).layout
+    agent = topology.node(node).agent
     hosted = [(r, rep.ha_device) for r in routers for rep in r.replicas if rep.node == node]
     result: list[ReplicaObservation] = []
     for start in range(0, len(hosted), nc.GROUND_TRUTH_CHUNK):
@@ -78,7 +78,7 @@ async def observe_node(
         try:
             # The bound covers connecting too: a node without power must not stall a poll.
             async with asyncio.timeout(timeout):
-                out = await ssh.run(node, nc.ground_truth(layout, [(r.id, ha) for r, ha in chunk]), timeout=timeout)
+                out = await ssh.run(node, nc.ground_truth(agent, [(r.id, ha) for r, ha in chunk]), timeout=timeout)
             truths = nc.parse_ground_truth(out.stdout)
         except (InfrastructureError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, InfrastructureError) else f"no answer within {timeout:g}s"

@@ -24,7 +24,7 @@ import structlog
 from chaos import __version__
 from chaos.analysis.hypothesis import check_hypothesis
 from chaos.analysis.summary import summarize, write_summary
-from chaos.errors import ChaosError, ExitCode, InvalidInput
+from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites
 from chaos.experiment.load import load_experiment
 from chaos.experiment.schema import Experiment
 from chaos.faults import FAULTS
@@ -36,6 +36,7 @@ from chaos.probes.replicas import observe
 from chaos.report.render import render_reports
 from chaos.runner.control import AbortSignal, RunTrigger
 from chaos.runner.journal import Journal, read_journal
+from chaos.runner.preflight import PROGRAMS_OF_FAULT, failures, preflight, render
 from chaos.runner.leases import LeaseConflict, LeaseProvider, claims_for
 from chaos.runner.plan import (
     NODE_FAULTS,
@@ -68,7 +69,7 @@ def resolve_topology(experiment: Experiment, settings: Settings) -> Topology:
         return load_inventory(target.inventory)
     from chaos.targets.openstack import discover_topology  # the OpenStack issue
 
-    return discover_topology(target.cloud)
+    return discover_topology(target.cloud, selector=target.routers)
 
 
 def _backend(topology: Topology) -> str | None:
@@ -212,6 +213,25 @@ def _progress_printer(
     return show
 
 
+async def check_before_injecting(ssh: SshPool, topology: Topology, experiment: Experiment, plan: Plan,
+                                 journal: Journal) -> None:
+    """chaos doctor's checks on the nodes the plan acts on, before anything is injected: a fault
+    whose undo could not run is refused here (exit 6) rather than left behind. Journaled as
+    ``run.preflight``."""
+    nodes = sorted({a.node for a in plan.actions})
+    ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
+    routers = [r for r in topology.routers if r.id in ids]
+    needed = {"ip"} | PROGRAMS_OF_FAULT.get(experiment.fault.type, set())
+    checks = await preflight(ssh, topology, routers, nodes=nodes, needed=needed)
+    blocking = failures(checks)
+    journal.write("run.preflight", ok=not blocking, checks=[c.model_dump() for c in checks if c.status != "ok"])
+    if blocking:
+        raise Prerequisites(
+            f"{len(blocking)} problem(s) on the target nodes; nothing was injected:\n" + render(blocking),
+            hint="chaos doctor checks a target the same way",
+        )
+
+
 async def run_experiment(
     path: Path,
     settings: Settings,
@@ -278,6 +298,7 @@ async def run_experiment(
             journal.write("run.plan", routers=disturbed, targets=plan.routers, waves=plan.waves,
                           actions=[a.model_dump() for a in plan.actions])
             log.info("plan", routers=len(plan.routers), actions=len(plan.actions), waves=len(plan.waves))
+            await check_before_injecting(ssh, topology, experiment, plan, journal)
 
             def steady(phase: str) -> tuple[bool, str]:
                 result = check_hypothesis(read_journal(journal.path), tolerances, phase)  # type: ignore[arg-type]

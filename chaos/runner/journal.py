@@ -18,6 +18,8 @@ Event kinds (fields beyond ``t`` and ``kind``):
 - ``run.plan``: routers (every router the plan disturbs: the hypothesis covers them), targets
   (the routers the selection chose), waves (lists of action ids), actions: list of {action_id,
   fault, node, router_id, router_name, replica_role, affected_routers, inject: [cmd], undo: [step]}
+- ``run.preflight``: ok (bool), checks: the warnings and failures of chaos doctor's checks on the
+  plan's nodes ({node, check, status, detail, fix}); a failure ends the run before injecting
 - ``fault.undo_recorded``: action_id, fault, router_id, node, undo: [{via, node, command}] (written
   *before* the injection, so ``chaos recover`` can undo what a killed run left behind)
 - ``fault.injected``: action_id, fault, router_id, node, detail, inject_s; ``t`` is when injecting

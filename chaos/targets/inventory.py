@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from chaos.deployment import ProfileName
 from chaos.errors import ChaosError, InvalidInput
 from chaos.model import HostName, NetnsName, Node, Router, Topology, Vantage, _hostname
 from chaos.transport.ssh import parse_jump_host
@@ -99,6 +100,15 @@ def _template(value: str) -> str:
     return value
 
 
+_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _container(value: str) -> str:
+    if not _CONTAINER_RE.match(value):
+        raise ValueError(f"container name {value!r} is not a container name (letters, digits, _ . -)")
+    return value
+
+
 def _state_path(value: Path) -> Path:
     if not PurePosixPath(value).is_absolute():
         raise ValueError(f"{str(value)!r} must be an absolute path on the node, e.g. /var/lib/neutron")
@@ -149,7 +159,22 @@ class SshSettings(_Model):
     netns: NetnsName | None = Field(
         default=None, description="open the SSH socket inside this network namespace"
     )
-    state_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] = Path("/var/lib/neutron")
+    profile: ProfileName = Field(
+        default="upstream", description="how the deployment runs the L3 agent: upstream, kolla, tripleo or custom"
+    )
+    container_engine: Literal["docker", "podman"] | None = Field(
+        default=None, description="kolla/tripleo: the container engine (default docker for kolla, podman for tripleo)"
+    )
+    agent_container: Annotated[Text, AfterValidator(_container)] | None = Field(
+        default=None, description="kolla/tripleo: the L3 agent's container (default neutron_l3_agent)"
+    )
+    exec_prefix: tuple[Text, ...] | None = Field(
+        default=None, description="custom: the command (argv) that runs a command where the L3 agent runs, "
+        "e.g. [docker, exec, -u, root, neutron_l3_agent]; empty: on the host"
+    )
+    state_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] | None = Field(
+        default=None, description="Neutron's state_path as the agent sees it (default: the profile's)"
+    )
     ha_confs_path: Annotated[Path, Strict(False), AfterValidator(_state_path)] | None = Field(
         default=None, description="Neutron's ha_confs_path when it is not <state_path>/ha_confs"
     )
@@ -249,7 +274,8 @@ def ssh_settings_for(host: str, inventory: Inventory) -> Node:
         return Node(name=host, address=_address(address), **settings)
     except (ValueError, ValidationError) as exc:
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise InvalidInput(f"host {host!r}: cannot make its SSH address from the inventory: {reason}", hint=HINT) from None
+        reason = reason.removeprefix("Value error, ")
+        raise InvalidInput(f"host {host!r}: the inventory does not describe it completely: {reason}", hint=HINT) from None
 
 
 def to_topology(inventory: Inventory) -> Topology:

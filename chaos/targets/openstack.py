@@ -13,9 +13,26 @@ generator is drained inside the worker thread). keystoneauth re-authenticates on
 expired or revoked token) by itself; a 401 that survives that is retried once more with a
 freshly invalidated session.
 
-Exit codes: an API that cannot be reached (after the retries) or answers 5xx is an
-``InfrastructureError`` (exit 5); an unknown cloud name, a bad clouds.yaml or an agent host
-without SSH mapping is ``InvalidInput`` (exit 3).
+Discovery needs an admin token. Neutron's default policy makes everything it reads admin-only
+(``GET /v2.0/agents``, ``GET /v2.0/routers/{id}/l3-agents``, a router's ``ha`` and
+``distributed``, a port's ``binding:host_id``) and answers a non-admin without an error where
+it can: an empty agent list, routers without ``ha``. Taken at face value that would be a cloud
+without HA routers, so discovery recognises those answers and says that admin is needed
+instead (``NotAdmin``).
+
+It acts only on what its faults can reach: routers whose replicas are keepalived in
+``qrouter-<id>`` on L3 agents. It refuses an ML2/OVN cloud (OVN agent types and no L3 agent,
+or a 404 on ``/routers/{id}/l3-agents``, as before Neutron 29: ``OvnCloud``); the router's
+``ha`` attribute cannot tell, since OVN routers say ``ha: true`` from Neutron 24 on. A DVR+HA
+router (``distributed: true``) keeps keepalived and its ``ha-`` device in ``snat-<id>``, which
+the faults do not handle yet: discovery lists it as refused with that reason, and a run whose
+target selects it fails before anything is injected.
+
+Exit codes: an API that cannot be reached (after the retries), answers 5xx, or refuses the
+credentials (401) is an ``InfrastructureError`` (exit 5). ``InvalidInput`` (exit 3): no cloud
+configured, an unknown cloud name, a bad clouds.yaml, an agent host without SSH mapping, and
+a target the tool cannot act on as configured: a token without admin, an ML2/OVN cloud, a DVR
+router in a run's target.
 """
 
 from __future__ import annotations
@@ -44,6 +61,35 @@ T = TypeVar("T")
 HA_PORT_OWNER = "network:router_ha_interface"
 HA_NETWORK_PREFIX = "HA network tenant "
 MAX_VRID = 254
+L3_AGENT = "L3 agent"
+# neutron/common/ovn/constants.py: the agent types an ML2/OVN cloud lists (it has no L3 agent).
+OVN_AGENT_TYPES = frozenset({
+    "OVN Controller agent", "OVN Controller Gateway agent", "OVN Metadata agent", "OVN Neutron agent",
+})
+ADMIN_ONLY_CALLS = (
+    "GET /v2.0/agents, GET /v2.0/routers/{id}/l3-agents, the routers' ha and distributed attributes "
+    "and the HA ports' binding:host_id"
+)
+ROLES_HINT = (
+    "use a clouds.yaml entry whose user has the admin role on its project "
+    "(docs/openstack.md, 'Roles'; e.g. openstack role add --user USER --project PROJECT admin)"
+)
+OVN_REFUSAL = (
+    "its routers fail over by gateway chassis priority, not keepalived; "
+    "this tool's faults target keepalived routers (ML2/OVS or Linux bridge L3 agents)"
+)
+DVR_REFUSAL = (
+    "DVR+HA router (distributed: true): its keepalived and ha- device live in snat-<id>, "
+    "which this tool's faults do not handle yet"
+)
+
+
+class NotAdmin(InvalidInput):
+    """The token lacks what discovery needs: Neutron's default policy keeps it to admins."""
+
+
+class UnsupportedCloud(InvalidInput):
+    """The cloud's routers are not keepalived replicas on L3 agents (ML2/OVN)."""
 
 
 # --------------------------------------------------------------------------- SSH mapping
@@ -132,6 +178,7 @@ class ApiAgent(BaseModel):
     alive: bool
     admin_state_up: bool
     ha_state: str | None = None
+    agent_type: str = L3_AGENT
 
 
 class ApiRouter(BaseModel):
@@ -148,6 +195,21 @@ class ApiRouter(BaseModel):
     gateway_ip: str | None = None
 
 
+class RefusedRouter(BaseModel):
+    """An HA router that matched but that this tool's faults cannot act on, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    project_id: str = ""
+    tags: tuple[str, ...] = ()
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.name or '-'} ({self.id}): {self.reason}"
+
+
 class Discovery(BaseModel):
     """Everything one discovery found: the API's view, and the Topology the runner uses."""
 
@@ -156,28 +218,38 @@ class Discovery(BaseModel):
     agents: list[ApiAgent]
     ha_networks: dict[str, str]  # project id -> HA network id
     skipped: list[str]  # non-HA routers: "name (id)"
+    refused: list[RefusedRouter] = []  # HA routers left out of the topology (DVR), with the reason
     topology: Topology
 
 
 # --------------------------------------------------------------------------- the client
 class ApiError(InfrastructureError):
-    """The API answered with an error (4xx, or 5xx after the retries); ``status`` is its HTTP code."""
+    """The API answered with an error (4xx, or 5xx after the retries); ``status`` is its HTTP code,
+    ``kind`` the ``NeutronError`` type of the body (``HTTPNotFound``, ``RouterNotFound``, ...)."""
 
-    def __init__(self, message: str, *, status: int | None, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None, kind: str | None = None, detail: str = "",
+                 hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        self.kind = kind
+        self.detail = detail
 
 
-def lab_clouds_file(cloud: str) -> Path | None:
-    """The clouds.yaml ``chaos lab up`` wrote for a lab of that name, if there is one."""
-    from chaos.settings import Settings
+class AuthenticationFailed(InfrastructureError):
+    """Keystone (or the service) refused the credentials: 401 even after a fresh authentication."""
 
-    path = Settings().lab_root / cloud / "clouds.yaml"
-    return path if path.exists() else None
+
+NO_CLOUD_HINT = (
+    "name a cloud with --cloud NAME (chaos discover --lab NAME for a lab), `cloud:` in the experiment's "
+    "target, or OS_CLOUD=NAME; clouds.yaml is read from ./clouds.yaml, ~/.config/openstack/ and "
+    "/etc/openstack/ (OS_CLIENT_CONFIG_FILE names another file); without clouds.yaml, OS_AUTH_URL and "
+    "the other OS_* variables (an openrc file) describe the cloud"
+)
 
 
 def _cloud_region(cloud: str | None) -> Any:
     import openstack.config
+    from keystoneauth1 import exceptions as ks_exc
     from openstack import exceptions as os_exc
 
     name = cloud or os.environ.get("OS_CLOUD")
@@ -192,11 +264,36 @@ def _cloud_region(cloud: str | None) -> Any:
                 return openstack.config.OpenStackConfig(config_files=[str(lab_file)]).get_one(cloud=name)
         return openstack.config.OpenStackConfig().get_one()  # OS_* variables
     except os_exc.ConfigException as exc:
+        if not name:
+            raise InvalidInput(f"no OpenStack cloud is configured: {exc}", hint=NO_CLOUD_HINT) from None
         raise InvalidInput(
-            f"no usable OpenStack cloud {name or '(from OS_* variables)'}: {exc}",
+            f"no usable OpenStack cloud {name!r}: {exc}",
             hint="name a clouds.yaml entry with --cloud or OS_CLOUD (OS_CLIENT_CONFIG_FILE points at the file); "
             "for a lab: OS_CLIENT_CONFIG_FILE=/run/chaos-lab/<lab>/clouds.yaml",
         ) from None
+    except ks_exc.ClientException as exc:  # MissingRequiredOptions and the like: auth settings incomplete
+        if not name:
+            raise InvalidInput(
+                f"no OpenStack cloud is configured: no cloud was named and the OS_* variables do not describe one ({exc})",
+                hint=NO_CLOUD_HINT,
+            ) from None
+        raise InvalidInput(
+            f"the clouds.yaml entry of cloud {name!r} is incomplete: {exc}",
+            hint="an entry needs auth_url, username, password, project and domain names (docs/openstack.md)",
+        ) from None
+
+
+def lab_clouds_file(cloud: str) -> Path | None:
+    """The clouds.yaml ``chaos lab up`` wrote for a lab of that name (``<lab>`` or ``<lab>-member``)."""
+    from chaos.lab.keystone import MEMBER_SUFFIX
+    from chaos.settings import Settings
+
+    root = Settings().lab_root
+    for lab in (cloud, cloud.removesuffix(MEMBER_SUFFIX)):
+        path = root / lab / "clouds.yaml"
+        if path.exists():
+            return path
+    return None
 
 
 def _status(exc: BaseException) -> int | None:
@@ -246,6 +343,20 @@ class OpenStackClient:
     def auth_url(self) -> str:
         return str(self._region.config.get("auth", {}).get("auth_url", "?"))
 
+    @property
+    def username(self) -> str:
+        return str(self._region.config.get("auth", {}).get("username") or "?")
+
+    async def token_roles(self) -> list[str]:
+        """The role names of the token (keystoneauth's access info); [] if they cannot be read."""
+        def roles(conn: Any) -> list[str]:
+            return list(conn.session.auth.get_access(conn.session).role_names or [])
+
+        try:
+            return await self.call("read the token's roles", roles)
+        except ChaosError:
+            return []
+
     def connection(self) -> Any:
         with self._conn_lock:
             if self._conn is None:
@@ -269,13 +380,23 @@ class OpenStackClient:
             except ChaosError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below
-                if _status(exc) == 401 and attempt == 1:
+                status = _status(exc)
+                if status == 401 and attempt == 1:
                     # keystoneauth re-authenticates on 401 itself; a second 401 gets a fresh session.
                     await asyncio.to_thread(lambda: self.connection().session.invalidate())
                     continue
+                if status == 401:
+                    raise AuthenticationFailed(
+                        f"OpenStack API ({self.cloud}): {what}: the credentials of user {self.username!r} were refused "
+                        f"(401 from {self.auth_url}): {_short(exc)}",
+                        hint="check username, password, project and domain names of the cloud's clouds.yaml entry "
+                        "(or the OS_* variables)",
+                    ) from None
                 if not _retriable(exc):
                     if isinstance(exc, os_exc.HttpException):
-                        raise ApiError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}", status=_status(exc)) from None
+                        kind, detail = _neutron_error(exc)
+                        raise ApiError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}", status=status,
+                                       kind=kind, detail=detail) from None
                     if isinstance(exc, os_exc.SDKException):
                         raise InfrastructureError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}") from None
                     raise
@@ -295,15 +416,21 @@ class OpenStackClient:
         return await self.call(what, lambda conn: list(fn(conn)))
 
     # ------------------------------------------------------------------ the calls the tool makes
+    async def agents(self) -> list[ApiAgent]:
+        """Every agent, of any type (GET /v2.0/agents: admin-only, a non-admin gets [])."""
+        agents = await self.list("list agents (GET /v2.0/agents)", lambda c: c.network.agents())
+        return [_agent(a) for a in agents]
+
     async def l3_agents(self, host: str | None = None) -> list[ApiAgent]:
-        query: dict[str, Any] = {"agent_type": "L3 agent"}
+        query: dict[str, Any] = {"agent_type": L3_AGENT}
         if host:
             query["host"] = host
         agents = await self.list("list L3 agents", lambda c: c.network.agents(**query))
         return [_agent(a) for a in agents]
 
     async def hosting_agents(self, router_id: str) -> list[ApiAgent]:
-        agents = await self.list(f"L3 agents of router {router_id}", lambda c: c.network.routers_hosting_l3_agents(router_id))
+        agents = await self.list(f"L3 agents of router {router_id} (GET /v2.0/routers/{router_id}/l3-agents)",
+                                 lambda c: c.network.routers_hosting_l3_agents(router_id))
         return [_agent(a) for a in agents]
 
     async def agent_router_ids(self, agent_id: str) -> list[str]:
@@ -343,6 +470,18 @@ def _checked(resp: Any) -> Any:
     return resp
 
 
+def _neutron_error(exc: BaseException) -> tuple[str | None, str]:
+    """The ``NeutronError`` type and message of an error answer, when it has one."""
+    try:
+        body = exc.response.json()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - no body, not JSON: nothing to add
+        return None, ""
+    err = body.get("NeutronError") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, ""
+    return (str(err["type"]) if err.get("type") else None), str(err.get("message") or "")
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
@@ -351,7 +490,7 @@ def _short(exc: BaseException) -> str:
 def _agent(a: Any) -> ApiAgent:
     return ApiAgent(
         id=a.id, host=a.host, alive=bool(a.is_alive), admin_state_up=bool(a.is_admin_state_up),
-        ha_state=getattr(a, "ha_state", None),
+        ha_state=getattr(a, "ha_state", None), agent_type=a.agent_type or "",
     )
 
 
@@ -360,12 +499,92 @@ def is_ha_router(router: Any) -> bool:
     return router.is_ha is True
 
 
+def is_distributed(router: Any) -> bool:
+    return getattr(router, "is_distributed", None) is True
+
+
 def router_matches(router: Any, name: str | None, project: str | None, tags: Sequence[str]) -> bool:
     if name and not fnmatch.fnmatchcase(router.name or "", name):
         return False
     if project and router.project_id != project:
         return False
     return set(tags) <= set(router.tags or [])
+
+
+def first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error to raise for a failed TaskGroup: its first ChaosError (a sentence with an exit
+    code for the user), else its first error. An ExceptionGroup never reaches the CLI, where it
+    would be an internal error (exit 70) whatever it holds."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, ChaosError)), leaves[0])
+
+
+# --------------------------------------------------------------------------- what discovery refuses
+def check_backend(cloud: str, agents: Sequence[ApiAgent]) -> None:
+    """Refuse ML2/OVN: OVN agent types and no L3 agent. Not from ``ha``: OVN routers say true too."""
+    types = {a.agent_type for a in agents}
+    ovn = sorted(types & OVN_AGENT_TYPES)
+    if ovn and L3_AGENT not in types:
+        raise UnsupportedCloud(
+            f"cloud {cloud!r} runs ML2/OVN (its agents are {', '.join(ovn)}; no L3 agent): {OVN_REFUSAL}",
+            hint="ML2/OVN routers say ha: true (Neutron >= 24) but have no keepalived replicas to fail over",
+        )
+
+
+async def check_admin(client: OpenStackClient, agents: Sequence[ApiAgent], routers: Sequence[Any]) -> None:
+    """Recognise the answers Neutron's default policy gives a non-admin, which would otherwise read
+    as a cloud without HA routers: no agent at all, routers without ``ha``."""
+    no_ha = [r for r in routers if r.is_ha is None]
+    if agents and not no_ha:
+        return
+    roles = await client.token_roles()
+    said = []
+    if not agents:
+        said.append("GET /v2.0/agents listed no agent")
+    if no_ha:
+        said.append(f"{len(no_ha)} of {len(routers)} router(s) came without the ha attribute")
+    if agents or no_ha or "admin" not in roles:
+        raise NotAdmin(
+            f"cloud {client.cloud!r}: discovery needs an admin token and user {client.username!r} "
+            f"(roles: {', '.join(roles) or 'unknown'}) does not have one: {'; '.join(said)}, as Neutron's default "
+            f"policy answers a non-admin (admin-only: {ADMIN_ONLY_CALLS})",
+            hint=ROLES_HINT,
+        )
+    raise UnsupportedCloud(
+        f"cloud {client.cloud!r} lists no Neutron agent at all: no L3 agent hosts a keepalived router there"
+    )
+
+
+async def hosting_l3_agents(client: OpenStackClient, router: Any) -> list[ApiAgent] | None:
+    """``/routers/{id}/l3-agents`` with its refusals named; None when the router is gone meanwhile."""
+    path = f"GET /v2.0/routers/{router.id}/l3-agents"
+    try:
+        return await client.hosting_agents(router.id)
+    except ApiError as exc:
+        if exc.status == 403:
+            raise NotAdmin(
+                f"cloud {client.cloud!r}: {path} was refused (403 {exc.detail or exc.kind}): discovery needs an admin "
+                f"token (admin-only: {ADMIN_ONLY_CALLS})",
+                hint=ROLES_HINT,
+            ) from None
+        if exc.status == 404 and exc.kind == "RouterNotFound":
+            log.warning("router deleted during discovery; skipped", router=router.id)
+            return None
+        if exc.status == 404:
+            raise UnsupportedCloud(
+                f"cloud {client.cloud!r}: {path} answered 404: this Neutron has no l3_agent_scheduler, as "
+                f"ML2/OVN clouds before Neutron 29: {OVN_REFUSAL}",
+            ) from None
+        raise
 
 
 # --------------------------------------------------------------------------- discovery
@@ -377,7 +596,11 @@ async def discover(
     project: str | None = None,
     tags: Sequence[str] = (),
 ) -> Discovery:
-    """The HA routers matching the filters, their agents, HA ports and floating IPs, as a Topology."""
+    """The HA routers matching the filters, their agents, HA ports and floating IPs, as a Topology.
+
+    Refuses (``NotAdmin``, ``UnsupportedCloud``) what it cannot discover faithfully; DVR+HA
+    routers are left out of the topology and listed in ``refused``.
+    """
     if inventory is None:
         path = client.inventory_path
         inventory = SshInventory.load(path) if path is not None else SshInventory(strict=False)
@@ -388,16 +611,50 @@ async def discover(
         query["project_id"] = project
     if tags:
         query["tags"] = list(tags)
-    raw = await client.list("list routers", lambda c: c.network.routers(**query))
-    routers = [r for r in raw if router_matches(r, name, project, tags)]
-    skipped = [f"{r.name or '-'} ({r.id})" for r in routers if not is_ha_router(r)]
-    routers = [r for r in routers if is_ha_router(r)]
-    async with asyncio.TaskGroup() as tg:
-        agents_t = tg.create_task(client.l3_agents())
-        ports_t = tg.create_task(client.list("list HA ports", lambda c: c.network.ports(device_owner=HA_PORT_OWNER)))
-        fips_t = tg.create_task(client.list("list floating IPs", lambda c: c.network.ips()))
-        nets_t = tg.create_task(client.list("list networks", lambda c: c.network.networks()))
-        hosting = {r.id: tg.create_task(client.hosting_agents(r.id)) for r in routers}
+    try:
+        async with asyncio.TaskGroup() as tg:
+            routers_t = tg.create_task(client.list("list routers (GET /v2.0/routers)", lambda c: c.network.routers(**query)))
+            all_agents_t = tg.create_task(client.agents())
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    all_agents = all_agents_t.result()
+    check_backend(client.cloud, all_agents)
+    matching = [r for r in routers_t.result() if router_matches(r, name, project, tags)]
+    await check_admin(client, all_agents, matching)
+    skipped = [f"{r.name or '-'} ({r.id})" for r in matching if not is_ha_router(r)]
+    refused = [
+        RefusedRouter(id=r.id, name=r.name or "", project_id=r.project_id or "", tags=tuple(r.tags or ()), reason=DVR_REFUSAL)
+        for r in matching if is_ha_router(r) and is_distributed(r)
+    ]
+    routers = [r for r in matching if is_ha_router(r) and not is_distributed(r)]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ports_t = tg.create_task(client.list("list HA ports", lambda c: c.network.ports(device_owner=HA_PORT_OWNER)))
+            fips_t = tg.create_task(client.list("list floating IPs", lambda c: c.network.ips()))
+            nets_t = tg.create_task(client.list("list networks", lambda c: c.network.networks()))
+            hosting_t = {r.id: tg.create_task(hosting_l3_agents(client, r)) for r in routers}
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    hosting: dict[str, list[ApiAgent]] = {}
+    for r in list(routers):
+        found = hosting_t[r.id].result()
+        if found is None:
+            routers.remove(r)
+            continue
+        ovn = [a for a in found if a.agent_type in OVN_AGENT_TYPES]
+        if ovn:  # Neutron >= 29 lists an OVN router's gateway chassis here
+            refused.append(RefusedRouter(id=r.id, name=r.name or "", project_id=r.project_id or "",
+                                         tags=tuple(r.tags or ()), reason=f"served by ML2/OVN gateway chassis: {OVN_REFUSAL}"))
+            routers.remove(r)
+            continue
+        hosting[r.id] = found
+    unbound = [p.id for p in ports_t.result() if p.binding_host_id is None]
+    if unbound:
+        raise NotAdmin(
+            f"cloud {client.cloud!r}: the HA ports came without binding:host_id ({len(unbound)} of them), as Neutron's "
+            f"default policy answers a non-admin: discovery needs an admin token (admin-only: {ADMIN_ONLY_CALLS})",
+            hint=ROLES_HINT,
+        )
     ports: dict[str, dict[str, Any]] = {}
     for p in ports_t.result():
         ports.setdefault(p.device_id, {})[p.binding_host_id] = p
@@ -407,12 +664,13 @@ async def discover(
             fips.setdefault(f.router_id, []).append(f)
     ha_networks = {n.name[len(HA_NETWORK_PREFIX):]: n.id for n in nets_t.result() if (n.name or "").startswith(HA_NETWORK_PREFIX)}
     lab_extra = {r.id: r for r in inventory.lab_routers}
+    l3_agents = [a for a in all_agents if a.agent_type == L3_AGENT]
 
     api_routers: list[ApiRouter] = []
     model_routers: list[Router] = []
-    hosts: set[str] = {a.host for a in agents_t.result()}
+    hosts: set[str] = {a.host for a in l3_agents}
     for r in routers:
-        agents = hosting[r.id].result()
+        agents = hosting[r.id]
         by_host = ports.get(r.id, {})
         gw = None
         info = r.external_gateway_info or {}
@@ -476,8 +734,8 @@ async def discover(
         neutron_version=inventory.neutron_version,
     )
     return Discovery(
-        cloud=client.cloud, routers=api_routers, agents=agents_t.result(), ha_networks=ha_networks,
-        skipped=skipped, topology=topology,
+        cloud=client.cloud, routers=api_routers, agents=l3_agents, ha_networks=ha_networks,
+        skipped=skipped, refused=refused, topology=topology,
     )
 
 
@@ -503,6 +761,26 @@ def _run_sync(coro_fn: Callable[[], Any]) -> Any:
     return box["value"]
 
 
+def refuse_selected(found: Discovery, selector: Any) -> None:
+    """A run must not target a router its faults cannot act on: fail before injecting, naming it.
+
+    Refusing whenever the selector matches one (rather than only when the random choice lands
+    on it) keeps a run's outcome independent of its seed.
+    """
+    chosen = [
+        r for r in found.refused
+        if selector.matches(name=r.name, router_id=r.id, project_id=r.project_id, tags=r.tags)
+    ]
+    if not chosen:
+        return
+    shown = "; ".join(r.describe() for r in chosen[:3]) + (f"; and {len(chosen) - 3} more" if len(chosen) > 3 else "")
+    raise InvalidInput(
+        f"target.routers of this experiment selects {len(chosen)} router(s) of cloud {found.cloud!r} that this tool "
+        f"cannot act on: {shown}",
+        hint="narrow target.routers (name, ids, project, tags) to leave them out; `chaos discover` lists them as refused",
+    )
+
+
 def discover_topology(
     cloud: str | None = None,
     *,
@@ -510,20 +788,25 @@ def discover_topology(
     name: str | None = None,
     project: str | None = None,
     tags: Sequence[str] = (),
+    selector: Any = None,
 ) -> Topology:
     """The runner's entry point for ``source: openstack``: the HA routers of ``cloud`` as a Topology.
 
-    Synchronous because the runner calls it so (from inside its event loop: the discovery then
-    runs its own loop in a worker thread).
+    With ``selector`` (the experiment's ``target.routers``), a refused router it matches (DVR)
+    is an error instead of a silent omission. Synchronous because the runner calls it so (from
+    inside its event loop: the discovery then runs its own loop in a worker thread).
     """
     inv = SshInventory.load(inventory) if isinstance(inventory, Path) else inventory
 
     async def go() -> Topology:
         client = OpenStackClient(cloud)
         try:
-            return (await discover(client, inventory=inv, name=name, project=project, tags=tags)).topology
+            found = await discover(client, inventory=inv, name=name, project=project, tags=tags)
         finally:
             client.close()
+        if selector is not None:
+            refuse_selected(found, selector)
+        return found.topology
 
     return _run_sync(go)
 
@@ -540,11 +823,18 @@ __all__ = [
     "ApiAgent",
     "ApiError",
     "ApiRouter",
+    "AuthenticationFailed",
     "Discovery",
+    "NotAdmin",
     "OpenStackClient",
+    "RefusedRouter",
     "SshInventory",
+    "UnsupportedCloud",
     "client_for_topology",
     "discover",
     "discover_topology",
+    "first_error",
+    "is_distributed",
     "is_ha_router",
+    "refuse_selected",
 ]

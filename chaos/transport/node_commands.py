@@ -23,6 +23,7 @@ from enum import Enum
 
 from pydantic import BaseModel
 
+from chaos.deployment import AgentContext
 from chaos.model import _device, _router_id
 from chaos.neutron import NeutronLayout
 
@@ -130,15 +131,16 @@ _GROUND_TRUTH_FN = r"""gt() {
 }"""
 
 
-def ground_truth(layout: NeutronLayout, replicas: Iterable[tuple[str, str]]) -> str:
+def ground_truth(agent: AgentContext, replicas: Iterable[tuple[str, str]]) -> str:
     """One command reading the ground truth of many replicas on one node.
 
     ``replicas`` are (router_id, ha_device) pairs of replicas hosted on that node.
     """
+    layout = agent.layout
     calls = [f"gt {q(router_id(rid))} {q(device(ha))}" for rid, ha in replicas]
     main, vrrp = _pid_suffixes(layout, "0" * 36)
     fn = _GROUND_TRUTH_FN % {"main": " ".join(q(m) for m in main), "vrrp": " ".join(q(v) for v in vrrp)}
-    return f"c={q(str(layout.ha_confs))}\n{_KEEPALIVED_PID_FN}\n{fn}\n" + "\n".join(calls)
+    return agent.wrap(f"c={q(str(layout.ha_confs))}\n{_KEEPALIVED_PID_FN}\n{fn}\n" + "\n".join(calls))
 
 
 class KeepalivedProcess(BaseModel):
@@ -232,18 +234,19 @@ def keepalived_running(layout: NeutronLayout, rid: str) -> str:
     )
 
 
-def keepalived_instances(layout: NeutronLayout, rid: str) -> str:
+def keepalived_instances(agent: AgentContext, rid: str) -> str:
     """Print the pids of every keepalived process of this router on the node, one line."""
-    return f'{keepalived_running(layout, rid)}; echo "keepalived: ${{running:-none}}"'
+    return agent.wrap(f'{keepalived_running(agent.layout, rid)}; echo "keepalived: ${{running:-none}}"')
 
 
-def keepalived_signal(layout: NeutronLayout, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
+def keepalived_signal(agent: AgentContext, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
     """Signal a replica's keepalived, found through its pid files (never a host-wide pattern).
 
     Prints ``signalled <pid>`` per process; exits 3 when no running keepalived was found, so an
     injection against a replica without keepalived fails loudly.
     """
     rid = router_id(rid)
+    layout = agent.layout
     sig = Signal(signal).value
     prelude = ""
     if sig == Signal.KILL.value and vrrp_child:
@@ -253,23 +256,18 @@ def keepalived_signal(layout: NeutronLayout, rid: str, signal: Signal, *, vrrp_c
         prelude = _each_keepalived(layout, rid, ["main"], 'kill -s STOP "$x"') + "; "
     which = ["vrrp", "main"] if vrrp_child else ["main"]
     loop = _each_keepalived(layout, rid, which, f'kill -s {sig} "$x" && echo "signalled $x" && n=$((n+1))')
-    return f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {rid}' >&2; exit 3; }}"
+    return agent.wrap(
+        f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {rid}' >&2; exit 3; }}"
+    )
 
 
-def keepalived_pids(layout: NeutronLayout, rid: str) -> str:
+def keepalived_pids(agent: AgentContext, rid: str) -> str:
     """Print ``<pid> <state letter>`` of each running keepalived process of a replica."""
-    return _each_keepalived(layout, router_id(rid), ["main", "vrrp"], "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\"")
+    body = "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\""
+    return agent.wrap(_each_keepalived(agent.layout, router_id(rid), ["main", "vrrp"], body))
 
 
-def keepalived_start(layout: NeutronLayout, rid: str) -> str:
-    """Start keepalived as Neutron's L3 agent does, unless one already runs for this router.
-
-    Neutron's command line inside ``qrouter-<id>``, after removing stale pid files (as
-    Neutron's ProcessManager does before every start). A keepalived already running this
-    router's keepalived.conf, whatever its pid files, means nothing is started: two keepalived
-    for one VRID on one node is a split brain of the tool's making.
-    """
-    rid = router_id(rid)
+def _keepalived_start(layout: NeutronLayout, rid: str) -> str:
     argv = ["ip", "netns", "exec", namespace(rid), *layout.keepalived_argv(rid)]
     stale = " ".join(q(str(p)) for p in (layout.keepalived_pid(rid), layout.keepalived_vrrp_pid(rid)))
     return (
@@ -279,41 +277,54 @@ def keepalived_start(layout: NeutronLayout, rid: str) -> str:
     )
 
 
-def keepalived_ensure_running(layout: NeutronLayout, rid: str) -> str:
+def keepalived_start(agent: AgentContext, rid: str) -> str:
+    """Start keepalived as Neutron's L3 agent does, unless one already runs for this router.
+
+    Neutron's command line inside ``qrouter-<id>``, in the agent's context (where a
+    deployment's keepalived wrapper takes over, as it does for the agent), after removing stale
+    pid files (as Neutron's ProcessManager does before every start). A keepalived already
+    running this router's keepalived.conf, whatever its pid files, means nothing is started:
+    two keepalived for one VRID on one node is a split brain of the tool's making.
+    """
+    return agent.wrap(_keepalived_start(agent.layout, router_id(rid)))
+
+
+def keepalived_ensure_running(agent: AgentContext, rid: str) -> str:
     """Idempotent undo of any keepalived fault: continue stopped processes, start one only if
     none runs for this router (see ``keepalived_start``)."""
     rid = router_id(rid)
     cont = _each_keepalived(
-        layout, rid, ["main", "vrrp"],
+        agent.layout, rid, ["main", "vrrp"],
         "s=$(sed 's/.*) //' /proc/$x/stat | cut -c1); [ \"$s\" = T ] && kill -s CONT \"$x\" && echo \"continued $x\"",
     )
-    return f"{cont}; {keepalived_start(layout, rid)}"
+    return agent.wrap(f"{cont}; {_keepalived_start(agent.layout, rid)}")
 
 
-def keepalived_vrids(layout: NeutronLayout, router_ids: Sequence[str]) -> str:
+def keepalived_vrids(agent: AgentContext, router_ids: Sequence[str]) -> str:
     """Print ``<router_id> virtual_router_id <n>`` (or ``<router_id> -``) per router, from each
     replica's keepalived.conf on the node."""
     parts = [
         f"printf '%s ' {q(router_id(r))}; "
-        f"(grep -m1 -o 'virtual_router_id [0-9]*' {q(str(layout.keepalived_conf(r)))} 2>/dev/null || echo -); echo"
+        f"(grep -m1 -o 'virtual_router_id [0-9]*' {q(str(agent.layout.keepalived_conf(r)))} 2>/dev/null || echo -); echo"
         for r in router_ids
     ]
-    return "; ".join(parts)
+    return agent.wrap("; ".join(parts))
 
 
-def pids_alive(pids: Iterable[int]) -> str:
-    """Print each pid that still runs and is not a zombie, with its state letter."""
+def pids_alive(agent: AgentContext, pids: Iterable[int]) -> str:
+    """Print each pid that still runs and is not a zombie, with its state letter (pids as the
+    agent's context numbers them)."""
     checked = " ".join(str(int(p)) for p in pids)
-    return (
+    return agent.wrap(
         f"for x in {checked}; do s=$(sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -c1); "
         f'case "$s" in ""|Z|X) ;; *) echo "$x $s";; esac; done; true'
     )
 
 
 # --------------------------------------------------------------------------- ha- link
-def ha_link_set(rid: str, ha_device: str, action: LinkAction) -> str:
+def ha_link_set(agent: AgentContext, rid: str, ha_device: str, action: LinkAction) -> str:
     """``ip link set`` of the replica's ha- device inside its namespace."""
-    return shlex.join(["ip", "-n", namespace(rid), "link", "set", "dev", device(ha_device), LinkAction(action).value])
+    return agent.wrap(shlex.join(["ip", "-n", namespace(rid), "link", "set", "dev", device(ha_device), LinkAction(action).value]))
 
 
 # --------------------------------------------------------------------------- VRRP partition
@@ -324,26 +335,27 @@ def _vrrp_rules(ha_device: str, mark: str) -> list[list[str]]:
     return [["INPUT", "-i", dev, *drop], ["OUTPUT", "-o", dev, *drop]]
 
 
-def vrrp_block(rid: str, ha_device: str, mark: str) -> str:
-    """Drop VRRP (IP protocol 112) in and out of the replica's ha- device, tagged with ``mark``."""
+def vrrp_block(agent: AgentContext, rid: str, ha_device: str, mark: str) -> str:
+    """Drop VRRP (IP protocol 112) in and out of the replica's ha- device, tagged with ``mark``
+    (in the agent's context: its iptables is the one that programs the namespace)."""
     ns = namespace(rid)
-    return " && ".join(shlex.join(["ip", "netns", "exec", ns, "iptables", "-w", "-I", *rule]) for rule in _vrrp_rules(ha_device, mark))
+    return agent.wrap(" && ".join(shlex.join(["ip", "netns", "exec", ns, "iptables", "-w", "-I", *rule]) for rule in _vrrp_rules(ha_device, mark)))
 
 
-def vrrp_unblock(rid: str, ha_device: str, mark: str) -> str:
+def vrrp_unblock(agent: AgentContext, rid: str, ha_device: str, mark: str) -> str:
     """Remove only the rules carrying ``mark`` (every copy of them); idempotent."""
     ns = namespace(rid)
     parts = [
         f"while {shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-D', *rule])} 2>/dev/null; do :; done"
         for rule in _vrrp_rules(ha_device, mark)
     ]
-    return "; ".join(parts) + "; true"
+    return agent.wrap("; ".join(parts) + "; true")
 
 
-def vrrp_rules_count(rid: str, mark: str) -> str:
+def vrrp_rules_count(agent: AgentContext, rid: str, mark: str) -> str:
     """Print how many filter rules in the namespace carry ``mark``."""
     ns = namespace(rid)
-    return f"{shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-S'])} | grep -cF -- {q(marker(mark))} || true"
+    return agent.wrap(f"{shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-S'])} | grep -cF -- {q(marker(mark))} || true")
 
 
 # --------------------------------------------------------------------------- dead-man
@@ -433,14 +445,14 @@ st() {
 }"""
 
 
-def follow_replicas(layout: NeutronLayout, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
+def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
     """One command streaming address events and state-file changes of many replicas on one node.
 
     ``state_every``: how often the state files are read (the address events need no polling).
     """
     if not router_ids:
         raise ValueError("follow_replicas needs at least one router")
-    confs = layout.ha_confs
+    confs = agent.layout.ha_confs
     rids = [router_id(r) for r in router_ids]
     every = float(state_every)
     beats = max(1, round(float(heartbeat) / every))
@@ -451,7 +463,7 @@ def follow_replicas(layout: NeutronLayout, router_ids: Sequence[str], *, heartbe
         f"  if [ \"$n\" -ge {beats} ]; then n=0; echo H || {{ kill 0; exit 1; }}; fi\n"
         f"  sleep {seconds(every)}\ndone"
     )
-    return _FOLLOW_FN % {"confs": q(str(confs))} + "\n" + followers + "\n" + loop
+    return agent.wrap(_FOLLOW_FN % {"confs": q(str(confs))} + "\n" + followers + "\n" + loop)
 
 
 # --------------------------------------------------------------------------- conntrack
@@ -468,7 +480,7 @@ _CONNTRACK_FN = r"""ct() {
 # (stderr apart from stdout: conntrack's summary line on stderr lands mid-line when merged)
 
 
-def conntrack_tables(layout: NeutronLayout, router_ids: Sequence[str], ports: Iterable[int]) -> str:
+def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iterable[int]) -> str:
     """The TCP flows whose original destination port is one of ``ports``, per router on one node:
     the kernel's table inside ``qrouter-<id>`` and, where the router runs conntrackd (its
     conntrackd.conf exists), conntrackd's external cache (``conntrackd -C <conf> -e``: the
@@ -482,7 +494,7 @@ def conntrack_tables(layout: NeutronLayout, router_ids: Sequence[str], ports: It
     blocks = []
     for rid in (router_id(r) for r in router_ids):
         ns = namespace(rid)
-        conf = str(layout.conntrackd_file(rid, "conf"))
+        conf = str(agent.layout.conntrackd_file(rid, "conf"))
         kernel = "; ".join(
             "ct K " + shlex.join(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "--dport", str(p)]) for p in port_list
         )
@@ -491,4 +503,47 @@ def conntrack_tables(layout: NeutronLayout, router_ids: Sequence[str], ports: It
             f"if [ -e /run/netns/{q(ns)} ]; then echo {q('R ' + rid + ' 1')}; {kernel}; {cache}; "
             f"else echo {q('R ' + rid + ' 0')}; fi; echo {q('E ' + rid)}"
         )
-    return _CONNTRACK_FN + "\n" + "\n".join(blocks)
+    return agent.wrap(_CONNTRACK_FN + "\n" + "\n".join(blocks))
+
+
+# --------------------------------------------------------------------------- preflight
+# What a run needs on a node, asked in one command (chaos doctor; chaos run before injecting).
+# The first part runs on the host as the SSH user (through sudo when the node says so), the
+# second where the L3 agent runs. Lines:
+#   U <uid>                              who the commands run as on the host
+#   A ok                                 the agent's context answered (its exec prefix works)
+#   P <program> ok|missing <version or error>   a program the faults and probes run
+#   N ok|fail <error>                    `ip netns list` works
+#   I <iptables -V>                      the iptables the namespace rules go through
+#   C <check_child_processes_interval line | ->   from the agent's configuration, where readable
+_PREFLIGHT_AGENT = r"""echo "A ok"
+for p in ip conntrack iptables; do
+  case $p in ip) v=$(ip -V 2>&1);; *) v=$($p --version 2>&1);; esac
+  rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+  if [ $rc -eq 0 ] && [ -n "$v" ]; then echo "P $p ok $v"; else echo "P $p missing ${v:-not found}"; fi
+done
+# keepalived may be a deployment's wrapper (kolla's, TripleO's) that starts a container: never run it here.
+if k=$(command -v keepalived); then
+  if [ "$(head -c2 "$k" 2>/dev/null)" = "#!" ]; then echo "P keepalived ok a wrapper: $k"
+  else
+    v=$("$k" --version 2>&1); rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+    if [ $rc -eq 0 ]; then echo "P keepalived ok $v"; else echo "P keepalived missing $v"; fi
+  fi
+else echo "P keepalived missing not found"; fi
+if ls "$c"/*/conntrackd.conf >/dev/null 2>&1; then
+  v=$(conntrackd --version 2>&1); rc=$?; v=$(printf '%s\n' "$v" | head -n1)
+  if [ $rc -eq 0 ]; then echo "P conntrackd ok $v"; else echo "P conntrackd missing ${v:-not found}"; fi
+fi
+if e=$(ip netns list 2>&1); then echo "N ok"; else echo "N fail $e"; fi
+echo "I $(iptables -V 2>&1 | head -n1)"
+i=$(grep -hs '^[[:space:]]*check_child_processes_interval' /etc/neutron/*.ini /etc/neutron/*.conf /etc/neutron/*/*.ini /etc/neutron/*/*.conf /etc/neutron/*.conf.d/* 2>/dev/null | tail -n1)
+echo "C ${i:--}"
+"""
+
+
+def preflight(agent: AgentContext) -> str:
+    """One command checking a node: the host part, then the agent's context (see the tags above)."""
+    inner = f"c={q(str(agent.layout.ha_confs))}\n{_PREFLIGHT_AGENT}"
+    wrapped = agent.wrap(inner)
+    # A failing exec prefix (no such container, no sudo) must show as such, not as a silence.
+    return f'echo "U $(id -u)"; {wrapped} || echo "A fail exit $?"'

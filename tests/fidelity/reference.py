@@ -2,7 +2,7 @@
 
 The tests run under the project's .venv, which must not contain Neutron's libraries; Neutron
 lives in .venv-neutron (``scripts/install-neutron-reference.sh``). This helper therefore never
-imports neutron: it runs ``tests/fidelity/neutron_reference.py`` under that venv's interpreter
+imports neutron: it runs ``tests/fidelity/neutron_reference.py`` (and ``neutron_api_reference.py``) under that venv's interpreter
 and exchanges JSON with it (the input and output shapes are in that script's docstring).
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO_ROOT / ".venv-neutron" / "bin" / "python"
 SCRIPT = REPO_ROOT / "tests" / "fidelity" / "neutron_reference.py"
+API_SCRIPT = REPO_ROOT / "tests" / "fidelity" / "neutron_api_reference.py"
 INSTALL_SCRIPT = "scripts/install-neutron-reference.sh"
 TIMEOUT_S = 120.0
 
@@ -47,20 +48,30 @@ def neutron_reference(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(_run(json.dumps(spec, sort_keys=True)))
 
 
+def neutron_api_reference(request: dict[str, Any]) -> dict[str, Any]:
+    """What neutron-server's own extension, filter and policy code answers (input and output
+    shapes in tests/fidelity/neutron_api_reference.py)."""
+    if not available():
+        raise NeutronReferenceUnavailable(
+            f"{VENV_PYTHON} not found: run `bash {INSTALL_SCRIPT}` (from {REPO_ROOT}) to "
+            "install Neutron's reference code")
+    return json.loads(_run(json.dumps(request, sort_keys=True), API_SCRIPT))
+
+
 @functools.lru_cache(maxsize=64)
-def _run(document: str) -> str:
+def _run(document: str, script: Path = SCRIPT) -> str:
     # -I: isolated mode, so the caller's PYTHONPATH, PYTHONHOME or user site-packages (this
     # project's .venv, for instance) cannot leak into Neutron's interpreter.
     try:
         proc = subprocess.run(
-            [str(VENV_PYTHON), "-I", str(SCRIPT)],
+            [str(VENV_PYTHON), "-I", str(script)],
             input=document, capture_output=True, text=True, timeout=TIMEOUT_S,
             cwd=REPO_ROOT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise NeutronReferenceError(
-            f"{SCRIPT.name} did not finish within {TIMEOUT_S:.0f} s") from exc
+            f"{script.name} did not finish within {TIMEOUT_S:.0f} s") from exc
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
         raise NeutronReferenceError(
-            f"{SCRIPT.name} exited with {proc.returncode}: {message[0]}")
+            f"{script.name} exited with {proc.returncode}: {message[0]}")
     return proc.stdout

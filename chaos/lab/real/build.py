@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from chaos.errors import InfrastructureError
-from chaos.lab.keystone import Account, load_config
+from chaos.lab.keystone import KeystoneUser, load_config
 from chaos.lab.node import node_dir
 from chaos.lab.real.config import EXT_PHYSNET
 from chaos.lab.router import LAYOUT
@@ -46,7 +46,7 @@ EXT_NETWORK = "ext-net"
 EXT_POOL = (str(EXT_CIDR.network_address + 256 + 1), str(EXT_CIDR.network_address + 64 * 256 - 2))
 
 
-def connect(auth_url: str, account: Account) -> Any:
+def connect(auth_url: str, account: KeystoneUser) -> Any:
     """An openstacksdk connection for one of the lab Keystone's accounts."""
     import openstack.connection
 
@@ -60,9 +60,15 @@ def connect(auth_url: str, account: Account) -> Any:
     )
 
 
-def accounts(lab_dir: Path) -> tuple[Account, Account]:
-    admin, tenant = load_config(lab_dir).accounts()
-    return admin, tenant
+def accounts(lab_dir: Path) -> tuple[KeystoneUser, KeystoneUser]:
+    """The admin, and the tenant: the lab Keystone's member user, whose project is the lab's
+    first project (so Neutron's routers carry the plan's project id)."""
+    config = load_config(lab_dir)
+    if config.member is None:
+        raise InfrastructureError("the lab's Keystone has no member user to act as the tenant")
+    admin = KeystoneUser(user=config.user, user_id=config.user_id, password=config.password,
+                         project=config.project, project_id=config.project_id)
+    return admin, config.member
 
 
 def poll(what: str, check: Callable[[], str | None], timeout: float, progress: Callable[[str], None],

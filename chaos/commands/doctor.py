@@ -1,0 +1,72 @@
+"""``chaos doctor``: check, node by node, that a run against a target could work.
+
+The target is the lab (its inventory), a static inventory file, or a cloud (discovery through
+its API, with an inventory for SSH). Exit 0 when nothing blocks a run (warnings are printed),
+6 (prerequisites missing) when something does; the table says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from chaos.errors import ExitCode, InvalidInput
+from chaos.model import Topology
+from chaos.runner.preflight import Check, failures, preflight, render
+from chaos.settings import Settings
+from chaos.transport.ssh import SshPool
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "doctor",
+        help="check that every node has what a run needs (SSH, root, the agent's context, keepalived, ...)",
+        description=(
+            "Preflight of a target, node by node: SSH and the host key, root or passwordless sudo, the L3 agent's "
+            "context (the node's profile), the programs faults and probes run, router namespaces, keepalived and "
+            "the state file of every replica, the agent's respawn interval. Exit 6 when a run could not work."
+        ),
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--lab", metavar="NAME", help="a running lab (default: CHAOS_LAB_NAME or chaoslab)")
+    where.add_argument("--cloud", help="a cloud from clouds.yaml, discovered through its API (needs --inventory for SSH)")
+    parser.add_argument("--inventory", type=Path, help="an inventory file (nodes and routers, or with --cloud the SSH mapping)")
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.set_defaults(handler=run_doctor)
+
+
+def target_topology(args: argparse.Namespace, settings: Settings) -> Topology:
+    if args.cloud:
+        from chaos.targets.openstack import SshInventory, discover_topology
+
+        inventory = SshInventory.load(args.inventory) if args.inventory else None
+        return discover_topology(args.cloud, inventory=inventory)
+    if args.inventory:
+        from chaos.targets.inventory import load_inventory
+
+        return load_inventory(args.inventory)
+    from chaos.targets.lab import lab_topology
+
+    return lab_topology(settings.lab_root, args.lab or settings.lab_name)
+
+
+async def check_target(topology: Topology) -> list[Check]:
+    async with SshPool(topology.nodes) as ssh:
+        return await preflight(ssh, topology, topology.routers)
+
+
+def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cloud and not args.inventory:
+        raise InvalidInput("--cloud needs --inventory: the cloud's API names the hosts, the inventory says how to reach them")
+    topology = target_topology(args, settings)
+    checks = asyncio.run(check_target(topology))
+    blocking = failures(checks)
+    if args.json:
+        print(json.dumps({"target": topology.source, "ok": not blocking, "checks": [c.model_dump() for c in checks]}, indent=2))
+    else:
+        print(f"target {topology.source}: {len(topology.nodes)} node(s), {len(topology.routers)} router(s)")
+        print(render(checks))
+        print(f"{len(blocking)} problem(s) block a run" if blocking else "nothing blocks a run")
+    return int(ExitCode.PREREQUISITES if blocking else ExitCode.OK)
