@@ -2,7 +2,8 @@
 
 - The admin creates the external network (flat, physnet ``extnet``, ``router:external``) and
   its subnet (the vantage point is its gateway).
-- The tenant (``demo``, a member of its own project) creates, per router, a network and subnet,
+- The tenant (the lab Keystone's member user: roles member and reader on the lab's project)
+  creates, per router, a network and subnet,
   the router (HA because the server says ``l3_ha = True``: the tenant does not ask), its
   gateway, its interface, the VM's port (the planned MAC and fixed IP, device_owner
   ``compute:lab``) and a floating IP on it.
