@@ -46,18 +46,14 @@ from chaos.lab.neutron_api import (
 )
 from chaos.lab.spec import LabOptions, plan_lab
 from tests.conftest import IN_CI, LabHandle
-from tests.fidelity.reference import INSTALL_SCRIPT, available, neutron_api_reference
+from tests.fidelity.reference import neutron_api_reference, require_reference
 
 RULES = ["get_l3-agents", "get_l3-routers", "create_l3-router", "delete_l3-router"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _reference_installed() -> None:
-    if not available():
-        message = f"Neutron's reference code is not installed: bash {INSTALL_SCRIPT}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_reference(IN_CI)
 
 
 def queries(items: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -29,16 +29,12 @@ from chaos.lab.router import LAYOUT, keepalived_instance, lab_layout, render_con
 from chaos.lab.spec import HA_CIDR, LabOptions, LabSpec, RouterSpec, plan_lab
 from chaos.transport import node_commands as nc
 from tests.conftest import IN_CI, LabHandle, wait_lab_ready
-from tests.fidelity.reference import INSTALL_SCRIPT, available, neutron_reference
+from tests.fidelity.reference import neutron_reference, require_reference
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _reference_installed() -> None:
-    if not available():
-        message = f"Neutron's reference code is not installed: bash {INSTALL_SCRIPT}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_reference(IN_CI)
 
 
 def reference_input(spec: LabSpec, routers: list[RouterSpec] | None = None, **options: Any) -> dict[str, Any]:

@@ -35,6 +35,17 @@ def available() -> bool:
     return VENV_PYTHON.is_file()
 
 
+def require_reference(in_ci: bool) -> None:
+    """Skip a test without Neutron's reference code; in CI (``in_ci``) fail it instead."""
+    import pytest
+
+    if not available():
+        message = f"Neutron's reference code is not installed: bash {INSTALL_SCRIPT}"
+        if in_ci:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def neutron_reference(spec: dict[str, Any]) -> dict[str, Any]:
     """What Neutron renders for ``spec``: ``{"defaults": {...}, "routers": {id: {...}}}``.
 
