@@ -70,6 +70,9 @@ class Node(_Model):
     jump_host: str | None = None
     netns: NetnsName | None = Field(default=None, description="open the SSH socket inside this network namespace")
     sudo: bool = Field(default=False, description="prefix privileged commands with `sudo -n`")
+    ssh_config: Path | None = Field(
+        default=None, description="the OpenSSH client config that filled what the inventory left unset (chaos.transport.ssh_config)"
+    )
     profile: deployment.ProfileName = Field(
         default="upstream", description="how the deployment runs the L3 agent (chaos.deployment)"
     )
@@ -120,13 +123,64 @@ class Node(_Model):
         return deployment.AgentContext(layout=self.layout, exec_prefix=tuple(prefix))
 
 
+ProbeService = Literal["echo", "listener", "ssh"]
+"""What answers on a floating IP's TCP port: ``echo`` sends back what it receives (held sessions
+can measure stalls through it), ``listener`` only accepts (new-connection probes), ``ssh`` sends
+an SSH identification string first (every cloud image runs sshd)."""
+
+
+class ProbePort(_Model):
+    """A TCP port behind a floating IP that probes may connect to, and what answers there."""
+
+    port: int = Field(ge=1, le=65535)
+    service: ProbeService = "listener"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, data: object) -> object:
+        """``443`` alone is a port that accepts connections (a listener)."""
+        return {"port": data} if isinstance(data, int) and not isinstance(data, bool) else data
+
+
 class FloatingIP(_Model):
+    """A floating IP, and the TCP ports that probes may use behind it.
+
+    ``echo_port`` (the lab's echo service, port 7) and ``probe_ports`` say the same thing in two
+    ways: an ``echo_port`` is one of the ``probe_ports`` with service ``echo``, and the first echo
+    port of ``probe_ports`` is the ``echo_port``. Either may be given; both are filled in.
+    """
+
     address: IPvAnyAddress
     fixed_ip: IPvAnyAddress | None = None
-    echo_port: int | None = Field(default=None, description="TCP echo service behind the floating IP")
+    echo_port: int | None = Field(default=None, ge=1, le=65535, description="TCP echo service behind the floating IP")
+    probe_ports: tuple[ProbePort, ...] = Field(
+        default=(), description="TCP ports probes may connect to, with what answers there (in order of preference)"
+    )
     vm_netns: NetnsName | None = Field(
         default=None, description="lab only: namespace of the VM behind it, where outbound probes open sockets"
     )
+
+    @model_validator(mode="after")
+    def _echo_port_is_a_probe_port(self) -> FloatingIP:
+        echo = [p.port for p in self.probe_ports if p.service == "echo"]
+        if self.echo_port is not None and self.echo_port not in echo:
+            object.__setattr__(self, "probe_ports", (ProbePort(port=self.echo_port, service="echo"), *self.probe_ports))
+        elif self.echo_port is None and echo:
+            object.__setattr__(self, "echo_port", echo[0])
+        ports = [p.port for p in self.probe_ports]
+        if len(set(ports)) != len(ports):
+            twice = sorted({p for p in ports if ports.count(p) > 1})
+            raise ValueError(f"floating IP {self.address}: port(s) {', '.join(map(str, twice))} given twice "
+                             "(echo_port and probe_ports name each port once)")
+        return self
+
+    def probe_port(self, services: tuple[ProbeService, ...]) -> ProbePort | None:
+        """The first declared port whose service is the first of ``services`` that any port has."""
+        for service in services:
+            port = next((p for p in self.probe_ports if p.service == service), None)
+            if port is not None:
+                return port
+        return None
 
 
 class Replica(_Model):

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chaos.model import Topology
+from chaos.model import ProbeService, Topology
 from chaos.transport.netns import socket_in_netns
 
 
@@ -135,9 +135,9 @@ DIRECTIONS = (INBOUND, OUTBOUND)
 class TcpPath(BaseModel):
     """Where a TCP probe connects from and to, for one router and one direction.
 
-    Inbound: from the vantage point to a floating IP's echo service (through the 1:1 NAT).
-    Outbound: from the VM behind the floating IP to the vantage point's echo service (through
-    the router's SNAT); only the lab can open sockets inside a VM.
+    Inbound: from the vantage point to a TCP port declared behind a floating IP (through the 1:1
+    NAT). Outbound: from the VM behind the floating IP to the vantage point's echo service
+    (through the router's SNAT); only the lab can open sockets inside a VM.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -148,6 +148,7 @@ class TcpPath(BaseModel):
     netns: str | None = Field(description="namespace the socket is opened in (None: this process's)")
     host: str
     port: int
+    service: ProbeService = Field(default="echo", description="what answers at host:port (chaos.model.ProbeService)")
 
 
 class SkippedPath(BaseModel):
@@ -158,15 +159,25 @@ class SkippedPath(BaseModel):
     reason: str
 
 
+ECHO_ONLY: tuple[ProbeService, ...] = ("echo",)
+"""Held sessions need their bytes echoed: a stall is measured between a send and its echo."""
+ANY_SERVICE: tuple[ProbeService, ...] = ("echo", "ssh", "listener")
+"""New connections use any declared port, preferring the one that proves most: an echo (the data
+path both ways), then an SSH banner (the VM's own sshd answered), then a bare accept."""
+
+
 def tcp_paths(
     topology: Topology,
     router_ids: Iterable[str] | None = None,
     directions: Iterable[str] = DIRECTIONS,
+    services: tuple[ProbeService, ...] = ECHO_ONLY,
 ) -> tuple[list[TcpPath], list[SkippedPath]]:
-    """One path per router and direction through the router's first floating IP with an echo service.
+    """One path per router and direction, through the router's first floating IP that declares a
+    TCP port of one of ``services`` (``FloatingIP.probe_ports``, in the order of ``services``).
 
     A path that cannot be probed is returned as skipped with the reason, so the probe can say
-    so in the journal instead of silently measuring less.
+    so in the journal instead of silently measuring less; the hypothesis then reports the
+    tolerances that needed it as skipped, not failed.
     """
     wanted = None if router_ids is None else set(router_ids)
     directions = tuple(directions)
@@ -174,38 +185,49 @@ def tcp_paths(
         if d not in DIRECTIONS:
             raise ValueError(f"direction {d!r} is not one of {DIRECTIONS}")
     vantage = topology.vantage
+    kinds = " or ".join(services)
     paths: list[TcpPath] = []
     skipped: list[SkippedPath] = []
     for router in topology.routers:
         if wanted is not None and router.id not in wanted:
             continue
-        fip = next((f for f in router.floating_ips if f.echo_port is not None), None)
+        chosen = next(((f, p) for f in router.floating_ips if (p := f.probe_port(services)) is not None), None)
         for direction in directions:
-            if fip is None:
-                skipped.append(SkippedPath(router_id=router.id, direction=direction, reason="no floating IP with an echo service"))
+            if not router.floating_ips:
+                skipped.append(SkippedPath(router_id=router.id, direction=direction, reason="the router has no floating IP"))
             elif direction == INBOUND:
+                if chosen is None:
+                    skipped.append(SkippedPath(
+                        router_id=router.id, direction=INBOUND,
+                        reason=f"no floating IP of the router declares a TCP port with an {kinds} service "
+                        "(probe_ports in the inventory, docs/real-cloud.md)",
+                    ))
+                    continue
+                fip, port = chosen
                 paths.append(
                     TcpPath(
                         router_id=router.id, direction=INBOUND, address=str(fip.address),
-                        netns=vantage.netns, host=str(fip.address), port=fip.echo_port or 0,
+                        netns=vantage.netns, host=str(fip.address), port=port.port, service=port.service,
                     )
-                )
-            elif fip.vm_netns is None:
-                skipped.append(
-                    SkippedPath(
-                        router_id=router.id, direction=OUTBOUND,
-                        reason="outbound needs the VM's namespace (lab only); this floating IP has none",
-                    )
-                )
-            elif vantage.echo_address is None or vantage.echo_port is None:
-                skipped.append(
-                    SkippedPath(router_id=router.id, direction=OUTBOUND, reason="the vantage point has no echo service")
                 )
             else:
-                paths.append(
-                    TcpPath(
-                        router_id=router.id, direction=OUTBOUND, address=str(fip.address),
-                        netns=fip.vm_netns, host=vantage.echo_address, port=vantage.echo_port,
+                fip_vm = next((f for f in router.floating_ips if f.vm_netns is not None), None)
+                if fip_vm is None:
+                    skipped.append(
+                        SkippedPath(
+                            router_id=router.id, direction=OUTBOUND,
+                            reason="outbound needs a socket inside the VM, which only the lab has",
+                        )
                     )
-                )
+                elif vantage.echo_address is None or vantage.echo_port is None:
+                    skipped.append(
+                        SkippedPath(router_id=router.id, direction=OUTBOUND, reason="the vantage point has no echo service")
+                    )
+                else:
+                    paths.append(
+                        TcpPath(
+                            router_id=router.id, direction=OUTBOUND, address=str(fip_vm.address),
+                            netns=fip_vm.vm_netns, host=vantage.echo_address, port=vantage.echo_port,
+                        )
+                    )
     return paths, skipped

@@ -2,11 +2,15 @@
 
 Held sessions (``chaos.probes.tcp``) answer whether existing flows survive; this probe answers
 whether new ones get through. Every ``interval``, for every router and direction, it opens a
-NEW connection, exchanges one line with the echo service, and closes it. Each attempt is one
-``probe.newconn`` event: router_id, direction, address (the floating IP), ok, latency (seconds
-from the start of the connect to the echo, null on failure), error (null, or ``timeout``,
-``ECONNREFUSED``, ...), phase (where it failed: ``connect`` or ``exchange``; null when ok),
-started (wall time the attempt began).
+NEW connection, checks that the service behind it answers, and closes it. What answers is what
+the floating IP declares (``FloatingIP.probe_ports``; on a real cloud often only sshd): an
+``echo`` service must send back one line, an ``ssh`` service must send its identification
+string (``SSH-...``: the VM's own sshd answered, through the router's NAT), a ``listener`` only
+has to accept. Each attempt is one ``probe.newconn`` event: router_id, direction, address (the
+floating IP), port, service, ok, latency (seconds from the start of the connect to the answer,
+null on failure), error (null, or ``timeout``, ``ECONNREFUSED``, ``not an SSH banner``, ...),
+phase (where it failed: ``connect`` or ``exchange``; null when ok), started (wall time the
+attempt began).
 
 Attempts of all paths are spread over the interval. An attempt is bounded by ``timeout``,
 which is shorter than the interval, so a path never has two attempts at once; a semaphore
@@ -23,6 +27,7 @@ from collections.abc import Iterable
 
 from chaos.model import Topology
 from chaos.probes.base import (
+    ANY_SERVICE,
     DIRECTIONS,
     ProbeStats,
     RunBound,
@@ -35,6 +40,7 @@ from chaos.probes.base import (
 from chaos.runner.journal import Journal
 
 MESSAGE = b"chaos-newconn\n"
+SSH_BANNER_PREFIX = b"SSH-"  # RFC 4253 4.2: the server may send other lines first; sshd does not
 
 
 class NewConnectionProbe:
@@ -61,7 +67,7 @@ class NewConnectionProbe:
         self.journal = journal
         self.interval = interval
         self.timeout = timeout
-        self.paths, self.skipped = tcp_paths(topology, router_ids, directions)
+        self.paths, self.skipped = tcp_paths(topology, router_ids, directions, services=ANY_SERVICE)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._busy: set[int] = set()
         self.attempts = 0
@@ -129,12 +135,8 @@ class NewConnectionProbe:
             reader, writer = await open_tcp(path.netns, path.host, path.port, self.timeout)
             phase = "exchange"
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, deadline - time.monotonic())):
-                writer.write(MESSAGE)
-                await writer.drain()
-                echo = await reader.readline()
-            if echo != MESSAGE:
-                error = "EOF" if not echo else "wrong echo"
-            else:
+                error = await _exchange(path.service, reader, writer)
+            if error is None:
                 latency = time.monotonic() - started
         except (OSError, TimeoutError) as exc:
             error = error_name(exc)
@@ -153,6 +155,8 @@ class NewConnectionProbe:
             router_id=path.router_id,
             direction=path.direction,
             address=path.address,
+            port=path.port,
+            service=path.service,
             ok=ok,
             latency=None if latency is None else round(latency, 6),
             error=error,
@@ -171,3 +175,20 @@ class NewConnectionProbe:
             ),
             detail={"paths": len(self.paths), "skipped_attempts": self.skipped_attempts, "skipped_paths": len(self.skipped)},
         )
+
+
+async def _exchange(service: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+    """What proves the service behind the port answered; None when it did, else the error."""
+    if service == "listener":
+        return None  # the handshake completed: the SYN-ACK came back through the router's NAT
+    if service == "ssh":
+        banner = await reader.readline()  # the server speaks first (RFC 4253 4.2)
+        if not banner:
+            return "EOF"
+        return None if banner.startswith(SSH_BANNER_PREFIX) else "not an SSH banner"
+    writer.write(MESSAGE)
+    await writer.drain()
+    echo = await reader.readline()
+    if echo != MESSAGE:
+        return "EOF" if not echo else "wrong echo"
+    return None

@@ -19,7 +19,7 @@ import fnmatch
 import ipaddress
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -36,8 +36,9 @@ from pydantic import (
 
 from chaos.deployment import ProfileName
 from chaos.errors import ChaosError, InvalidInput
-from chaos.model import HostName, NetnsName, Node, Router, Topology, Vantage, _hostname
+from chaos.model import FloatingIP, HostName, NetnsName, Node, ProbePort, Router, Topology, Vantage, _hostname
 from chaos.transport.ssh import parse_jump_host
+from chaos.transport.ssh_config import default_ssh_config, settings_from_config
 from chaos.yamlfile import (
     FileKind,
     Loc,
@@ -52,7 +53,7 @@ from chaos.yamlfile import (
 )
 
 INVENTORY = FileKind(
-    noun="an inventory", required="nodes and routers", example_keys="defaults:, nodes:, routers:, vantage:, bmc:"
+    noun="an inventory", required="nodes and routers", example_keys="defaults:, nodes:, routers:, vantage:, bmc:, probe_ports:"
 )
 HINT = "docs/inventory.md describes the inventory format"
 
@@ -127,6 +128,12 @@ def _local_file(value: Path, info: ValidationInfo) -> Path:
     return path
 
 
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
 def _url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError(f"BMC url {value!r} is not an http:// or https:// URL")
@@ -184,6 +191,10 @@ class SshSettings(_Model):
     check_child_processes_interval: Annotated[float, Strict(False)] = Field(
         default=60.0, ge=0, le=86400, description="the L3 agent's [agent] check_child_processes_interval"
     )
+    ssh_config: Annotated[bool, Strict()] | LocalFile = Field(
+        default=True, description="read OpenSSH's client config for what this file leaves unset: true (~/.ssh/config, "
+        "if it exists), false (never), or a file (chaos.transport.ssh_config)"
+    )
 
 
 class NodeEntry(SshSettings):
@@ -217,6 +228,56 @@ class Bmc(_Model):
     credentials_file: LocalFile | None = None
 
 
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (a floating IP)") from None
+
+
+def _distinct_ports(value: tuple[ProbePort, ...]) -> tuple[ProbePort, ...]:
+    ports = [p.port for p in value]
+    twice = sorted({p for p in ports if ports.count(p) > 1})
+    if twice:
+        raise ValueError(f"port(s) {', '.join(map(str, twice))} given twice: name each port once, with its service")
+    return value
+
+
+PortList = Annotated[tuple[ProbePort, ...], AfterValidator(_distinct_ports)]
+
+
+class ProbePorts(_Model):
+    """Which TCP ports of which floating IPs probes may use, for routers this file does not list
+    itself (OpenStack discovery) or whose floating IPs say nothing. The most specific list
+    applies, whole: a floating IP's own ``probe_ports``/``echo_port`` (under ``routers:``), then
+    ``floating_ips`` by address, then ``routers`` by the router's name or id, then ``default``."""
+
+    default: PortList = ()
+    routers: dict[Annotated[Text, AfterValidator(_non_blank)], PortList] = {}
+    floating_ips: dict[Annotated[Text, AfterValidator(_ip)], PortList] = {}
+
+    def for_floating_ip(self, router: Router, fip: FloatingIP) -> tuple[ProbePort, ...]:
+        if fip.probe_ports:
+            return fip.probe_ports
+        if str(fip.address) in self.floating_ips:
+            return self.floating_ips[str(fip.address)]
+        for key in (router.id, router.name):
+            if key and key in self.routers:
+                return self.routers[key]
+        return self.default
+
+    def apply(self, routers: Iterable[Router]) -> tuple[Router, ...]:
+        """The routers with every floating IP's probe ports filled in from this section."""
+        return tuple(
+            r.model_copy(update={"floating_ips": tuple(
+                FloatingIP(**{**f.model_dump(exclude={"probe_ports", "echo_port"}),
+                              "probe_ports": self.for_floating_ip(r, f)})
+                for f in r.floating_ips
+            )})
+            for r in routers
+        )
+
+
 class Inventory(_Model):
     """An inventory file, validated field by field (``check_inventory`` adds the rules across fields)."""
 
@@ -225,6 +286,7 @@ class Inventory(_Model):
     routers: tuple[Router, ...] | None = Field(default=None, description="required for source: inventory")
     vantage: Vantage = Vantage()
     bmc: Bmc | None = None
+    probe_ports: ProbePorts = ProbePorts()
 
     def entry_for(self, host: str) -> NodeEntry | None:
         """The entry that describes ``host``: its exact name first, then the first matching pattern."""
@@ -258,18 +320,35 @@ def check_inventory(path: Path | str, *, routers_required: bool = True) -> tuple
     return (inventory if not problems else None), problems
 
 
-def ssh_settings_for(host: str, inventory: Inventory) -> Node:
-    """How to reach ``host``: its entry (exact name, else the first matching pattern) over the defaults."""
-    entry = inventory.entry_for(host)
-    if entry is None:
-        names = ", ".join(e.name or e.pattern or "" for e in inventory.nodes)
-        raise InvalidInput(
-            f"host {host!r} matches no entry under nodes: in the inventory",
-            hint=f"add name: {host} (or a pattern matching it) under nodes:; entries: {names}",
-        )
+SSH_KEYS = ("user", "port", "key_file", "known_hosts", "jump_host")
+"""The settings OpenSSH's client config could also give; the inventory's win where it writes them."""
+
+
+def ssh_settings_for(host: str, inventory: Inventory | None) -> Node:
+    """How to reach ``host``: its entry (exact name, else the first matching pattern) over the
+    defaults, then OpenSSH's client config for what neither writes (``chaos.transport.ssh_config``).
+    Without an inventory: the tool's defaults and the config, the host reached by its own name."""
+    if inventory is None:
+        entry, defaults = NodeEntry.model_construct(name=host), SshSettings()
+    else:
+        found = inventory.entry_for(host)
+        if found is None:
+            names = ", ".join(e.name or e.pattern or "" for e in inventory.nodes)
+            raise InvalidInput(
+                f"host {host!r} matches no entry under nodes: in the inventory",
+                hint=f"add name: {host} (or a pattern matching it) under nodes:; entries: {names}",
+            )
+        entry, defaults = found, inventory.defaults
     given = entry.model_fields_set
-    settings = {f: getattr(entry if f in given else inventory.defaults, f) for f in SshSettings.model_fields}
+    settings: dict[str, Any] = {f: getattr(entry if f in given else defaults, f) for f in SshSettings.model_fields}
+    written = {f for f in SSH_KEYS if f in given or f in defaults.model_fields_set}
     address = entry.address or (entry.address_template.format(name=host) if entry.address_template else host)
+    config = settings.pop("ssh_config")
+    config_path = (default_ssh_config() if config is True else None) if isinstance(config, bool) else config
+    if config_path is not None:
+        from_config = settings_from_config(address, config_path, node=host, given=written)
+        address = str(from_config.pop("address", address))
+        settings.update(from_config, ssh_config=config_path)
     try:
         return Node(name=host, address=_address(address), **settings)
     except (ValueError, ValidationError) as exc:
@@ -287,7 +366,7 @@ def to_topology(inventory: Inventory) -> Topology:
     return Topology(
         source="inventory",
         nodes=tuple(ssh_settings_for(h, inventory) for h in hosts),
-        routers=inventory.routers or (),
+        routers=inventory.probe_ports.apply(inventory.routers or ()),
         vantage=inventory.vantage,
         bmc_url=bmc.url if bmc else None,
         bmc_credentials_file=bmc.credentials_file if bmc else None,

@@ -127,7 +127,7 @@ class SshInventory(BaseModel):
         if self.inventory is not None and self.inventory.entry_for(host) is not None:
             return ssh_settings_for(host, self.inventory)
         if not self.strict:
-            return Node(name=host, address=host)
+            return ssh_settings_for(host, None)  # the host by its name, through ~/.ssh/config
         known = ", ".join(sorted(self.exact)) or "none"
         raise InvalidInput(
             f"L3 agent host {host!r} has no SSH mapping in the inventory",
@@ -715,6 +715,8 @@ async def discover(
             )
         )
         hosts |= {rep.node for rep in replicas}
+    if inventory.inventory is not None:  # the TCP ports probes may use behind the floating IPs
+        model_routers = list(inventory.inventory.probe_ports.apply(model_routers))
     replica_hosts = {rep.node for r in model_routers for rep in r.replicas}
     unmapped = sorted(h for h in replica_hosts if not inventory.covers(h))
     if unmapped:
