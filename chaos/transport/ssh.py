@@ -6,7 +6,14 @@ here); one asyncssh connection with several channels costs a round trip. OpenSSH
 semaphore keeps at most ``max_channels`` (8) open per node and the rest wait their turn.
 
 Host keys are always verified against the node's ``known_hosts`` (or ``~/.ssh/known_hosts``);
-turning that off takes an explicit ``insecure_no_host_key_check=True`` and logs a warning.
+turning that off takes an explicit ``insecure_no_host_key_check=True`` and logs a warning. A
+node's key is recorded only by ``chaos known-hosts add`` (``fetch_host_key`` here), which shows
+its fingerprint and asks first.
+
+OpenSSH's client config is not read here (``config=None`` for asyncssh): it was applied when the
+node was described (``chaos.transport.ssh_config``, from the inventory loader), so the ``Node``
+holds every setting a connection uses, the dry run can print them, and nothing in the
+environment changes a connection behind the inventory's back.
 When a node has ``netns`` set, the TCP socket is opened inside that network namespace and
 handed to asyncssh, which is how lab nodes are reached without any route in the root namespace.
 A connection that breaks (a node rebooted) is dropped and the next command reconnects.
@@ -172,7 +179,7 @@ class SshPool:
         options: dict[str, Any] = {
             "username": user,
             "known_hosts": known_hosts,
-            "config": None,  # everything that matters is in the Node; ~/.ssh/config must not change it
+            "config": None,  # ~/.ssh/config was applied to the Node already (chaos.transport.ssh_config)
             "connect_timeout": self.connect_timeout,
             "login_timeout": self.connect_timeout,
             "keepalive_interval": KEEPALIVE_INTERVAL,
@@ -183,22 +190,57 @@ class SshPool:
             options["agent_path"] = os.environ.get("SSH_AUTH_SOCK") or None
         return options
 
+    async def _jump(self, node: Node, known_hosts: Any) -> asyncssh.SSHClientConnection | None:
+        """The connection to the node's jump host (its key verified like any node's), if it has one."""
+        if not node.jump_host:
+            return None
+        juser, jhost, jport = parse_jump_host(node.jump_host)
+        jsock = await open_socket(node.netns, jhost, jport, self.connect_timeout) if node.netns else None
+        return await asyncssh.connect(jhost, jport, sock=jsock, **self._options(node, juser or node.user, known_hosts))
+
+    async def _socket(self, node: Node) -> Any:
+        """A socket to the node inside its namespace (None: asyncssh connects by itself)."""
+        if node.netns and not node.jump_host:
+            return await open_socket(node.netns, node.address, node.port, self.connect_timeout)
+        return None
+
+    async def fetch_host_key(self, name: str, algorithms: Sequence[str] = ()) -> asyncssh.SSHKey:
+        """The host key the node presents, without logging in and without trusting it: for
+        ``chaos known-hosts add``, which shows its fingerprint and records it only when told to.
+        ``algorithms`` restricts the key types the server may choose (those already recorded for
+        it, as a connection does). A jump host on the way is verified as usual (its key must be
+        known first)."""
+        node = self.node(name)
+        jump: asyncssh.SSHClientConnection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout + 2):
+                jump = await self._jump(node, self._known_hosts(node)) if node.jump_host else None
+                key = await asyncssh.get_server_host_key(
+                    node.address, node.port, tunnel=jump or (), sock=await self._socket(node), config=None,
+                    server_host_key_algs=list(algorithms) or (),
+                )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise InfrastructureError(
+                f"{name}: the host key of its jump host {node.jump_host} is not trusted ({exc.reason})",
+                hint="record the jump host's key first (chaos known-hosts add records it before the nodes behind it)",
+            ) from None
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+            raise InfrastructureError(f"{name}: cannot reach {node.address}:{node.port} over SSH: {reason}") from None
+        finally:
+            if jump is not None:
+                jump.close()
+        if key is None:
+            raise InfrastructureError(f"{name}: {node.address}:{node.port} presented no host key")
+        return key
+
     async def _open(self, node: Node) -> _Conn:
         known_hosts = self._known_hosts(node)
         jump: asyncssh.SSHClientConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout + 2):
-                if node.jump_host:
-                    juser, jhost, jport = parse_jump_host(node.jump_host)
-                    jsock = await open_socket(node.netns, jhost, jport, self.connect_timeout) if node.netns else None
-                    jump = await asyncssh.connect(
-                        jhost, jport, sock=jsock, **self._options(node, juser or node.user, known_hosts)
-                    )
-                    sock = None
-                elif node.netns:
-                    sock = await open_socket(node.netns, node.address, node.port, self.connect_timeout)
-                else:
-                    sock = None
+                jump = await self._jump(node, known_hosts)
+                sock = await self._socket(node)
                 client = _Client()
                 conn, _ = await asyncssh.create_connection(
                     lambda: client,
