@@ -327,7 +327,13 @@ def test_tcp_stall_starts_at_since_and_unopened_sessions_are_not_counted() -> No
         tcp(9, "s1", "inbound", "closed"),
     ]
     m = metrics_of(events)
-    assert (m["tcp_sessions"], m["tcp_dropped"], m["tcp_dropped_outbound"]) == (1, 0, 0)
+    assert (m["tcp_sessions"], m["tcp_dropped"], m["tcp_dropped_inbound"]) == (1, 0, 0)
+    # no outbound session ever opened: 0 dropped would pass for "none dropped"; the probe did not
+    # say it could not run outbound, so this is missing (a failure), not skipped
+    rm = router_metrics(RunRecord(events), R1)
+    assert rm.metrics["tcp_dropped_outbound"] is None
+    assert rm.missing["tcp_dropped_outbound"] == "no outbound TCP session could be opened"
+    assert "tcp_dropped_outbound" not in rm.skipped
     assert m["tcp_max_stall_s"] == pytest.approx(1.8)
     rm = router_metrics(RunRecord([tcp(0, "s2", "outbound", "failed")]), R1)
     assert rm.metrics["tcp_dropped"] is None and rm.missing["tcp_dropped"] == "no TCP session could be opened"

@@ -8,6 +8,13 @@ min, mean, sum, count, checked once on the distribution over the targeted router
 The runner calls ``check_hypothesis(events_so_far, tolerances, phase="before")`` and injects
 nothing if it fails; the summary re-checks every tolerance over the whole journal. A missing
 value fails its tolerance with "no data": no data is never evidence that the system held.
+
+One exception, told apart in the journal by the probe itself: a probe that could not run on this
+target (a router without a floating IP, no TCP port declared behind it, outbound sessions off the
+lab: ``RouterMetrics.skipped``) makes its tolerance *skipped*, with the probe's reason, neither
+held nor failed. A router-scope tolerance is checked on the routers where the probe ran and is
+skipped only when it ran on none; the skipped routers are listed. Skipped is not held: reports
+show it apart, junit marks it ``<skipped>``, and a run whose every tolerance is skipped says so.
 """
 
 from __future__ import annotations
@@ -173,24 +180,41 @@ class ToleranceResult(BaseModel):
     phase: Phase
     value: Value
     values: dict[str, Value]
-    ok: bool
+    ok: bool  # the tolerance did not fail (held, or skipped)
     failing_routers: list[str]
     reason: str | None = None
+    skipped: bool = False  # the probe could not run on this target for any targeted router
+    skipped_routers: dict[str, str] = {}  # router -> why the probe could not run for it (left out of the check)
 
     def describe(self) -> str:
         """One line for people: ``outage_s <= 2 [after]: 3.1 (failing: <router>, ...)``."""
         symbol = {"max": "<=", "min": ">=", "equals": "=="}[self.comparator]
         text = f"{self.name} {symbol} {self.threshold:g} [{self.phase}]: "
+        if self.skipped:
+            return text + f"skipped ({self.reason})"
         text += "no value" if self.value is None else f"{self.value:g}"
         if self.failing_routers:
             text += f" (failing: {', '.join(self.failing_routers)})"
         if self.reason:
             text += f" ({self.reason})"
+        if self.skipped_routers:
+            text += f" (skipped on {len(self.skipped_routers)} router(s): {_reasons(self.skipped_routers)})"
         return text
 
     def journal_fields(self) -> dict[str, Any]:
         """Fields of the ``hypothesis.check`` journal event for this result."""
-        return {"phase": self.phase, "tolerance": self.name, "scope": self.scope, "value": self.value, "ok": self.ok}
+        fields = {"phase": self.phase, "tolerance": self.name, "scope": self.scope, "value": self.value, "ok": self.ok}
+        if self.skipped:
+            fields.update(skipped=True, reason=self.reason)
+        return fields
+
+
+def _reasons(by_router: Mapping[str, str]) -> str:
+    """One reason when every router has the same, else each router's."""
+    distinct = set(by_router.values())
+    if len(distinct) == 1:
+        return next(iter(distinct))
+    return "; ".join(f"{r}: {why}" for r, why in sorted(by_router.items()))
 
 
 class HypothesisResult(BaseModel):
@@ -222,21 +246,27 @@ def evaluate(tol: Tolerance, routers: Mapping[str, RouterMetrics], phase_occurre
     targeted = {r: m for r, m in routers.items() if m.targeted}
     if not targeted:
         return _result(tol, value=None, values={}, ok=False, failing_routers=[], reason="no data: no targeted router in the journal")
+    skipped = {r: m.skipped[tol.metric] for r, m in sorted(targeted.items()) if tol.metric in m.skipped}
+    if len(skipped) == len(targeted):  # the probe could run for none of them: nothing to judge
+        return _result(tol, value=None, values={}, ok=True, failing_routers=[], skipped=True,
+                       skipped_routers=skipped, reason=_reasons(skipped))
     if tol.aggregate is not None:
         dist = aggregates(routers)[tol.metric]
         value = getattr(dist, tol.aggregate)
         if value is None or (dist.count == 0 and tol.aggregate != "count"):
             return _result(tol, value=None, values={}, ok=False, failing_routers=[],
-                           reason=f"no data: no router has a value for {tol.metric}")
+                           reason=f"no data: no router has a value for {tol.metric}", skipped_routers=skipped)
         ok = satisfies(tol.comparator, value)
-        return _result(tol, value=value, values={}, ok=ok, failing_routers=[])
+        return _result(tol, value=value, values={}, ok=ok, failing_routers=[], skipped_routers=skipped)
     values = {r: m.metrics[tol.metric] for r, m in sorted(targeted.items())}
-    failing = [r for r, v in values.items() if v is None or not satisfies(tol.comparator, v)]
+    failing = [r for r, v in values.items() if r not in skipped and (v is None or not satisfies(tol.comparator, v))]
     present = [v for v in values.values() if v is not None]
     worst = max(present, key=lambda v: badness(tol.comparator, v)) if present else None
-    reasons = sorted({f"{r}: {targeted[r].missing.get(tol.metric, 'no data')}" for r, v in values.items() if v is None})
+    reasons = sorted({f"{r}: {targeted[r].missing.get(tol.metric, 'no data')}"
+                      for r, v in values.items() if v is None and r not in skipped})
     reason = ("no data: " + "; ".join(reasons)) if reasons else None
-    return _result(tol, value=worst, values=values, ok=not failing, failing_routers=failing, reason=reason)
+    return _result(tol, value=worst, values=values, ok=not failing, failing_routers=failing, reason=reason,
+                   skipped_routers=skipped)
 
 
 def evaluate_all(record: RunRecord, tolerances: Sequence[Tolerance]) -> list[ToleranceResult]:

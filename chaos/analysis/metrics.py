@@ -6,7 +6,11 @@ events give the same metrics. Definitions, units and resolutions are documented 
 docs/metrics.md; the names in ``CATALOG`` are the names an experiment's tolerances use.
 
 A metric that cannot be computed is ``None``, never 0, and the reason is kept next to it
-(``RouterMetrics.missing``): "no data" must never pass for "no problem".
+(``RouterMetrics.missing``): "no data" must never pass for "no problem". One kind of ``None`` is
+set apart (``RouterMetrics.skipped``): the probe said, in the journal, that it could not run on
+this target for this router (no floating IP, no declared TCP port, no socket inside a VM off the
+lab) and it produced nothing for it. The hypothesis reports those tolerances as skipped with the
+probe's reason; a probe that ran and measured nothing is still a failure.
 
 Time windows: a hypothesis tolerance is checked over a phase of the run (``before`` the first
 injection, ``during`` the faults, ``after`` = the whole run). Samples are filtered by the window;
@@ -109,6 +113,7 @@ class RouterMetrics(_Model):
     targeted: bool
     metrics: dict[str, Value]  # every CATALOG name, None where missing
     missing: dict[str, str]  # metric -> why it is None
+    skipped: dict[str, str] = {}  # metric -> why its probe could not run on this target (None, and not missing)
     floating_ips: list[FipMetrics]
     holders: list[HolderChange]  # the holder set at the window's start, then every change in it
     holders_before: list[str] | None
@@ -194,6 +199,8 @@ class RunRecord:
         self.undos: list[dict[str, Any]] = []
         self.routers: dict[str, _RouterEvents] = defaultdict(_RouterEvents)
         self.garp_watched = False
+        # (probe, router id or None for all, direction or None for both) -> why the probe could not run
+        self.skips: dict[tuple[str, str | None, str | None], str] = {}
         for e in ordered:
             self._add(e)
         self._assign_node_faults()
@@ -227,10 +234,29 @@ class RunRecord:
             samples.extend((float(s), None if r is None else float(r)) for s, r in zip(e.get("sent") or [], e.get("rtt") or []))
         elif kind == "observe.replica" and router_id and e.get("node"):
             self.routers[router_id].observations.append(_Observation(t, str(e["node"]), bool(e.get("holds"))))
+        elif kind == "probe.skipped":
+            self._skip(str(e.get("probe")), router_id, e.get("direction"), e.get("reason"))
         elif kind in _ROUTER_KINDS and router_id:
             getattr(self.routers[router_id], _ROUTER_KINDS[kind]).append(e)
         if kind == "arp.garp":
             self.garp_watched = True
+        elif kind == "probe.tcp" and e.get("event") == "skipped":
+            self._skip("tcp", router_id, e.get("direction"), e.get("detail"))
+        elif kind == "probe.newconn" and e.get("ok") is None and e.get("error") == "skipped":
+            self._skip("new_connections", router_id, e.get("direction"), e.get("detail"))
+
+    def _skip(self, probe: str, router_id: Any, direction: Any, reason: Any) -> None:
+        key = (probe, _opt_str(router_id), _opt_str(direction))
+        self.skips.setdefault(key, str(reason or "the probe could not run on this target"))
+
+    def skip_reason(self, probe: str, router_id: str, direction: str | None) -> str | None:
+        """Why ``probe`` could not run for this router (and direction; None: in every direction it
+        was asked for), or None when it did not say so."""
+        found = [
+            reason for (p, r, d), reason in self.skips.items()
+            if p == probe and r in (router_id, None) and (direction is None or d in (direction, None))
+        ]
+        return "; ".join(dict.fromkeys(found)) or None
 
     def _assign_node_faults(self) -> None:
         """A fault without a router id (a node reboot) affects the routers its plan action lists
@@ -410,11 +436,49 @@ class _Result:
     def __init__(self) -> None:
         self.values: dict[str, Value] = dict.fromkeys(CATALOG)
         self.missing: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
 
     def set(self, name: str, value: Value, reason: str = "") -> None:
         self.values[name] = _seconds(value) if CATALOG[name].unit == "s" and value is not None else value
         if value is None:
             self.missing[name] = reason or "no data"
+
+    def skip(self, name: str, reason: str) -> None:
+        self.missing.pop(name, None)
+        self.skipped[name] = reason
+
+
+_DIRECTION_OF = {
+    "tcp_dropped_inbound": "inbound", "tcp_dropped_outbound": "outbound",
+    "new_conn_recovery_inbound_s": "inbound", "new_conn_recovery_outbound_s": "outbound",
+}
+
+
+def _silent(ev: _RouterEvents, probe: str, direction: str | None) -> bool:
+    """Whether ``probe`` produced nothing for the router (in ``direction``) in the whole run."""
+    def of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if direction is None or e.get("direction") == direction]
+
+    if probe == "tcp":
+        return not [e for e in of(ev.tcp) if e.get("session") is not None]
+    if probe == "new_connections":
+        return not [e for e in of(ev.newconn) if e.get("ok") is not None]
+    return not {
+        "icmp": ev.icmp, "primary": ev.observations, "arp": ev.garp, "conntrack": ev.conntrack, "api_lag": ev.api,
+    }.get(probe, True)
+
+
+def _skipped(res: _Result, ev: _RouterEvents, record: RunRecord, router_id: str) -> None:
+    """Missing values whose probe said it could not run here and produced nothing: skipped."""
+    for name, value in res.values.items():
+        if value is not None:
+            continue
+        probe, direction = CATALOG[name].probe, _DIRECTION_OF.get(name)
+        if not _silent(ev, probe, direction):
+            continue
+        reason = record.skip_reason(probe, router_id, direction)
+        if reason is not None:
+            res.skip(name, reason)
 
 
 def router_metrics(record: RunRecord, router_id: str, window: Window | None = None) -> RouterMetrics:
@@ -433,12 +497,14 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
     _garp(res, ev, w, record.garp_watched, injection, takeover)
     _conntrack(res, ev, w, before, new)
     _api(res, ev, w, timeline, takeover, new)
+    _skipped(res, ev, record, router_id)
 
     return RouterMetrics(
         router_id=router_id,
         targeted=router_id in record.targeted,
         metrics=res.values,
         missing=res.missing,
+        skipped=res.skipped,
         floating_ips=fips,
         holders=timeline.changes(w),
         holders_before=None if before is None else sorted(before),
@@ -541,7 +607,10 @@ def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
     res.set("tcp_sessions", counted if has else None, reason)
     res.set("tcp_dropped", sum(dropped.values()) + dropped_other if has else None, reason)
     for d in _DIRECTIONS:
-        res.set(f"tcp_dropped_{d}", dropped[d] if has else None, reason)
+        # 0 dropped of no session opened in that direction would pass for "none dropped"
+        opened = any(e.get("direction") == d for events in sessions.values() for e in events)
+        res.set(f"tcp_dropped_{d}", dropped[d] if opened else None,
+                f"no {d} TCP session could be opened" if ev.tcp else "no tcp samples")
     res.set("tcp_max_stall_s", max_stall if has else None, reason)
 
 

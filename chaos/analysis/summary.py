@@ -110,7 +110,14 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
     for r in routers.values():
         if r.targeted:
             notes.extend(f"router {r.router_id}: {name}: {why}" for name, why in sorted(r.missing.items()))
+            notes.extend(f"router {r.router_id}: {name}: not measured on this target: {why}"
+                         for name, why in sorted(r.skipped.items()))
         notes.extend(f"router {r.router_id}: {describe_reset(x)}" for x in r.resets_seen)
+    skipped = [t.name for t in results if t.skipped]
+    if skipped and len(skipped) == len(results):
+        notes.append("every tolerance was skipped (no probe they need could run on this target): nothing was judged")
+    elif skipped:
+        notes.append(f"skipped tolerances (their probe could not run on this target): {', '.join(skipped)}")
     verdict = _verdict(record, results, notes)
     return Summary(
         run=_run_info(record),

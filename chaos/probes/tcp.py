@@ -2,7 +2,9 @@
 
 Per router and direction (see ``chaos.probes.base.TcpPath``), ``sessions`` connections are
 opened before the fault and kept open. Each sends a small numbered line every ``interval`` and
-expects it echoed back in order. The journal gets, per session, ``probe.tcp`` events:
+expects it echoed back in order, so it needs an echo service: inbound, a port the floating IP
+declares with service ``echo`` (``FloatingIP.probe_ports``; the lab's VMs run one on port 7, a
+real cloud's canary VM as docs/real-cloud.md sets it up); outbound, the vantage point's. The journal gets, per session, ``probe.tcp`` events:
 
 - ``opened`` (detail: local and remote address), or ``failed`` when it could not be opened;
 - ``stall``: no echo for ``stall`` seconds while a message was waiting; ``since`` is when the
@@ -11,7 +13,9 @@ expects it echoed back in order. The journal gets, per session, ``probe.tcp`` ev
 - and exactly one end: ``reset`` (ECONNRESET, EPIPE, or the peer closed), ``timeout`` (no echo
   for ``session_timeout`` seconds) or ``closed`` (normal end at stop or at the deadline).
   End events carry ``sent`` and ``echoed`` message counts.
-- ``skipped`` (session null) for a router and direction that cannot be probed, with the reason.
+- ``skipped`` (session null) for a router and direction that cannot be probed, with the reason
+  (no floating IP, no echo port declared, outbound off the lab): its tolerances are then
+  reported as skipped, not failed (``chaos.analysis.metrics``).
 
 A session that dies is not reopened: the question is whether *this* session survives.
 """

@@ -61,6 +61,8 @@ def fmt_time(t: float | None) -> str:
 
 def tolerance_value(t: ToleranceResult) -> str:
     metric = None if t.aggregate == "count" else t.metric
+    if t.skipped:
+        return "not measured"
     return "no data" if t.value is None else fmt(t.value, metric)
 
 

@@ -68,6 +68,7 @@ td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr.fail td { background: #fff6f1; }
 span.pass { color: #00694f; font-weight: 700; white-space: nowrap; }
 span.fail { color: #a33f00; font-weight: 700; white-space: nowrap; }
+span.skip { color: #6b5200; font-weight: 700; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 12px; }
 .answer { border: 1px solid var(--line); border-top: 5px solid var(--muted); border-radius: 6px; padding: 10px 12px; }
@@ -158,8 +159,12 @@ def render_html(run: RunData) -> str:
 def _header(run: RunData, title: str) -> str:
     s = run.summary
     failed = [t for t in s.tolerances if not t.ok]
+    skipped = [t for t in s.tolerances if t.skipped]
+    checked = len(s.tolerances) - len(skipped)
     detail = (f"{len(failed)} of {len(s.tolerances)} tolerances failed" if failed
-              else f"all {len(s.tolerances)} tolerances held" if s.tolerances else "no tolerance was checked")
+              else f"all {checked} checked tolerances held" if checked else "no tolerance was checked")
+    if skipped:
+        detail += f" · {len(skipped)} skipped (not measurable on this target)"
     if s.run.reason:
         detail += f" · {s.run.reason}"
     sub = " · ".join(x for x in (s.run.title if s.run.title != title else "", _fault_types(run), s.run.target or "",
@@ -182,8 +187,9 @@ def _tolerances(results: list[ToleranceResult]) -> str:
     if not results:
         return '<section id="tolerances"><h2>Tolerances</h2><p class="muted">No tolerance was checked (no hypothesis found).</p></section>'
     rows = []
-    for t in sorted(results, key=lambda t: t.ok):
-        mark = '<span class="pass">✓ pass</span>' if t.ok else '<span class="fail">✗ FAIL</span>'
+    for t in sorted(results, key=lambda t: (t.ok, t.skipped)):
+        mark = ('<span class="skip">– skipped</span>' if t.skipped else '<span class="pass">✓ pass</span>' if t.ok
+                else '<span class="fail">✗ FAIL</span>')
         failing = ""
         if t.failing_routers:
             items = ", ".join(f'<a href="#r-{e(r)}">{e(r[:8])}</a>' for r in t.failing_routers[:FOLD_LIST])
@@ -191,9 +197,13 @@ def _tolerances(results: list[ToleranceResult]) -> str:
             failing = f"{len(t.failing_routers)} router(s): {items}" + (f" and {more} more" if more > 0 else "")
         if t.reason:
             failing += ("<br>" if failing else "") + f'<span class="muted">{e(t.reason if len(t.reason) < 300 else t.reason[:300] + "…")}</span>'
+        if t.skipped_routers and not t.skipped:
+            why = "; ".join(f"{r[:8]}: {reason}" for r, reason in list(t.skipped_routers.items())[:FOLD_LIST])
+            failing += ("<br>" if failing else "") + f'<span class="muted">skipped on {len(t.skipped_routers)} router(s): {e(why[:300])}</span>'
         scope = "each router (worst shown)" if t.scope == "router" else "over the routers"
         rows.append(
-            f'<tr class="{"ok" if t.ok else "fail"}" data-tolerance="{e(t.name)}" data-ok="{str(t.ok).lower()}">'
+            f'<tr class="{"skipped" if t.skipped else "ok" if t.ok else "fail"}" data-tolerance="{e(t.name)}" '
+            f'data-ok="{str(t.ok).lower()}" data-skipped="{str(t.skipped).lower()}">'
             f"<td><code>{e(t.name)}</code></td><td>{e(t.phase)}</td><td>{e(scope)}</td><td class='num'>{e(fmt_bound(t))}</td>"
             f"<td class='num'>{e(tolerance_value(t))}</td><td>{mark}</td><td>{failing}</td></tr>"
         )
@@ -333,6 +343,9 @@ def _how(run: RunData) -> str:
         ("tool version", e(st.get("tool_version") or "—")),
         ("target", e(s.run.target or "—")),
         ("backend", e(s.run.backend or "—")),
+        *([("target overrides", e("; ".join(f"{k} {v.get('from')!r} → {v.get('to')!r}" for k, v in st["overrides"].items()
+                                             if isinstance(v, dict))))]
+          if isinstance(st.get("overrides"), dict) and st["overrides"] else []),
         ("routers", e(f"{len(run.targeted)} targeted" + (f", {untargeted} observed but not targeted" if untargeted else ""))),
         ("faults", e(plan or "nothing was injected")),
         ("safeguards", e(guards)),

@@ -3,7 +3,9 @@
 One test case per tolerance per targeted router (router-scope tolerances), one per run-scope
 tolerance, and one for the run's verdict, so that ``failures`` is 0 exactly when the verdict is
 ``held``. A failure's message says the measured value and the bound ("outage_s = 9.2 s, bound
-<= 8 s [after]"), or why there is no value. Built with ElementTree, so the XML is well formed
+<= 8 s [after]"), or why there is no value. A tolerance (or a router of one) whose probe could
+not run on the target is a ``<skipped>`` case with the probe's reason, counted in ``skipped``:
+CI shows it as neither passed nor failed. Built with ElementTree, so the XML is well formed
 whatever the journal holds.
 """
 
@@ -16,11 +18,14 @@ from chaos.report.facts import VERDICT_TEXT, fmt, fmt_bound
 from chaos.report.run import RunData
 
 
-def _case(suite: ET.Element, classname: str, name: str, failure: str | None, output: str = "") -> None:
+def _case(suite: ET.Element, classname: str, name: str, failure: str | None, output: str = "",
+          skipped: str | None = None) -> None:
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
     if failure is not None:
         f = ET.SubElement(case, "failure", message=failure, type="ToleranceFailed")
         f.text = failure
+    elif skipped is not None:
+        ET.SubElement(case, "skipped", message=skipped).text = skipped
     if output:
         ET.SubElement(case, "system-out").text = output
 
@@ -53,21 +58,25 @@ def render_junit(run: RunData) -> str:
                 if value is None:
                     r = next((m for m in s.routers if m.router_id == router_id), None)
                     reason = "no data: " + (r.missing.get(t.metric, "no value") if r else "router not in the journal")
-                _case(suite, classname, name, _message(t, value, reason) if router_id in failing else None)
+                skip = t.skipped_routers.get(router_id)
+                _case(suite, classname, name, _message(t, value, reason) if router_id in failing else None,
+                      skipped=None if skip is None else f"not measured on this target: {skip}")
         else:
             scope = "run" if t.scope == "run" else "routers"
             _case(suite, classname, f"{t.name} {fmt_bound(t)} [{t.phase}] {scope}",
-                  None if t.ok else _message(t, t.value, t.reason))
+                  None if t.ok else _message(t, t.value, t.reason),
+                  skipped=f"not measured on this target: {t.reason}" if t.skipped else None)
     verdict_fail = None if s.verdict == "held" else VERDICT_TEXT.get(s.verdict, s.verdict) + (f": {s.run.reason}" if s.run.reason else "")
     _case(suite, f"{classbase}.verdict", "steady-state hypothesis held", verdict_fail, "\n".join(s.notes[:200]))
     cases = suite.findall("testcase")
     failures = sum(1 for c in cases if c.find("failure") is not None)
+    skipped = sum(1 for c in cases if c.find("skipped") is not None)
     duration = f"{s.run.duration:.3f}" if s.run.duration is not None else "0"
     for element in (suite, suites):
         element.set("tests", str(len(cases)))
         element.set("failures", str(failures))
         element.set("errors", "0")
-        element.set("skipped", "0")
+        element.set("skipped", str(skipped))
         element.set("time", duration)
     if s.run.started is not None:
         from datetime import UTC, datetime

@@ -51,12 +51,15 @@ def render_markdown(run: RunData) -> str:
     ]
     if s.tolerances:
         lines += ["| tolerance | phase | bound | measured | result | failing routers |", "|---|---|---:|---:|---|---|"]
-        for t in sorted(s.tolerances, key=lambda t: t.ok):
+        for t in sorted(s.tolerances, key=lambda t: (t.ok, t.skipped)):
             failing = ", ".join(r[:8] for r in t.failing_routers[:10]) + (f" (+{len(t.failing_routers) - 10})" if len(t.failing_routers) > 10 else "")
             if t.reason and not t.failing_routers:
                 failing = t.reason[:200]
+            if t.skipped_routers and not t.skipped:
+                failing += f"{'; ' if failing else ''}skipped on {len(t.skipped_routers)} router(s)"
+            result = "⏭ skipped" if t.skipped else "✅ pass" if t.ok else "❌ FAIL"
             lines.append(f"| `{cell(t.name)}` | {t.phase} | {cell(fmt_bound(t))} | {cell(tolerance_value(t))} | "
-                         f"{'✅ pass' if t.ok else '❌ FAIL'} | {cell(failing)} |")
+                         f"{result} | {cell(failing)} |")
     else:
         lines.append("No tolerance was checked (no hypothesis found).")
     lines += ["", "## In plain words", ""]

@@ -12,7 +12,9 @@ Event kinds (fields beyond ``t`` and ``kind``):
   "emulated (Neutron 29.0.0 (emulated))" or "neutron (Neutron 21.0.0 (Debian ...))"),
   safeguards (dict), tolerances (name -> {max|min|equals, phase}), hypothesis (title), and
   trigger ({kind: "schedule" | "manual" | "cli", by, scheduled_for, operator, site}) when the
-  operator or the CLI's history recorded who started it
+  operator or the CLI's history recorded who started it, and overrides ({"target.<key>": {from,
+  to}}) when ``chaos run``'s target flags changed the experiment's target (the run folder's
+  experiment.yaml is the file as written)
 - ``run.abort_requested``: by (who asked: an API token's name, "SIGTERM"), reason, interrupt
   (bool: the operator itself is stopping); the rollback follows
 - ``run.plan``: routers (every router the plan disturbs: the hypothesis covers them), targets
@@ -38,9 +40,13 @@ Event kinds (fields beyond ``t`` and ``kind``):
   event ("opened" | "stall" | "resumed" | "reset" | "timeout" | "closed" | "failed" (never
   opened) | "skipped" (session null, with a reason)), detail; ``since`` on stall and resumed,
   ``length`` on resumed, ``sent``/``echoed`` on end events
-- ``probe.newconn``: router_id, direction, address, ok (bool; null for a path that cannot be
-  probed, with error "skipped" and a detail), latency (seconds or null), error, phase ("connect"
-  | "exchange"), started
+- ``probe.newconn``: router_id, direction, address, port, service ("echo" | "ssh" |
+  "listener"), ok (bool; null for a path that cannot be probed, with error "skipped" and a
+  detail), latency (seconds or null), error, phase ("connect" | "exchange"), started
+- ``probe.skipped``: probe (a catalog probe name: "icmp", "arp", "conntrack", ...), router_id
+  (null: every router), reason: the probe cannot run on this target (``probe.tcp`` and
+  ``probe.newconn`` say the same per path with their own "skipped" events); the tolerances
+  that need it are reported as skipped with that reason
 - ``observe.replica``: router_id, node, state ("primary" | "backup" | ...), holds (bool: the
   replica holds the router's addresses), reachable (bool), source ("monitor" | "poll")
 - ``conntrack.snapshot``: router_id, node, phase ("before" | "after"), flows: [{proto, src, dst,
@@ -53,7 +59,8 @@ Event kinds (fields beyond ``t`` and ``kind``):
   reset that reached the vantage point from one of the router's addresses, and who sent it
 - ``api.ha_state``: router_id, node, ha_state, agent_alive (one row per hosting agent per poll;
   the rows of one poll share its start time)
-- ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok
+- ``hypothesis.check``: phase ("before" | "during" | "after"), tolerance, scope, value, ok;
+  skipped (true) and reason when the tolerance's probe could not run on this target
 - ``run.finished``: verdict ("held" | "deviated" | "aborted" | "interrupted" |
   "steady-state-broken" | "skipped" (another run held a lease the plan needed; nothing was
   injected) | "invalid" | "error"), exit_code, reason; ``by: "recover"`` when the operator closed
