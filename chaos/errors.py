@@ -40,6 +40,12 @@ class ChaosError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
+class UsageError(ChaosError):
+    """The command line asks for something that cannot work (flags that do not fit together)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class InvalidInput(ChaosError):
     """A file or value supplied by the user is wrong."""
 

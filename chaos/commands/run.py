@@ -12,12 +12,30 @@ import asyncio
 import getpass
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from chaos.errors import ChaosError, ExitCode, InvalidInput
+from chaos.errors import ChaosError, ExitCode, InvalidInput, UsageError
 from chaos.log import get_logger
 from chaos.settings import Settings
 
+if TYPE_CHECKING:
+    from chaos.runner.execute import TargetOverrides
+
 log = get_logger("run")
+
+
+def target_overrides(args: argparse.Namespace) -> TargetOverrides | None:
+    """The target flags of ``chaos run`` (None when none is given)."""
+    from chaos.runner.execute import TargetOverrides
+
+    if args.lab and (args.cloud or args.inventory):
+        raise UsageError("--lab names the embedded lab; --cloud and --inventory name another target: give one of them")
+    if not (args.cloud or args.inventory or args.seed is not None or args.router):
+        return None
+    return TargetOverrides(
+        cloud=args.cloud, inventory=Path(args.inventory) if args.inventory else None, seed=args.seed,
+        routers=tuple(dict.fromkeys(args.router or ())),
+    )
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -28,11 +46,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.lab:
         settings = settings.model_copy(update={"lab_name": args.lab})
     path = Path(args.experiment)
+    overrides = target_overrides(args)
     if args.dry_run:
-        return run(path, settings, dry_run=True)  # touches nothing, needs no lease
+        return run(path, settings, dry_run=True, overrides=overrides)  # touches nothing, needs no lease
     if not path.exists():
         raise InvalidInput(f"{path}: no such experiment file")
-    code, run_dir = asyncio.run(run_recorded(path, settings, wait_lease=args.wait_lease, pushgateway=args.pushgateway))
+    code, run_dir = asyncio.run(run_recorded(path, settings, wait_lease=args.wait_lease, pushgateway=args.pushgateway,
+                                             overrides=overrides))
     if run_dir is not None:
         print_verdict(run_dir)
         print(run_dir)
@@ -40,7 +60,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_recorded(
-    path: Path, settings: Settings, *, wait_lease: float = 0.0, pushgateway: str | None = None
+    path: Path, settings: Settings, *, wait_lease: float = 0.0, pushgateway: str | None = None,
+    overrides: TargetOverrides | None = None,
 ) -> tuple[int, Path | None]:
     """A run from a terminal: leases through the state database (shared with any operator on
     it), the run indexed in its history, its metrics pushed when asked. A state database that
@@ -52,7 +73,8 @@ async def run_recorded(
     store = await Store.open(settings.state_dir, settings.database_url)
     try:
         trigger = RunTrigger(kind="cli", by=f"{getpass.getuser()}@{socket.gethostname()}")
-        code, run_dir = await run_experiment(path, settings, trigger=trigger, leases=store.leases, lease_wait=wait_lease)
+        code, run_dir = await run_experiment(path, settings, trigger=trigger, leases=store.leases, lease_wait=wait_lease,
+                                             overrides=overrides)
         row = None
         if run_dir is not None:
             try:
@@ -107,6 +129,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dry-run", action="store_true", help="print the plan with the exact commands; touch nothing")
     p.add_argument("--reports-dir", help="where the run folder goes (default: reports/)")
     p.add_argument("--lab", help="lab name when the experiment targets the lab (default: CHAOS_LAB_NAME or chaoslab)")
+    target = p.add_argument_group(
+        "target overrides", "change the experiment's target for this run (journaled in run.started, shown by --dry-run)"
+    )
+    target.add_argument("--cloud", metavar="NAME",
+                        help="discover the routers of this clouds.yaml cloud (source: openstack); needs an admin token")
+    target.add_argument("--inventory", metavar="FILE",
+                        help="an inventory file: with a cloud, how to reach its hosts and which ports to probe; "
+                        "otherwise the routers and nodes themselves (source: inventory)")
+    target.add_argument("--seed", type=int, metavar="N", help="seed of the random choice of routers and replicas")
+    target.add_argument("--router", action="append", metavar="NAME_OR_ID",
+                        help="disturb exactly this router (its exact name or id; repeat for more); "
+                        "replaces target.routers and target.mode")
     p.add_argument("--wait-lease", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another run's leases on the same routers or nodes (default: fail at once, exit 7)")
     p.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")

@@ -95,7 +95,7 @@ def _validate(doc: YamlDocument, base_dir: Path | None) -> ExperimentCheck:
         problems.append(problem_at(doc, loc, message))
 
     target = sections["target"]
-    if target is not None and target.source == "inventory" and target.inventory is not None:
+    if target is not None and target.source in ("inventory", "openstack") and target.inventory is not None:
         inventory = target.inventory if target.inventory.is_absolute() or base_dir is None else base_dir / target.inventory
         if not inventory.is_file():
             problems.append(problem_at(doc, ("target", "inventory"), f"no inventory file at {inventory}"))

@@ -90,9 +90,16 @@ class RouterSelector(_Model):
     ids: tuple[RouterId, ...] | None = Field(default=None, min_length=1)
     project: Text | None = Field(default=None, description="project (tenant) id")
     tags: tuple[Text, ...] | None = Field(default=None, min_length=1, description="every tag must be on the router")
+    one_of: tuple[Annotated[Text, AfterValidator(_non_blank)], ...] | None = Field(
+        default=None, min_length=1,
+        description="exact router names or ids; a router matches when its name or id is one of them "
+        "(`chaos run --router` sets it)",
+    )
 
     def matches(self, *, name: str, router_id: str, project_id: str = "", tags: tuple[str, ...] = ()) -> bool:
         if self.name is not None and not fnmatch.fnmatchcase(name, self.name):
+            return False
+        if self.one_of is not None and name not in self.one_of and router_id not in self.one_of:
             return False
         if self.ids is not None and router_id not in self.ids:
             return False
@@ -113,7 +120,8 @@ class Target(_Model):
         default=None, description="lab name; None: the runner's setting (CHAOS_LAB_NAME, default chaoslab)"
     )
     inventory: Annotated[Path, Strict(False)] | None = Field(
-        default=None, description="static inventory file (source: inventory), relative to the experiment file"
+        default=None, description="inventory file, relative to the experiment file: the routers and nodes "
+        "(source: inventory), or how to reach the hosts discovery names and which ports to probe (source: openstack)"
     )
     cloud: Text | None = Field(default=None, description="clouds.yaml entry (source: openstack); None: OS_CLOUD")
 
@@ -132,10 +140,11 @@ class Target(_Model):
         filters = [f"name {sel.name!r}" if sel.name is not None and sel.name != "*" else ""]
         filters += [f"{len(sel.ids)} ids" if sel.ids else "", f"project {sel.project}" if sel.project else ""]
         filters += [f"tags {','.join(sel.tags)}" if sel.tags else ""]
+        filters += [f"router {' or '.join(sel.one_of)}" if sel.one_of else ""]
         where = {
             "lab": f"lab {self.lab or '(default)'}",
             "inventory": f"inventory {self.inventory}",
-            "openstack": f"cloud {self.cloud or '(OS_CLOUD)'}",
+            "openstack": f"cloud {self.cloud or '(OS_CLOUD)'}" + (f" (SSH: inventory {self.inventory})" if self.inventory else ""),
         }[self.source]
         chosen = ", ".join(f for f in filters if f)
         seed = f", seed {self.seed}" if self.seed is not None else ""
@@ -467,10 +476,11 @@ def _target_problems(target: Target) -> list[tuple[Loc, str]]:
             problems.append((("target", "value"), f"mode fixed takes a whole number of routers >= 1, got {_number(target.value)}"))
     elif not 0 < target.value <= 100:
         problems.append((("target", "value"), f"a percent must be greater than 0 and at most 100, got {_number(target.value)}"))
-    owner = {"lab": "lab", "inventory": "inventory", "cloud": "openstack"}
-    for key, source in owner.items():
-        if getattr(target, key) is not None and target.source != source:
-            problems.append((("target", key), f"only with source: {source} (the source is {target.source})"))
+    owner = {"lab": ("lab",), "inventory": ("inventory", "openstack"), "cloud": ("openstack",)}
+    for key, sources in owner.items():
+        if getattr(target, key) is not None and target.source not in sources:
+            which = " or ".join(f"source: {s}" for s in sources)
+            problems.append((("target", key), f"only with {which} (the source is {target.source})"))
     if target.source == "inventory" and target.inventory is None:
         problems.append((("target", "inventory"), "required with source: inventory (path of the inventory file)"))
     return problems

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, ConfigDict
 
 from chaos import __version__
 from chaos.analysis.hypothesis import check_hypothesis
 from chaos.analysis.summary import summarize, write_summary
-from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites
+from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError
 from chaos.experiment.load import load_experiment
-from chaos.experiment.schema import Experiment
+from chaos.experiment.schema import Experiment, RouterSelector, combination_problems, format_loc
 from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext
 from chaos.model import Router, Topology
@@ -69,7 +70,88 @@ def resolve_topology(experiment: Experiment, settings: Settings) -> Topology:
         return load_inventory(target.inventory)
     from chaos.targets.openstack import discover_topology  # the OpenStack issue
 
-    return discover_topology(target.cloud, selector=target.routers)
+    return discover_topology(target.cloud, inventory=target.inventory, selector=target.routers)
+
+
+class TargetOverrides(BaseModel):
+    """What ``chaos run``'s flags change in an experiment's target, so one file serves several
+    clouds (``--cloud``, ``--inventory``), a reproducible or a new sample (``--seed``) and a blast
+    radius named on the command line (``--router``: exactly these routers, each by its name or
+    id). The changes are journaled (``run.started``'s ``overrides``) and printed by ``--dry-run``:
+    the run folder's experiment.yaml is the file as written, so the record must say what differed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cloud: str | None = None
+    inventory: Path | None = None
+    seed: int | None = None
+    routers: tuple[str, ...] = ()
+
+    def apply(self, experiment: Experiment) -> tuple[Experiment, dict[str, dict[str, Any]]]:
+        """The experiment with its target overridden, and ``{"target.<key>": {"from", "to"}}``
+        for every key that changed. Flags that make the experiment invalid are a ``UsageError``."""
+        target = experiment.target
+        update: dict[str, Any] = {}
+        if self.cloud is not None:
+            update.update(source="openstack", cloud=self.cloud, lab=None)
+        if self.inventory is not None:
+            if not self.inventory.is_file():
+                raise InvalidInput(f"--inventory {self.inventory}: no such file")
+            update["inventory"] = self.inventory.absolute()
+            if update.get("source", target.source) != "openstack":
+                update.update(source="inventory", lab=None, cloud=None)
+        if self.seed is not None:
+            update["seed"] = self.seed
+        if self.routers:
+            update.update(routers=RouterSelector(one_of=self.routers), mode="all", value=None)
+        if not update:
+            return experiment, {}
+        new = target.model_copy(update=update)
+        problems = combination_problems(
+            target=new, fault=experiment.fault, safeguards=experiment.safeguards, probes=experiment.probes,
+            hypothesis=experiment.steady_state_hypothesis,
+        )
+        if problems:
+            raise UsageError(
+                "the command line's target does not fit the experiment: "
+                + "; ".join(f"{format_loc(loc)}: {message}" for loc, message in problems),
+                hint="docs/experiment-format.md#target says which keys go with which source",
+            )
+        changed = {
+            f"target.{key}": {"from": _plain_value(getattr(target, key)), "to": _plain_value(getattr(new, key))}
+            for key in update
+            if getattr(target, key) != getattr(new, key)
+        }
+        return experiment.model_copy(update={"target": new}), changed
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_none=True)
+    return str(value) if isinstance(value, Path) else value
+
+
+def describe_overrides(changed: dict[str, dict[str, Any]]) -> list[str]:
+    return [f"  {key}: {info['from']!r} -> {info['to']!r}" for key, info in changed.items()]
+
+
+def check_named_routers(topology: Topology, names: tuple[str, ...]) -> None:
+    """``--router`` names the blast radius exactly: every name or id must be one HA router of the
+    target. Neutron does not keep router names unique, so a name shared by two is refused (pass
+    the id) rather than widening the blast radius."""
+    for wanted in names:
+        found = [r for r in topology.routers if wanted in (r.id, r.name)]
+        if not found:
+            raise InvalidInput(
+                f"--router {wanted}: no HA router of {topology.source} has that name or id",
+                hint="`chaos discover` (or `chaos lab status`) lists the routers",
+            )
+        if len(found) > 1:
+            raise InvalidInput(
+                f"--router {wanted}: {len(found)} routers of {topology.source} have that name "
+                f"({', '.join(r.id for r in found)}); pass the id of the one to disturb",
+            )
 
 
 def _backend(topology: Topology) -> str | None:
@@ -152,6 +234,9 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
     runners: list[Any] = []  # each has run(stop, max_duration); traffic probes also stats()
     if probes.icmp is not None:
         targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in routers for f in r.floating_ips]
+        for r in routers:
+            if not r.floating_ips:
+                journal.write("probe.skipped", probe="icmp", router_id=r.id, reason="the router has no floating IP")
         if targets:
             icmp = IcmpProbe(targets, journal, interval=probes.icmp.interval, timeout=probes.icmp.timeout,
                              netns=topology.vantage.netns)
@@ -173,6 +258,10 @@ def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal
             runners.append(ArpObserver(topology, routers, journal, port_lookup=lookup))
         if probes.tcp is not None:  # who sent a reset, when a held session sees one
             runners.append(ResetObserver(topology, routers, journal, port_lookup=lookup))
+    elif probes.arp is not None:
+        journal.write("probe.skipped", probe="arp", router_id=None,
+                      reason="the GARP watcher listens on the external network from the vantage namespace "
+                      "(vantage.netns), which this target does not have")
     if probes.api_lag is not None:
         from chaos.probes.api_lag import ApiLagProbe
         from chaos.targets.openstack import client_for_topology
@@ -245,6 +334,7 @@ async def run_experiment(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     handle_signals: bool = True,
     loaded: tuple[Experiment, str] | None = None,
+    overrides: TargetOverrides | None = None,
 ) -> tuple[int, Path | None]:
     """Run one experiment; returns the exit code and the run folder (None for a dry run).
 
@@ -254,17 +344,27 @@ async def run_experiment(
     a sink for live progress, ``handle_signals=False`` (several runs share its process, and
     SIGTERM is the operator's to handle: it aborts every run through its signal), and ``loaded``:
     the experiment and its text as last validated, which it keeps running while the file on
-    disk is being edited into something invalid.
+    disk is being edited into something invalid. ``chaos run`` passes the ``overrides`` of its
+    target flags.
     """
     experiment = loaded[0] if loaded is not None else load_experiment(path)
+    changed: dict[str, dict[str, Any]] = {}
+    if overrides is not None:
+        experiment, changed = overrides.apply(experiment)
     topology = await asyncio.to_thread(resolve_topology, experiment, settings)  # OpenStack discovery blocks
+    if experiment.target.routers.one_of:
+        check_named_routers(topology, experiment.target.routers.one_of)
     run_id = run_id or new_run_id(path)
     run_dir = settings.reports_dir / run_id
     if dry_run:
         async with SshPool(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
             plan, _, holders = await make_plan(experiment, topology, ssh, ctx)
+        if changed:
+            print("target overridden on the command line:\n" + "\n".join(describe_overrides(changed)))
+        print(f"target {topology.source}: {experiment.target.describe()}")
         print(describe(plan, topology))
+        print(describe_reach(topology, plan))
         return ExitCode.OK, None
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "topology.json").write_text(topology.model_dump_json(indent=2))
@@ -276,6 +376,7 @@ async def run_experiment(
         target=topology.source, backend=_backend(topology), safeguards=experiment.safeguards.model_dump(), tolerances=tolerances,
         hypothesis=experiment.steady_state_hypothesis.title,
         **({"trigger": trigger.model_dump()} if trigger is not None else {}),
+        **({"overrides": changed} if changed else {}),
     )
     verdict, reason, code = "error", "", ExitCode.INFRASTRUCTURE
     main = asyncio.current_task()
@@ -311,6 +412,9 @@ async def run_experiment(
             observed = [r for r in topology.routers if r.id in set(disturbed)]
             observer = PrimaryObserver(ssh, topology, observed, journal) if experiment.probes.primary is not None else None
             conntrack = ConntrackProbe(ssh, topology, observed, journal) if experiment.probes.conntrack is not None else None
+            if conntrack is not None and not conntrack.ports:
+                journal.write("probe.skipped", probe="conntrack", router_id=None,
+                              reason="no held TCP session to follow: no floating IP declares an echo port")
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
@@ -364,6 +468,26 @@ async def run_experiment(
     return code, run_dir
 
 
+def describe_reach(topology: Topology, plan: Plan) -> str:
+    """How each node of the plan is reached over SSH, as the inventory and ~/.ssh/config resolved
+    it: what a user checks before the first real run on a new cloud."""
+    nodes = sorted({a.node for a in plan.actions} | {s["node"] for a in plan.actions for s in a.undo if s.get("node")})
+    lines = ["nodes, reached as:"]
+    for name in nodes:
+        try:
+            n = topology.node(name)
+        except KeyError:
+            continue
+        via = f" via {n.jump_host}" if n.jump_host else ""
+        via += f" (socket in netns {n.netns})" if n.netns else ""
+        extra = f"; key {n.key_file}" if n.key_file else "; keys of the agent and ~/.ssh"
+        extra += f"; known_hosts {n.known_hosts or '~/.ssh/known_hosts'}"
+        extra += f"; {n.profile}" + (" with sudo -n" if n.sudo else "")
+        extra += f"; from {n.ssh_config}" if n.ssh_config else ""
+        lines.append(f"  {name}: {n.user}@{n.address}:{n.port}{via}{extra}")
+    return "\n".join(lines)
+
+
 def verdict_for(code: int) -> str:
     """The verdict a run that ended with a ChaosError of this exit code gets."""
     return {
@@ -391,15 +515,15 @@ def print_verdict(run_dir: Path) -> None:
     reason = summary.run.reason or ""
     print(f"verdict: {summary.verdict}" + (f" ({reason})" if reason else ""))
     for tol in summary.tolerances:
-        mark = "ok  " if tol.ok else "FAIL"
+        mark = "skip" if tol.skipped else "ok  " if tol.ok else "FAIL"
         print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")
 
 
-def run(path: Path, settings: Settings, *, dry_run: bool = False) -> int:
+def run(path: Path, settings: Settings, *, dry_run: bool = False, overrides: TargetOverrides | None = None) -> int:
     """``chaos run`` without the state database (kept for callers that want the bare engine)."""
     if not path.exists():
         raise InvalidInput(f"{path}: no such experiment file")
-    code, run_dir = asyncio.run(run_experiment(path, settings, dry_run=dry_run))
+    code, run_dir = asyncio.run(run_experiment(path, settings, dry_run=dry_run, overrides=overrides))
     if run_dir is not None:
         print_verdict(run_dir)
         print(run_dir)
