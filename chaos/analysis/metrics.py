@@ -609,8 +609,9 @@ def _tcp(res: _Result, ev: _RouterEvents, w: Window) -> None:
     for d in _DIRECTIONS:
         # 0 dropped of no session opened in that direction would pass for "none dropped"
         opened = any(e.get("direction") == d for events in sessions.values() for e in events)
+        tried = any(e.get("direction") == d and e.get("session") is not None for e in ev.tcp)
         res.set(f"tcp_dropped_{d}", dropped[d] if opened else None,
-                f"no {d} TCP session could be opened" if ev.tcp else "no tcp samples")
+                f"no {d} TCP session could be opened" if tried else f"no {d} TCP session was probed")
     res.set("tcp_max_stall_s", max_stall if has else None, reason)
 
 
