@@ -147,7 +147,8 @@ class FloatingIP(_Model):
 
     ``echo_port`` (the lab's echo service, port 7) and ``probe_ports`` say the same thing in two
     ways: an ``echo_port`` is one of the ``probe_ports`` with service ``echo``, and the first echo
-    port of ``probe_ports`` is the ``echo_port``. Either may be given; both are filled in.
+    port of ``probe_ports`` is the ``echo_port``. Either may be given; both are filled in when the
+    model is built (``model_copy(update=...)`` skips that: build a new one to change ports).
     """
 
     address: IPvAnyAddress

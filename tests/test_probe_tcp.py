@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chaos.model import Topology
+from chaos.model import FloatingIP, Topology
 from chaos.probes.base import INBOUND, OUTBOUND, tcp_paths
 from chaos.probes.newconn import NewConnectionProbe
 from chaos.probes.tcp import TcpSessionProbe
@@ -209,7 +209,9 @@ async def test_refused_connections_are_recorded_as_failures(lab: LabHandle, tmp_
     """Port 9 (discard) has no listener behind the floating IPs: the VM answers with a reset."""
     topo = topology_of(lab)
     closed = topo.model_copy(update={"routers": tuple(
-        r.model_copy(update={"floating_ips": tuple(f.model_copy(update={"echo_port": 9}) for f in r.floating_ips)})
+        r.model_copy(update={"floating_ips": tuple(
+            FloatingIP(address=f.address, fixed_ip=f.fixed_ip, echo_port=9, vm_netns=f.vm_netns) for f in r.floating_ips
+        )})
         for r in topo.routers[:1]
     )})
     journal_path = tmp_path / "journal.jsonl"
