@@ -11,6 +11,7 @@ import pytest
 from chaos.analysis.hypothesis import Equals, Max, Min, check_hypothesis, parse_tolerance, satisfies
 from chaos.analysis.summary import load_summary, summarize, write_summary
 from chaos.errors import InvalidInput
+from chaos.experiment.schema import Tolerance
 from chaos.runner.journal import Journal, read_journal
 
 R1 = "11111111-1111-4111-8111-111111111111"
@@ -221,9 +222,8 @@ def test_several_tolerances_per_metric_and_ranges() -> None:
 
 
 def test_tolerances_as_the_experiment_schema_models_them() -> None:
-    schema = pytest.importorskip("chaos.experiment.schema")
-    tol = schema.Tolerance(max=0.5, phase="during")
-    res = check_hypothesis(run((R1, "xxx.......")), {"outage_s": (tol,), "primaries_after": schema.Tolerance(equals=1)})
+    tol = Tolerance(max=0.5, phase="during")
+    res = check_hypothesis(run((R1, "xxx.......")), {"outage_s": (tol,), "primaries_after": Tolerance(equals=1)})
     assert [(r.name, r.phase, r.ok) for r in res.results] == [("outage_s", "during", True), ("primaries_after", "after", True)]
 
 

@@ -1,6 +1,9 @@
 """``report.md``: the verdict, the tolerances and the per-router figures, to paste into a ticket.
 
-GitHub-flavoured Markdown tables; cell text is escaped (``|`` and newlines would break a row).
+GitHub-flavoured Markdown tables; cell text is escaped (``|`` and newlines would break a row), and
+so is HTML: Markdown passes raw HTML through to the page, and router names, titles and reasons
+come from files and clouds, so ``<``, ``>`` and ``&`` become entities (shown as the characters).
+Inside code spans entities are not decoded, so those get ``code`` instead (a code span is inert).
 Routers that failed a tolerance come first; a long list is kept whole (a ticket is searched, not
 scrolled), but under a ``<details>`` fold past the first rows, which GitHub and GitLab render.
 """
@@ -29,7 +32,14 @@ TABLE_PAGE = 25
 
 
 def cell(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Text for a table cell or a line: one line, pipes escaped, HTML shown as text."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def code(value: object) -> str:
+    """Text for inside a code span: one line, pipes escaped (a table row), no backtick to end it."""
+    return str(value).replace("`", "'").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
 def render_markdown(run: RunData) -> str:
@@ -40,7 +50,7 @@ def render_markdown(run: RunData) -> str:
         "",
         f"**Verdict: {VERDICT_TEXT.get(s.verdict, s.verdict)}**",
         "",
-        f"Run `{cell(run.run_id)}` · experiment `{cell(s.run.experiment or '—')}` ({cell(s.run.title or '—')}) · "
+        f"Run `{code(run.run_id)}` · experiment `{code(s.run.experiment or '—')}` ({cell(s.run.title or '—')}) · "
         f"target {cell(s.run.target or '—')}"
         + (f" (backend {cell(s.run.backend)})" if s.run.backend else "")
         + f" · {len(run.targeted)} routers targeted · started {fmt_time(s.run.started)}"
@@ -58,7 +68,7 @@ def render_markdown(run: RunData) -> str:
             if t.skipped_routers and not t.skipped:
                 failing += f"{'; ' if failing else ''}skipped on {len(t.skipped_routers)} router(s)"
             result = "⏭ skipped" if t.skipped else "✅ pass" if t.ok else "❌ FAIL"
-            lines.append(f"| `{cell(t.name)}` | {t.phase} | {cell(fmt_bound(t))} | {cell(tolerance_value(t))} | "
+            lines.append(f"| `{code(t.name)}` | {t.phase} | {cell(fmt_bound(t))} | {cell(tolerance_value(t))} | "
                          f"{result} | {cell(failing)} |")
     else:
         lines.append("No tolerance was checked (no hypothesis found).")
@@ -66,7 +76,7 @@ def render_markdown(run: RunData) -> str:
     restarts = keepalived_restarts(s)
     for a in (primary_now(s, run.router_names), tcp_survived(s, run.router_names), state_replicated(s), restarts):
         if a is not None:
-            lines.append(f"- **{a.question}** {a.short}")
+            lines.append(f"- **{a.question}** {cell(a.short)}")
     lines += ["", "## Per-router figures", ""]
     routers = router_order(s, targeted_only=False)
     if routers:
@@ -92,5 +102,5 @@ def render_markdown(run: RunData) -> str:
         lines += ["", "## Notes", ""] + [f"- {cell(n)}" for n in s.notes[:50]]
         if len(s.notes) > 50:
             lines.append(f"- … and {len(s.notes) - 50} more (see summary.json)")
-    lines += ["", f"_Rendered by chaos from journal.jsonl; `chaos report {cell(run.run_id)}` recomputes it._", ""]
+    lines += ["", f"_Rendered by chaos from journal.jsonl; `chaos report {code(run.run_id)}` recomputes it._", ""]
     return "\n".join(lines)
