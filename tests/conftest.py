@@ -1,10 +1,19 @@
 """Shared fixtures. Lab tests need root and the lab's Debian packages.
 
-Outside CI a machine without them skips lab tests with the reason; with ``CI=true`` a missing
-prerequisite fails the run instead, so CI can never pass by skipping. One lab is shared by
-every test of a session (``lab`` fixture, advert_int 1); tests that need other lab options
-make their own with ``make_lab``. Every lab created here is removed at the end, and a lab
-left behind by a crashed run is removed before a new one starts (``Lab.up`` does that).
+Two tiers: ``pytest -m "not lab"`` is the quick loop (no root, no lab, no kernel: the fake
+network node of ``tests/fakenode.py`` stands in for the nodes), ``pytest -m lab`` the proof on
+real namespaces. Every test that uses a lab fixture is marked ``lab`` here, whatever its file
+says, and so is every test marked ``root`` (it needs root without a lab: a private PostgreSQL
+run as another user, ``chaos lab up`` reaching its checks), so the quick tier never meets a
+test it cannot run. Asked for lab tests (``-m`` selecting any) without root, the session stops
+at once with the reason instead of skipping them one by one.
+
+Outside CI a machine without the prerequisites skips lab tests with the reason (a plain
+``pytest``); with ``CI=true`` a missing prerequisite fails the run instead, so CI can never
+pass by skipping. One lab is shared by every test of a session (``lab`` fixture, advert_int
+1); tests that need other lab options make their own with ``make_lab``. Every lab created here
+is removed at the end, and a lab left behind by a crashed run is removed before a new one
+starts (``Lab.up`` does that).
 """
 
 from __future__ import annotations
@@ -29,6 +38,31 @@ CHAOS_CLI = (sys.executable, "-m", "chaos")
 def lab_name(suffix: str = "") -> str:
     """Names unique per test process, so concurrent test runs never share a lab."""
     return f"t{os.getpid() % 100000}{suffix}"[:10]
+
+
+LAB_FIXTURES = frozenset({"lab", "kolla_lab", "make_lab"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before the -m selection, which reads the markers added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``lab`` every test that uses a lab (directly or through another fixture) or needs root."""
+    for item in items:
+        uses_lab = bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if (uses_lab or item.get_closest_marker("root")) and not item.get_closest_marker("lab"):
+            item.add_marker(pytest.mark.lab)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """``-m`` that selects lab tests, without root: stop now, saying why (no page of skips)."""
+    if os.geteuid() == 0 or not session.config.option.markexpr:
+        return
+    selected = [item.nodeid for item in session.items if item.get_closest_marker("lab")]
+    if selected:
+        pytest.exit(
+            f"{len(selected)} selected test(s) are lab tests (e.g. {selected[0]}): they need root "
+            "(network, mount and PID namespaces). Run them as root, or run the quick tier: pytest -m \"not lab\"",
+            returncode=6,  # chaos's own exit code for missing prerequisites
+        )
 
 
 def require_lab_prerequisites() -> None:

@@ -311,6 +311,7 @@ def still_lab(make_lab) -> LabHandle:  # type: ignore[no-untyped-def]
     return make_lab("n", routers=2, nodes=2, advert_int=1, respawn_interval=0)
 
 
+@pytest.mark.lab  # its lab comes through request.getfixturevalue, which the automatic marking cannot see
 @pytest.mark.parametrize("lab_fixture, respawn_wait, restarted_by", [("still_lab", "0s", "tool"), ("lab", "20s", "agent")])
 def test_sigkill_runs_never_leave_two_keepalived(request: pytest.FixtureRequest, tmp_path: Path, lab_fixture: str,
                                                   respawn_wait: str, restarted_by: str) -> None:

@@ -90,6 +90,7 @@ def test_plan_uses_neutron_names_and_lab_ranges_only() -> None:
     assert all(n.mgmt_ip.startswith("198.51.100.") for n in spec.nodes)
 
 
+@pytest.mark.root  # `chaos lab up` checks root before it reads the options
 def test_cli_rejects_impossible_lab_before_creating_anything() -> None:
     name = lab_name("x")
     proc = chaos_cli("lab", "up", "--name", name, "--routers", "255")
@@ -259,6 +260,7 @@ def test_status_without_lab_is_a_clear_error() -> None:
     assert "chaos lab up" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.root  # brings up a lab of its own
 def test_down_removes_everything_even_after_a_crash() -> None:
     require_lab_prerequisites()
     lab = Lab(LAB_ROOT, lab_name("d"))

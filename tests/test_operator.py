@@ -309,10 +309,11 @@ def test_reindex_rebuilds_the_history_from_run_folders_and_retention_prunes(tmp_
 async def test_webhook_retries_then_delivers_and_never_blocks(tmp_path: Path) -> None:
     received: list[dict[str, Any]] = []
     answers = [500, 200]
+    release = asyncio.Event()  # the slow hook answers only at the end (the server's cleanup waits for it)
 
     async def hook(request: web.Request) -> web.Response:
         if request.path == "/slow":
-            await asyncio.sleep(30)
+            await release.wait()
         received.append(await request.json())
         return web.Response(status=answers.pop(0) if answers else 200)
 
@@ -338,6 +339,7 @@ async def test_webhook_retries_then_delivers_and_never_blocks(tmp_path: Path) ->
         assert len(received) == 2 and received[1]["text"].startswith("*chaos DEVIATED* exp")
         assert received[1]["blocks"][1]["elements"][0]["text"] == "outage_s 3.2 > 2"
     finally:
+        release.set()
         await runner.cleanup()
 
 

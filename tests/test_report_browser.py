@@ -21,7 +21,16 @@ from chaos.report.render import render_reports
 from tests.test_report_journals import RouterPlan, synth_run
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+
+def _artifacts() -> Path:
+    """test-artifacts/ in the checkout; in a checkout the tests may not write to (another user's),
+    a folder of this user's under the temp directory."""
+    folder = ROOT / "test-artifacts"
+    return folder if os.access(ROOT, os.W_OK) or folder.is_dir() and os.access(folder, os.W_OK) else \
+        Path(tempfile.gettempdir()) / f"chaos-test-artifacts-{os.geteuid()}"
+
+
+ARTIFACTS = _artifacts()
 LAB_RUN = ROOT / "tests" / "data" / "runs" / "20261125T141014Z-vrrp-partition-b8dd21"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 FLAGS = [
