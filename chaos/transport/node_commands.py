@@ -12,6 +12,15 @@ ha_confs are and which pid file names its Neutron uses. Commands that look for a
 keepalived try the current names (``<id>.pid.keepalived``, since Train) and the pre-Train ones
 (``<id>.pid``), and trust a pid only when its process runs this router's keepalived.conf.
 Commands are POSIX sh (dash or bash).
+
+Every builder returns a ``NodeCommand``: the text (a ``str``, so callers pass it, journal it and
+compare it as before) carrying its ``intent``, a small typed record of which builder made it
+from which validated values. Nothing in the tool reads the intent to run a command; it is there
+so that a stand-in for a node (the tests' fake network node) can answer the command from what it
+means instead of parsing shell, and composite commands keep it: a dead-man holds the intents of
+its undo commands, and the agent context's ``<exec_prefix> sh -c '...'`` is recorded in every
+intent as its ``agent``. Text that went through a pydantic ``str`` field or the journal comes
+back as a plain ``str``: only the builders' output carries intents.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import re
 import shlex
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from chaos.deployment import AgentContext
 from chaos.model import _device, _router_id
@@ -46,6 +56,132 @@ class Signal(str, Enum):
 class LinkAction(str, Enum):
     UP = "up"
     DOWN = "down"
+
+
+# --------------------------------------------------------------------------- intents
+class Intent(BaseModel):
+    """What a command means: the builder and its validated arguments (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class AgentIntent(Intent):
+    """A command that runs where the L3 agent runs (``agent.wrap``)."""
+
+    agent: AgentContext
+
+
+class GroundTruth(AgentIntent):
+    replicas: tuple[tuple[str, str], ...]  # (router_id, ha_device)
+
+
+class KeepalivedInstances(AgentIntent):
+    router_id: str
+
+
+class KeepalivedSignal(AgentIntent):
+    router_id: str
+    signal: Signal
+    vrrp_child: bool
+
+
+class KeepalivedPids(AgentIntent):
+    router_id: str
+
+
+class KeepalivedStart(AgentIntent):
+    router_id: str
+
+
+class KeepalivedEnsureRunning(AgentIntent):
+    router_id: str
+
+
+class KeepalivedVrids(AgentIntent):
+    router_ids: tuple[str, ...]
+
+
+class PidsAlive(AgentIntent):
+    pids: tuple[int, ...]
+
+
+class HaLinkSet(AgentIntent):
+    router_id: str
+    ha_device: str
+    action: LinkAction
+
+
+class VrrpBlock(AgentIntent):
+    router_id: str
+    ha_device: str
+    marker: str
+
+
+class VrrpUnblock(AgentIntent):
+    router_id: str
+    ha_device: str
+    marker: str
+
+
+class VrrpRulesCount(AgentIntent):
+    router_id: str
+    marker: str
+
+
+class DeadmanSchedule(Intent):
+    marker: str
+    after: float
+    undo: tuple[str, ...]  # the undo commands' text, in order
+    undo_intents: tuple[Any, ...]  # their intents (an Intent, or None for a command given as plain text)
+
+
+class DeadmanCancel(Intent):
+    marker: str
+    pid: int | None
+
+
+class BootId(Intent):
+    pass
+
+
+class Reboot(Intent):
+    method: Literal["systemctl", "sysrq"]
+    delay: float
+
+
+class FollowReplicas(AgentIntent):
+    router_ids: tuple[str, ...]
+    heartbeat: float
+    state_every: float
+
+
+class ConntrackTables(AgentIntent):
+    router_ids: tuple[str, ...]
+    ports: tuple[int, ...]
+
+
+class Preflight(AgentIntent):
+    pass
+
+
+class NodeCommand(str):
+    """A command's text with its ``intent``. Behaves as the ``str`` it is everywhere; string
+    operations on it (joining, formatting) give plain ``str``, without the intent."""
+
+    intent: Intent
+
+    def __new__(cls, text: str, intent: Intent) -> NodeCommand:
+        command = super().__new__(cls, text)
+        command.intent = intent
+        return command
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle keep the intent
+        return (NodeCommand, (str(self), self.intent))
+
+
+def intent_of(command: str) -> Intent | None:
+    """The intent a command was built with; None for plain text (journaled, or not built here)."""
+    return command.intent if isinstance(command, NodeCommand) else None
 
 
 def q(value: object) -> str:
@@ -131,16 +267,20 @@ _GROUND_TRUTH_FN = r"""gt() {
 }"""
 
 
-def ground_truth(agent: AgentContext, replicas: Iterable[tuple[str, str]]) -> str:
+def ground_truth(agent: AgentContext, replicas: Iterable[tuple[str, str]]) -> NodeCommand:
     """One command reading the ground truth of many replicas on one node.
 
     ``replicas`` are (router_id, ha_device) pairs of replicas hosted on that node.
     """
     layout = agent.layout
+    replicas = list(replicas)
     calls = [f"gt {q(router_id(rid))} {q(device(ha))}" for rid, ha in replicas]
     main, vrrp = _pid_suffixes(layout, "0" * 36)
     fn = _GROUND_TRUTH_FN % {"main": " ".join(q(m) for m in main), "vrrp": " ".join(q(v) for v in vrrp)}
-    return agent.wrap(f"c={q(str(layout.ha_confs))}\n{_KEEPALIVED_PID_FN}\n{fn}\n" + "\n".join(calls))
+    return NodeCommand(
+        agent.wrap(f"c={q(str(layout.ha_confs))}\n{_KEEPALIVED_PID_FN}\n{fn}\n" + "\n".join(calls)),
+        GroundTruth(agent=agent, replicas=tuple((router_id(rid), device(ha)) for rid, ha in replicas)),
+    )
 
 
 class KeepalivedProcess(BaseModel):
@@ -234,12 +374,15 @@ def keepalived_running(layout: NeutronLayout, rid: str) -> str:
     )
 
 
-def keepalived_instances(agent: AgentContext, rid: str) -> str:
+def keepalived_instances(agent: AgentContext, rid: str) -> NodeCommand:
     """Print the pids of every keepalived process of this router on the node, one line."""
-    return agent.wrap(f'{keepalived_running(agent.layout, rid)}; echo "keepalived: ${{running:-none}}"')
+    return NodeCommand(
+        agent.wrap(f'{keepalived_running(agent.layout, rid)}; echo "keepalived: ${{running:-none}}"'),
+        KeepalivedInstances(agent=agent, router_id=router_id(rid)),
+    )
 
 
-def keepalived_signal(agent: AgentContext, rid: str, signal: Signal, *, vrrp_child: bool = True) -> str:
+def keepalived_signal(agent: AgentContext, rid: str, signal: Signal, *, vrrp_child: bool = True) -> NodeCommand:
     """Signal a replica's keepalived, found through its pid files (never a host-wide pattern).
 
     Prints ``signalled <pid>`` per process; exits 3 when no running keepalived was found, so an
@@ -256,15 +399,21 @@ def keepalived_signal(agent: AgentContext, rid: str, signal: Signal, *, vrrp_chi
         prelude = _each_keepalived(layout, rid, ["main"], 'kill -s STOP "$x"') + "; "
     which = ["vrrp", "main"] if vrrp_child else ["main"]
     loop = _each_keepalived(layout, rid, which, f'kill -s {sig} "$x" && echo "signalled $x" && n=$((n+1))')
-    return agent.wrap(
-        f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {rid}' >&2; exit 3; }}"
+    return NodeCommand(
+        agent.wrap(
+            f"n=0; {prelude}{loop}; [ \"$n\" -gt 0 ] || {{ echo 'no running keepalived for router {rid}' >&2; exit 3; }}"
+        ),
+        KeepalivedSignal(agent=agent, router_id=rid, signal=Signal(signal), vrrp_child=vrrp_child),
     )
 
 
-def keepalived_pids(agent: AgentContext, rid: str) -> str:
+def keepalived_pids(agent: AgentContext, rid: str) -> NodeCommand:
     """Print ``<pid> <state letter>`` of each running keepalived process of a replica."""
     body = "echo \"$x $(sed 's/.*) //' /proc/$x/stat | cut -c1)\""
-    return agent.wrap(_each_keepalived(agent.layout, router_id(rid), ["main", "vrrp"], body))
+    return NodeCommand(
+        agent.wrap(_each_keepalived(agent.layout, router_id(rid), ["main", "vrrp"], body)),
+        KeepalivedPids(agent=agent, router_id=rid),
+    )
 
 
 def _keepalived_start(layout: NeutronLayout, rid: str) -> str:
@@ -277,7 +426,7 @@ def _keepalived_start(layout: NeutronLayout, rid: str) -> str:
     )
 
 
-def keepalived_start(agent: AgentContext, rid: str) -> str:
+def keepalived_start(agent: AgentContext, rid: str) -> NodeCommand:
     """Start keepalived as Neutron's L3 agent does, unless one already runs for this router.
 
     Neutron's command line inside ``qrouter-<id>``, in the agent's context (where a
@@ -286,10 +435,10 @@ def keepalived_start(agent: AgentContext, rid: str) -> str:
     running this router's keepalived.conf, whatever its pid files, means nothing is started:
     two keepalived for one VRID on one node is a split brain of the tool's making.
     """
-    return agent.wrap(_keepalived_start(agent.layout, router_id(rid)))
+    return NodeCommand(agent.wrap(_keepalived_start(agent.layout, router_id(rid))), KeepalivedStart(agent=agent, router_id=rid))
 
 
-def keepalived_ensure_running(agent: AgentContext, rid: str) -> str:
+def keepalived_ensure_running(agent: AgentContext, rid: str) -> NodeCommand:
     """Idempotent undo of any keepalived fault: continue stopped processes, start one only if
     none runs for this router (see ``keepalived_start``)."""
     rid = router_id(rid)
@@ -297,10 +446,10 @@ def keepalived_ensure_running(agent: AgentContext, rid: str) -> str:
         agent.layout, rid, ["main", "vrrp"],
         "s=$(sed 's/.*) //' /proc/$x/stat | cut -c1); [ \"$s\" = T ] && kill -s CONT \"$x\" && echo \"continued $x\"",
     )
-    return agent.wrap(f"{cont}; {_keepalived_start(agent.layout, rid)}")
+    return NodeCommand(agent.wrap(f"{cont}; {_keepalived_start(agent.layout, rid)}"), KeepalivedEnsureRunning(agent=agent, router_id=rid))
 
 
-def keepalived_vrids(agent: AgentContext, router_ids: Sequence[str]) -> str:
+def keepalived_vrids(agent: AgentContext, router_ids: Sequence[str]) -> NodeCommand:
     """Print ``<router_id> virtual_router_id <n>`` (or ``<router_id> -``) per router, from each
     replica's keepalived.conf on the node."""
     parts = [
@@ -308,23 +457,30 @@ def keepalived_vrids(agent: AgentContext, router_ids: Sequence[str]) -> str:
         f"(grep -m1 -o 'virtual_router_id [0-9]*' {q(str(agent.layout.keepalived_conf(r)))} 2>/dev/null || echo -); echo"
         for r in router_ids
     ]
-    return agent.wrap("; ".join(parts))
+    return NodeCommand(agent.wrap("; ".join(parts)), KeepalivedVrids(agent=agent, router_ids=tuple(router_ids)))
 
 
-def pids_alive(agent: AgentContext, pids: Iterable[int]) -> str:
+def pids_alive(agent: AgentContext, pids: Iterable[int]) -> NodeCommand:
     """Print each pid that still runs and is not a zombie, with its state letter (pids as the
     agent's context numbers them)."""
-    checked = " ".join(str(int(p)) for p in pids)
-    return agent.wrap(
-        f"for x in {checked}; do s=$(sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -c1); "
-        f'case "$s" in ""|Z|X) ;; *) echo "$x $s";; esac; done; true'
+    numbers = tuple(int(p) for p in pids)
+    checked = " ".join(str(p) for p in numbers)
+    return NodeCommand(
+        agent.wrap(
+            f"for x in {checked}; do s=$(sed 's/.*) //' /proc/$x/stat 2>/dev/null | cut -c1); "
+            f'case "$s" in ""|Z|X) ;; *) echo "$x $s";; esac; done; true'
+        ),
+        PidsAlive(agent=agent, pids=numbers),
     )
 
 
 # --------------------------------------------------------------------------- ha- link
-def ha_link_set(agent: AgentContext, rid: str, ha_device: str, action: LinkAction) -> str:
+def ha_link_set(agent: AgentContext, rid: str, ha_device: str, action: LinkAction) -> NodeCommand:
     """``ip link set`` of the replica's ha- device inside its namespace."""
-    return agent.wrap(shlex.join(["ip", "-n", namespace(rid), "link", "set", "dev", device(ha_device), LinkAction(action).value]))
+    return NodeCommand(
+        agent.wrap(shlex.join(["ip", "-n", namespace(rid), "link", "set", "dev", device(ha_device), LinkAction(action).value])),
+        HaLinkSet(agent=agent, router_id=rid, ha_device=ha_device, action=LinkAction(action)),
+    )
 
 
 # --------------------------------------------------------------------------- VRRP partition
@@ -335,31 +491,37 @@ def _vrrp_rules(ha_device: str, mark: str) -> list[list[str]]:
     return [["INPUT", "-i", dev, *drop], ["OUTPUT", "-o", dev, *drop]]
 
 
-def vrrp_block(agent: AgentContext, rid: str, ha_device: str, mark: str) -> str:
+def vrrp_block(agent: AgentContext, rid: str, ha_device: str, mark: str) -> NodeCommand:
     """Drop VRRP (IP protocol 112) in and out of the replica's ha- device, tagged with ``mark``
     (in the agent's context: its iptables is the one that programs the namespace)."""
     ns = namespace(rid)
-    return agent.wrap(" && ".join(shlex.join(["ip", "netns", "exec", ns, "iptables", "-w", "-I", *rule]) for rule in _vrrp_rules(ha_device, mark)))
+    return NodeCommand(
+        agent.wrap(" && ".join(shlex.join(["ip", "netns", "exec", ns, "iptables", "-w", "-I", *rule]) for rule in _vrrp_rules(ha_device, mark))),
+        VrrpBlock(agent=agent, router_id=rid, ha_device=ha_device, marker=mark),
+    )
 
 
-def vrrp_unblock(agent: AgentContext, rid: str, ha_device: str, mark: str) -> str:
+def vrrp_unblock(agent: AgentContext, rid: str, ha_device: str, mark: str) -> NodeCommand:
     """Remove only the rules carrying ``mark`` (every copy of them); idempotent."""
     ns = namespace(rid)
     parts = [
         f"while {shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-D', *rule])} 2>/dev/null; do :; done"
         for rule in _vrrp_rules(ha_device, mark)
     ]
-    return agent.wrap("; ".join(parts) + "; true")
+    return NodeCommand(agent.wrap("; ".join(parts) + "; true"), VrrpUnblock(agent=agent, router_id=rid, ha_device=ha_device, marker=mark))
 
 
-def vrrp_rules_count(agent: AgentContext, rid: str, mark: str) -> str:
+def vrrp_rules_count(agent: AgentContext, rid: str, mark: str) -> NodeCommand:
     """Print how many filter rules in the namespace carry ``mark``."""
     ns = namespace(rid)
-    return agent.wrap(f"{shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-S'])} | grep -cF -- {q(marker(mark))} || true")
+    return NodeCommand(
+        agent.wrap(f"{shlex.join(['ip', 'netns', 'exec', ns, 'iptables', '-w', '-S'])} | grep -cF -- {q(marker(mark))} || true"),
+        VrrpRulesCount(agent=agent, router_id=rid, marker=mark),
+    )
 
 
 # --------------------------------------------------------------------------- dead-man
-def deadman_schedule(mark: str, after: float, undo: Sequence[str]) -> str:
+def deadman_schedule(mark: str, after: float, undo: Sequence[str]) -> NodeCommand:
     """Schedule ``undo`` to run after ``after`` seconds, detached from the SSH session.
 
     The detached shell gets a session of its own (setsid), ignores the hang-up (nohup), prints
@@ -368,7 +530,11 @@ def deadman_schedule(mark: str, after: float, undo: Sequence[str]) -> str:
     ``chaos-deadman <mark>``, which lets a cancel find exactly this timer.
     """
     script = f": {DEADMAN_TAG} {marker(mark)}; echo \"deadman $$\" >&3; exec 3>&-; sleep {seconds(after)}; " + "; ".join(undo)
-    return f"nohup setsid sh -c {q(script)} 3>&1 </dev/null >/dev/null 2>&1 &"
+    return NodeCommand(
+        f"nohup setsid sh -c {q(script)} 3>&1 </dev/null >/dev/null 2>&1 &",
+        DeadmanSchedule(marker=mark, after=float(after), undo=tuple(str(u) for u in undo),
+                        undo_intents=tuple(intent_of(u) for u in undo)),
+    )
 
 
 def parse_deadman_pid(output: str) -> int | None:
@@ -376,7 +542,7 @@ def parse_deadman_pid(output: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def deadman_cancel(mark: str, pid: int | None = None) -> str:
+def deadman_cancel(mark: str, pid: int | None = None) -> NodeCommand:
     """End the dead-man's process group: the pid if known and still ours, else any carrying ``mark``.
 
     The search pattern is written so that it does not match the command line of the shell
@@ -385,28 +551,35 @@ def deadman_cancel(mark: str, pid: int | None = None) -> str:
     pattern = q(f"{DEADMAN_TAG[:-1]}[{DEADMAN_TAG[-1]}] {marker(mark)};")
     if pid is not None:
         p = int(pid)
-        return f'if grep -qa {pattern} /proc/{p}/cmdline 2>/dev/null; then kill -s TERM -- -{p} 2>/dev/null; echo "cancelled {p}"; fi; true'
+        return NodeCommand(
+            f'if grep -qa {pattern} /proc/{p}/cmdline 2>/dev/null; then kill -s TERM -- -{p} 2>/dev/null; echo "cancelled {p}"; fi; true',
+            DeadmanCancel(marker=mark, pid=p),
+        )
     # One grep over every command line: a loop forking grep per process takes seconds on a busy host.
-    return (
+    return NodeCommand(
         f"for f in $(grep -la {pattern} /proc/[0-9]*/cmdline 2>/dev/null); do p=${{f#/proc/}}; p=${{p%/cmdline}}; "
-        f'kill -s TERM -- "-$p" 2>/dev/null; echo "cancelled $p"; done; true'
+        f'kill -s TERM -- "-$p" 2>/dev/null; echo "cancelled $p"; done; true',
+        DeadmanCancel(marker=mark, pid=None),
     )
 
 
 # --------------------------------------------------------------------------- node
-def boot_id() -> str:
-    return "cat /proc/sys/kernel/random/boot_id"
+def boot_id() -> NodeCommand:
+    return NodeCommand("cat /proc/sys/kernel/random/boot_id", BootId())
 
 
-def reboot_systemctl(delay: float = 1.0) -> str:
+def reboot_systemctl(delay: float = 1.0) -> NodeCommand:
     """A clean reboot, detached and delayed so that the SSH command returns before the node goes."""
-    return f"nohup setsid sh -c {q(f'sleep {seconds(delay)}; systemctl reboot')} </dev/null >/dev/null 2>&1 &"
+    return NodeCommand(
+        f"nohup setsid sh -c {q(f'sleep {seconds(delay)}; systemctl reboot')} </dev/null >/dev/null 2>&1 &",
+        Reboot(method="systemctl", delay=float(delay)),
+    )
 
 
-def reboot_sysrq(delay: float = 1.0) -> str:
+def reboot_sysrq(delay: float = 1.0) -> NodeCommand:
     """An immediate kernel reboot (no sync, no unmount): as close to a power cut as SSH gets."""
     script = f"sleep {seconds(delay)}; echo 1 > /proc/sys/kernel/sysrq; echo b > /proc/sysrq-trigger"
-    return f"nohup setsid sh -c {q(script)} </dev/null >/dev/null 2>&1 &"
+    return NodeCommand(f"nohup setsid sh -c {q(script)} </dev/null >/dev/null 2>&1 &", Reboot(method="sysrq", delay=float(delay)))
 
 
 # --------------------------------------------------------------------------- replica address stream
@@ -445,7 +618,7 @@ st() {
 }"""
 
 
-def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> str:
+def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat: float = 1.0, state_every: float = 0.1) -> NodeCommand:
     """One command streaming address events and state-file changes of many replicas on one node.
 
     ``state_every``: how often the state files are read (the address events need no polling).
@@ -463,7 +636,10 @@ def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat
         f"  if [ \"$n\" -ge {beats} ]; then n=0; echo H || {{ kill 0; exit 1; }}; fi\n"
         f"  sleep {seconds(every)}\ndone"
     )
-    return agent.wrap(_FOLLOW_FN % {"confs": q(str(confs))} + "\n" + followers + "\n" + loop)
+    return NodeCommand(
+        agent.wrap(_FOLLOW_FN % {"confs": q(str(confs))} + "\n" + followers + "\n" + loop),
+        FollowReplicas(agent=agent, router_ids=tuple(rids), heartbeat=float(heartbeat), state_every=every),
+    )
 
 
 # --------------------------------------------------------------------------- conntrack
@@ -480,7 +656,7 @@ _CONNTRACK_FN = r"""ct() {
 # (stderr apart from stdout: conntrack's summary line on stderr lands mid-line when merged)
 
 
-def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iterable[int]) -> str:
+def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iterable[int]) -> NodeCommand:
     """The TCP flows whose original destination port is one of ``ports``, per router on one node:
     the kernel's table inside ``qrouter-<id>`` and, where the router runs conntrackd (its
     conntrackd.conf exists), conntrackd's external cache (``conntrackd -C <conf> -e``: the
@@ -492,7 +668,8 @@ def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iter
     if not port_list or not all(0 < p < 65536 for p in port_list):
         raise ValueError(f"ports {port_list!r} must be 1..65535 and at least one")
     blocks = []
-    for rid in (router_id(r) for r in router_ids):
+    rids = [router_id(r) for r in router_ids]
+    for rid in rids:
         ns = namespace(rid)
         conf = str(agent.layout.conntrackd_file(rid, "conf"))
         kernel = "; ".join(
@@ -503,7 +680,10 @@ def conntrack_tables(agent: AgentContext, router_ids: Sequence[str], ports: Iter
             f"if [ -e /run/netns/{q(ns)} ]; then echo {q('R ' + rid + ' 1')}; {kernel}; {cache}; "
             f"else echo {q('R ' + rid + ' 0')}; fi; echo {q('E ' + rid)}"
         )
-    return agent.wrap(_CONNTRACK_FN + "\n" + "\n".join(blocks))
+    return NodeCommand(
+        agent.wrap(_CONNTRACK_FN + "\n" + "\n".join(blocks)),
+        ConntrackTables(agent=agent, router_ids=tuple(rids), ports=tuple(port_list)),
+    )
 
 
 # --------------------------------------------------------------------------- preflight
@@ -541,9 +721,9 @@ echo "C ${i:--}"
 """
 
 
-def preflight(agent: AgentContext) -> str:
+def preflight(agent: AgentContext) -> NodeCommand:
     """One command checking a node: the host part, then the agent's context (see the tags above)."""
     inner = f"c={q(str(agent.layout.ha_confs))}\n{_PREFLIGHT_AGENT}"
     wrapped = agent.wrap(inner)
     # A failing exec prefix (no such container, no sudo) must show as such, not as a silence.
-    return f'echo "U $(id -u)"; {wrapped} || echo "A fail exit $?"'
+    return NodeCommand(f'echo "U $(id -u)"; {wrapped} || echo "A fail exit $?"', Preflight(agent=agent))
