@@ -41,7 +41,7 @@ from typing import Any
 
 from chaos.model import Topology
 from chaos.probes.icmp import IcmpProbe, IcmpTarget, icmp_targets
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 
 LAB_ROOT = Path("/run/chaos-lab")
 FPING_LINE = re.compile(r"^\[(\d+\.\d+)\] (\S+)\s*: \[(\d+)\], \d+ bytes, ([\d.]+) ms")

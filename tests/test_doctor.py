@@ -15,7 +15,7 @@ from pathlib import Path
 
 from chaos.errors import ExitCode
 from chaos.model import Node
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 from chaos.runner.preflight import parse_preflight
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 

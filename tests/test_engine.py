@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chaos.errors import ExitCode
-from chaos.runner.journal import read_journal
+from chaos.journal import JournalHeader, read_events, read_journal
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 
 CHAOS = list(CHAOS_CLI)
@@ -120,6 +120,9 @@ def shipped_experiment_leaves_nothing_injected(lab: LabHandle, tmp_path: Path, e
     assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     folder = run_folder(proc)
+    # Every line the run wrote fits the journal's models (read_events validates each one).
+    whole = list(read_events(folder / "journal.jsonl"))
+    assert isinstance(whole[0], JournalHeader) and whole[0].tool_version
     plan = events(folder, "run.plan")[0]
     injected = {e["action_id"]: e["t"] for e in events(folder, "fault.injected")}
     undone = {e["action_id"]: e for e in events(folder, "fault.undone")}

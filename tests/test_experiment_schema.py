@@ -147,7 +147,7 @@ def test_metric_refs_and_catalog() -> None:
 def test_the_analysis_computes_every_metric_of_the_catalog() -> None:
     """A tolerance the validator accepts must have a value (or a reason why not) after a run."""
     from chaos.analysis.metrics import RunRecord, run_metrics
-    from chaos.runner.journal import read_journal
+    from chaos.journal import read_journal
 
     journal = ROOT / "tests" / "data" / "journals" / "kill-primary.jsonl"
     routers = run_metrics(RunRecord(read_journal(journal)))

@@ -18,7 +18,8 @@ from chaos.analysis.metrics import (
     router_metrics,
     run_metrics,
 )
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
+from tests.journal_events import event
 
 R1 = "11111111-1111-4111-8111-111111111111"
 R2 = "22222222-2222-4222-8222-222222222222"
@@ -27,14 +28,14 @@ DATA = Path(__file__).parent / "data" / "journals"
 
 
 def ev(t: float, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"t": T0 + t, "kind": kind, **fields}
+    return event(T0 + t, kind, **fields)
 
 
 def icmp(t: float, router: str, address: str, answers: str, interval: float = 0.02) -> dict[str, Any]:
     """A probe.icmp batch from a pattern: '.' answered, 'x' lost, one request every interval."""
     sent = [T0 + t + i * interval for i in range(len(answers))]
-    return {"t": sent[-1], "kind": "probe.icmp", "router_id": router, "address": address,
-            "sent": sent, "rtt": [0.001 if c == "." else None for c in answers]}
+    return event(sent[-1], "probe.icmp", router_id=router, address=address, seq=round(t / interval), sent=sent,
+                 rtt=[0.001 if c == "." else None for c in answers], interval=interval, timeout=1.0)
 
 
 def obs(t: float, router: str, node: str, holds: bool) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def test_no_primary_counts_from_the_first_observation_to_the_end() -> None:
 
 
 def tcp(t: float, session: str | None, direction: str, event: str, **extra: Any) -> dict[str, Any]:
-    return ev(t, "probe.tcp", router_id=R1, session=session, direction=direction, event=event, detail=None, **extra)
+    return ev(t, "probe.tcp", router_id=R1, session=session, direction=direction, event=event, detail="", **extra)
 
 
 def test_tcp_dropped_counts_resets_and_timeouts_by_direction() -> None:
@@ -215,7 +216,8 @@ def failover_events() -> list[dict[str, Any]]:
 
 
 def test_garp_delay_from_takeover_and_count() -> None:
-    garp = [ev(t, "arp.garp", router_id=R1, address="100.64.32.1", mac="fa:16:3e:00:00:01", port="qg-1") for t in (1, 12.3, 13)]
+    garp = [ev(t, "arp.garp", router_id=R1, address="100.64.32.1", mac="fa:16:3e:00:00:01", op="reply", port="qg-1")
+            for t in (1, 12.3, 13)]
     m = metrics_of(failover_events() + garp)
     assert m["garp_delay_s"] == pytest.approx(0.3)
     assert m["garp_count"] == 3
@@ -229,11 +231,12 @@ def test_conntrack_entries_replicated_and_lost() -> None:
         return ev(9 if phase == "before" else 14, "conntrack.snapshot", router_id=R1, node=node, phase=phase, flows=flows)
 
     f = [{"proto": "tcp", "src": "100.64.0.1", "dst": "100.64.32.1", "sport": p, "dport": 7, "timeout": 100} for p in (1, 2, 3)]
-    backup = [dict(f[0], timeout=5), "tcp 6 431999 ESTABLISHED src=100.64.0.1 dst=100.64.32.1 sport=2 dport=7 src=x dst=y"]
+    raw = "tcp 6 431999 ESTABLISHED src=100.64.0.1 dst=100.64.32.1 sport=2 dport=7 src=x dst=y"
+    backup = [dict(f[0], timeout=5), {"proto": "tcp", "src": "100.64.0.1", "dst": "100.64.32.1", "sport": 2, "dport": 7, "state": "ESTABLISHED"}]
     events = failover_events() + [snap("net1", "before", f), snap("net2", "before", backup), snap("net2", "after", [f[0]])]
     m = metrics_of(events)
     assert (m["conntrack_entries"], m["conntrack_replicated"], m["conntrack_lost"]) == (3, 2, 2)
-    assert flow_key(backup[1]) == flow_key(f[1])
+    assert flow_key(backup[1]) == flow_key(f[1]) == flow_key(raw)  # a raw conntrack -L line is the same flow
 
 
 def test_conntrack_replicated_counts_conntrackds_external_cache() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from chaos.errors import ExitCode
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 from tests.test_report_browser import ARTIFACTS, browse, console_errors
 

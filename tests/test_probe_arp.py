@@ -15,7 +15,7 @@ from chaos.model import Topology
 from chaos.probes.arp import ArpObserver, ResetObserver, lab_port_lookup, parse_arp, parse_fdb, parse_tcp_reset, watched_addresses
 from chaos.transport.netns import open_socket
 from chaos.probes.primary import PrimaryObserver
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
 from tests.conftest import LabHandle, wait_lab_ready

@@ -13,7 +13,7 @@ import pytest
 from chaos.analysis.metrics import flow_key
 from chaos.model import Topology
 from chaos.probes.conntrack import ConntrackProbe, parse_conntrack_line, parse_conntrack_tables
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.deployment import AgentContext
 from chaos.transport import node_commands as nc
 from chaos.transport.netns import open_socket

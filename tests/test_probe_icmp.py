@@ -29,7 +29,7 @@ from chaos.probes.icmp import (
     parse_echo_reply,
     seq_distance,
 )
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.lab.router import LAYOUT
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 

@@ -19,7 +19,7 @@ from chaos.model import FloatingIP, ProbePort, Topology
 from chaos.probes.base import ANY_SERVICE, ECHO_ONLY, INBOUND, OUTBOUND, tcp_paths
 from chaos.probes.newconn import NewConnectionProbe
 from chaos.probes.tcp import TcpSessionProbe
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.targets.inventory import load_inventory
 from tests.conftest import LabHandle
 

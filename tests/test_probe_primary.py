@@ -13,7 +13,7 @@ import pytest
 from chaos.model import Topology
 from chaos.deployment import AgentContext
 from chaos.probes.primary import PrimaryObserver, parse_address_line, router_addresses
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
 from tests.conftest import LabHandle, wait_lab_ready

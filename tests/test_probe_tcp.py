@@ -22,7 +22,7 @@ from chaos.model import FloatingIP, Topology
 from chaos.probes.base import INBOUND, OUTBOUND, tcp_paths
 from chaos.probes.newconn import NewConnectionProbe
 from chaos.probes.tcp import TcpSessionProbe
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from tests.conftest import LabHandle, wait_lab_ready
 from tests.test_probe_icmp import lab_ssh, primary_of, primary_of_or_none, topology_of
 

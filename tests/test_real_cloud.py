@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from chaos.errors import ExitCode
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 from chaos.targets.inventory import read_inventory
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
 

@@ -1,6 +1,6 @@
 """Synthetic run folders for the report tests, and checks that they say what they were built to say.
 
-``synth_run`` writes a journal in the runner's event format (chaos/runner/journal.py) with the
+``synth_run`` writes a journal in the runner's event format (chaos/journal/) with the
 shapes the real probes write: ICMP batches per second, replica observations at changes, TCP
 session events, a plan and one fault per router. Outages, drops and split brains are given per
 router, so a test knows the right answer before the report computes it.
@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from chaos.report.run import load_run
+from tests.journal_events import event
 
 T0 = 1_800_000_000.0
 
@@ -58,7 +59,7 @@ def synth_run(
     tolerances = {"outage_s": {"max": 5.0}, "tcp_dropped": {"max": 0}, "primaries_after": {"equals": 1},
                   "p95(outage_s)": {"max": 5.0}} if tolerances is None else tolerances
     events: list[dict[str, Any]] = []
-    ev = lambda t, kind, **f: events.append({"t": round(t, 6), "kind": kind, **f})  # noqa: E731
+    ev = lambda t, kind, **f: events.append(event(round(t, 6), kind, **f))  # noqa: E731
     started: dict[str, Any] = dict(
         run_id=run_id or folder.name, experiment=experiment, title=title, tool_version="0.1.0", target="lab:synth",
         safeguards={"max_concurrent_routers": 10, "max_nodes_at_once": 1}, hypothesis="Floating IPs answer again quickly",
@@ -99,19 +100,20 @@ def synth_run(
                 sent = [round(second + k * interval, 6) for k in range(int(round(1 / interval)))]
                 lost_until = takeover if takeover is not None else end
                 rtt = [None if inject and inj <= s < lost_until else 0.0008 for s in sent]
-                ev(second + 0.95, "probe.icmp", router_id=rid, address=address, sent=sent, rtt=rtt)
+                ev(second + 0.95, "probe.icmp", router_id=rid, address=address, seq=round((second - start) / interval),
+                   sent=sent, rtt=rtt, interval=interval, timeout=1.0)
                 second += 1.0
         if tcp:
             for direction in ("inbound", "outbound"):
                 sid = f"{direction[:3]}-{i}"
-                ev(start + 0.5, "probe.tcp", router_id=rid, session=sid, direction=direction, event="opened", detail=None)
+                ev(start + 0.5, "probe.tcp", router_id=rid, session=sid, direction=direction, event="opened", detail="")
                 if inject:
-                    ev(inj + 0.3, "probe.tcp", router_id=rid, session=sid, direction=direction, event="stall", detail=None, since=inj)
+                    ev(inj + 0.3, "probe.tcp", router_id=rid, session=sid, direction=direction, event="stall", detail="", since=inj)
                     if plan.tcp_drop and direction == "outbound":
                         ev(inj + plan.outage + 0.5, "probe.tcp", router_id=rid, session=sid, direction=direction, event="reset", detail="ECONNRESET")
                         continue
-                    ev(inj + plan.outage + 0.2, "probe.tcp", router_id=rid, session=sid, direction=direction, event="resumed", detail=None)
-                ev(end - 0.5, "probe.tcp", router_id=rid, session=sid, direction=direction, event="closed", detail=None)
+                    ev(inj + plan.outage + 0.2, "probe.tcp", router_id=rid, session=sid, direction=direction, event="resumed", detail="")
+                ev(end - 0.5, "probe.tcp", router_id=rid, session=sid, direction=direction, event="closed", detail="")
     if finished:
         ev(end, "run.finished", verdict=finished, exit_code=0 if finished == "held" else 1, reason="" if finished == "held" else "stopped")
     events.sort(key=lambda e: e["t"])

@@ -17,7 +17,7 @@ from chaos.analysis.hypothesis import check_hypothesis
 from chaos.analysis.metrics import RunRecord, router_metrics
 from chaos.analysis.summary import load_summary, summarize, write_summary
 from chaos.report.render import render_reports
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from tests.test_hypothesis import R1, R2, ev, run
 
 OUTBOUND_SKIP = "outbound needs a socket inside the VM, which only the lab has"

@@ -1,7 +1,7 @@
 """Metrics of a run, computed from the journal's raw events and nothing else.
 
 Every number a report shows comes from here, so that a report can always be recomputed from a
-journal (see ``chaos.runner.journal`` for the event kinds). The functions are pure: the same
+journal (see ``chaos.journal`` for the event kinds). The functions are pure: the same
 events give the same metrics. Definitions, units and resolutions are documented in
 docs/metrics.md; the names in ``CATALOG`` are the names an experiment's tolerances use.
 

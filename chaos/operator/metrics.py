@@ -24,7 +24,7 @@ from prometheus_client import (
 
 from chaos.errors import InvalidInput
 from chaos.log import get_logger
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 from chaos.state.store import RunRow
 
 log = get_logger("metrics")

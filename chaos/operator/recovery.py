@@ -16,7 +16,7 @@ from pathlib import Path
 from chaos.errors import ChaosError, ExitCode
 from chaos.log import get_logger
 from chaos.report.render import render_reports
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.runner.recover import recover
 from chaos.state.store import Store
 

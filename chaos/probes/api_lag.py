@@ -21,7 +21,7 @@ import structlog
 
 from chaos.errors import InfrastructureError
 from chaos.probes.base import RunBound
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from chaos.targets.openstack import OpenStackClient
 
 log = structlog.get_logger("probes.api_lag")

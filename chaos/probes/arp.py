@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos.log import get_logger
 from chaos.model import Router, Topology
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from chaos.transport.netns import NETNS_RUN_DIR, socket_in_netns
 
 log = get_logger("arp")

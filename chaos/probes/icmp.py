@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from chaos.errors import InfrastructureError
 from chaos.model import RouterId, Topology
 from chaos.probes.base import ProbeStats, RunBound
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from chaos.transport.netns import socket_in_netns
 
 ICMP_ECHO_REQUEST = 8

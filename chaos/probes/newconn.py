@@ -37,7 +37,7 @@ from chaos.probes.base import (
     open_tcp,
     tcp_paths,
 )
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 
 MESSAGE = b"chaos-newconn\n"
 SSH_BANNER_PREFIX = b"SSH-"  # RFC 4253 4.2: the server may send other lines first; sshd does not

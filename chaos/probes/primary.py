@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from chaos.errors import InfrastructureError
 from chaos.log import get_logger
 from chaos.model import Router, Topology
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
 

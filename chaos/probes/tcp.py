@@ -39,7 +39,7 @@ from chaos.probes.base import (
     open_tcp,
     tcp_paths,
 )
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 
 MAX_LINE = 64
 

@@ -18,7 +18,7 @@ from typing import Any
 from chaos.analysis.metrics import RunRecord
 from chaos.analysis.summary import Summary, summarize
 from chaos.errors import Conflict, InvalidInput
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 
 JOURNAL = "journal.jsonl"
 EXPERIMENT = "experiment.yaml"

@@ -36,7 +36,7 @@ from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
 from chaos.report.render import render_reports
 from chaos.runner.control import AbortSignal, RunTrigger
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, read_journal
 from chaos.runner.preflight import PROGRAMS_OF_FAULT, failures, preflight, render
 from chaos.runner.leases import LeaseConflict, LeaseProvider, claims_for
 from chaos.runner.plan import (
@@ -369,7 +369,7 @@ async def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "topology.json").write_text(topology.model_dump_json(indent=2))
     (run_dir / "experiment.yaml").write_text(loaded[1] if loaded is not None else path.read_text())
-    journal = Journal(run_dir / "journal.jsonl")
+    journal = Journal(run_dir / "journal.jsonl", tool_version=__version__)
     tolerances = {name: tol.model_dump(exclude_none=True) for name, tol in experiment.steady_state_hypothesis.tolerances.items()}
     journal.write(
         "run.started", run_id=run_id, experiment=str(path), title=experiment.title, tool_version=__version__,

@@ -12,24 +12,29 @@ from pathlib import Path
 
 import structlog
 
-from chaos.errors import Conflict, InfrastructureError
+from chaos.errors import Conflict, InfrastructureError, InvalidInput
 from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
 from chaos.model import Topology
-from chaos.runner.journal import Journal, read_journal
+from chaos.journal import Journal, JournalError, read_events
+from chaos.journal.events import FaultUndone, FaultUndoRecorded
 from chaos.transport.ssh import SshPool
 
 log = structlog.get_logger("recover")
 
 
 def pending_undos(journal_path: Path) -> dict[str, list[UndoStep]]:
-    """Actions whose undo was recorded and never completed, with their steps."""
+    """Actions whose undo was recorded and never completed, with their steps (read through the
+    journal's models: a record that does not fit them is an error naming its line)."""
     recorded: dict[str, list[UndoStep]] = {}
     done: set[str] = set()
-    for event in read_journal(journal_path):
-        if event.get("kind") == "fault.undo_recorded":
-            recorded[event["action_id"]] = [UndoStep.model_validate(s) for s in event.get("undo", [])]
-        elif event.get("kind") == "fault.undone" and event.get("ok"):
-            done.add(event["action_id"])
+    try:
+        for event in read_events(journal_path):
+            if isinstance(event, FaultUndoRecorded):
+                recorded[event.action_id] = [UndoStep.model_validate(s.model_dump()) for s in event.undo]
+            elif isinstance(event, FaultUndone) and event.ok:
+                done.add(event.action_id)
+    except JournalError as exc:
+        raise InvalidInput(exc.message, hint="the journal was changed or damaged; undo by hand what it lists") from None
     return {aid: steps for aid, steps in recorded.items() if aid not in done}
 
 

@@ -24,7 +24,7 @@ from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
-from chaos.runner.journal import Journal
+from chaos.journal import Journal
 from chaos.experiment.schema import Safeguards
 from chaos.runner.plan import Plan, PlannedAction
 

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chaos.errors import InvalidInput
 from chaos.log import get_logger
-from chaos.runner.journal import read_journal
+from chaos.journal import read_journal
 from chaos.state.db import Database, database_url
 from chaos.state.leases import LeaseStore
 from chaos.state.tables import audit, firings, pauses, runs

@@ -1,0 +1,124 @@
+"""Writing and reading a journal: one JSON object per line, appended and flushed as the run goes.
+
+The journal is the only record of a run; metrics, the verdict and every report are computed
+from it and can be recomputed. The first line says the schema version (``JournalHeader``);
+every other line is one event of ``chaos.journal.events``. ``write`` validates an event
+against its model before it reaches the file; ``read_events`` gives models, ``read_journal`` the
+same events as plain dicts (what the analysis indexes). A journal of this schema version written
+before the header existed still loads; a last line cut short by a crash is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from chaos.errors import InvalidInput
+
+from chaos.journal.events import EVENT_MODELS, SCHEMA_VERSION, Event, JournalHeader, parse_event
+
+
+class JournalError(InvalidInput):
+    """A journal line that is not an event of this schema: which line, and why (exit 3)."""
+
+
+class Journal:
+    """Append-only, flushed on every event; safe to call from threads and asyncio tasks."""
+
+    def __init__(self, path: Path, *, tool_version: str | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or path.stat().st_size == 0
+        self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the run
+        self._lock = threading.Lock()
+        if fresh:
+            self._append(JournalHeader(t=time.time(), schema_version=SCHEMA_VERSION, tool_version=tool_version), sync=True)
+
+    def write(self, kind: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Validate and append one event; returns it as written. An unknown kind or a field its
+        model does not have is a bug of the writer: ValueError, nothing written."""
+        model = EVENT_MODELS.get(kind)
+        if model is None:
+            raise ValueError(f"journal event kind {kind!r} has no model in chaos.journal.events")
+        event = {"t": time.time() if t is None else t, "kind": kind, **fields}
+        try:
+            model.model_validate(event)
+        except ValidationError as exc:
+            raise ValueError(f"journal event {kind}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        self._write_line(json.dumps(event, separators=(",", ":"), default=str), sync=kind.startswith(("fault.", "run.")))
+        return event
+
+    def write_event(self, event: Event) -> None:
+        """Append a model (a plugin's, say) as it is."""
+        self._append(event, sync=event.kind.startswith(("fault.", "run.")))
+
+    def _append(self, event: Event, *, sync: bool) -> None:
+        self._write_line(event.model_dump_json(exclude_none=True), sync=sync)
+
+    def _write_line(self, line: str, *, sync: bool) -> None:
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if sync:
+                os.fsync(self._file.fileno())  # what recovery depends on must reach the disk
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every complete JSON line; a torn last line is skipped."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                yield number, data
+
+
+def read_events(path: Path) -> Iterator[Event]:
+    """The journal's events as models (the header included), checked against the schema.
+
+    Raises JournalError naming the line for an event of a known kind that does not fit its
+    model, or a journal of another schema version. Kinds this tool does not know are passed
+    over (a newer tool's, a plugin's that is not installed)."""
+    for number, data in _lines(path):
+        if data.get("kind") == "journal" and data.get("schema_version") not in (None, SCHEMA_VERSION):
+            raise JournalError(
+                f"{path}:{number}: journal schema version {data.get('schema_version')!r}; this chaos reads "
+                f"version {SCHEMA_VERSION}"
+            )
+        try:
+            event = parse_event(data)
+        except (ValidationError, ValueError) as exc:
+            detail = exc.errors()[0] if isinstance(exc, ValidationError) else None
+            why = f"{'.'.join(map(str, detail['loc']))}: {detail['msg']}" if detail else str(exc)
+            raise JournalError(f"{path}:{number}: not a valid {data.get('kind')!r} event: {why}") from None
+        if event is not None:
+            yield event
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """The journal's events (header left out) as dicts, each validated against its model."""
+    for event in read_events(path):
+        if not isinstance(event, JournalHeader):
+            yield event.model_dump(exclude_unset=True)  # the fields as written (a None stays None)
