@@ -28,6 +28,8 @@ import pytest
 from chaos.errors import ChaosError
 from chaos.lab.manager import Lab, check_prerequisites
 from chaos.lab.spec import LabOptions, LabSpec
+from chaos.model import Topology
+from tests import fakenode
 
 LAB_ROOT = Path(os.environ.get("CHAOS_TEST_LAB_ROOT", "/run/chaos-lab"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -100,6 +102,24 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("chaos-state")
     os.environ["CHAOS_STATE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture
+def fake_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., fakenode.FakeNetwork]]:
+    """Factory: ``fake_network(topology=None, **options)`` models the topology's nodes
+    (``tests/fakenode.py``) and makes every SshPool the tool opens in this test reach them.
+    A command the fake does not model fails the test at the end, even if the tool swallowed it."""
+    made: list[fakenode.FakeNetwork] = []
+
+    def make(topology: Topology | None = None, **options: object) -> fakenode.FakeNetwork:
+        net = fakenode.FakeNetwork(topology or fakenode.topology(), **options)  # type: ignore[arg-type]
+        fakenode.install(monkeypatch, net)
+        made.append(net)
+        return net
+
+    yield make
+    for net in made:
+        assert not net.unmodelled, f"commands the fake does not model: {net.unmodelled}"
 
 
 @pytest.fixture(scope="session")

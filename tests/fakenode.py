@@ -1046,3 +1046,63 @@ def topology(
             gateway_ip=f"100.64.1.{r + 1}", internal_ip=f"100.96.{r}.1",
         ))
     return Topology(source=source, nodes=tuple(node_list), routers=tuple(router_list))
+
+
+# --------------------------------------------------------------------------- wiring for tests
+POOL_USERS = (
+    "chaos.runner.execute", "chaos.runner.recover", "chaos.commands.doctor", "chaos.commands.discover",
+)
+"""Modules that open an ``SshPool`` themselves: ``install`` imports them first, then replaces the
+name in every loaded ``chaos`` module that holds the real class."""
+
+
+def install(monkeypatch: Any, net: FakeNetwork) -> None:
+    """Every ``SshPool(...)`` the tool opens from now on (this test) reaches ``net``."""
+    import importlib
+    import sys
+
+    from chaos.transport.ssh import SshPool
+
+    for name in POOL_USERS:
+        importlib.import_module(name)
+    for name, module in list(sys.modules.items()):
+        if (name == "chaos" or name.startswith("chaos.")) and getattr(module, "SshPool", None) is SshPool:
+            monkeypatch.setattr(module, "SshPool", net.pool())
+
+
+def inventory_yaml(topo: Topology) -> str:
+    """The topology as an inventory file (``source: inventory``), so the CLI resolves it itself."""
+    import json
+
+    nodes = [{"name": n.name, "address": n.address, "check_child_processes_interval": n.check_child_processes_interval}
+             for n in topo.nodes]
+    routers = [json.loads(r.model_dump_json(exclude_none=True)) for r in topo.routers]
+    for r in routers:
+        for f in r.get("floating_ips", []):
+            f.pop("probe_ports", None)
+    doc = {"defaults": {"ssh_config": False}, "nodes": nodes, "routers": routers}
+    return json.dumps(doc, indent=1)  # JSON is YAML
+
+
+def experiment_yaml(
+    inventory: str,
+    fault: str,
+    *,
+    mode: str = "all",
+    value: float | None = None,
+    safeguards: str = "",
+    probes: str = "primary: {}",
+    tolerances: str = "primaries_after: {equals: 1}",
+    seed: int = 1,
+) -> str:
+    """An experiment on the fake's inventory; ``fault`` is the YAML body of ``fault:`` (indented 2)."""
+    return (
+        "title: fake\n"
+        f"target:\n  source: inventory\n  inventory: {inventory}\n  routers: {{name: \"*\"}}\n  mode: {mode}\n"
+        + (f"  value: {value}\n" if value is not None else "")
+        + f"  seed: {seed}\n"
+        f"fault:\n{fault}\n"
+        f"safeguards:\n  max_nodes_at_once: 3\n  max_run_duration: 2m\n{safeguards}\n"
+        f"probes:\n  {probes}\n  warmup: 0s\n  settle: 0s\n"
+        f"steady_state_hypothesis:\n  title: fake\n  tolerances:\n    {tolerances}\n"
+    )

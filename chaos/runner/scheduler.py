@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from chaos.errors import ChaosError, Interrupted, SafeguardAbort, SteadyStateBroken
+from chaos.errors import ChaosError, InfrastructureError, Interrupted, SafeguardAbort, SteadyStateBroken
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
@@ -32,6 +32,7 @@ log = structlog.get_logger("runner")
 
 OBSERVE_TIMEOUT = 15.0
 UNDO_TIMEOUT = 60.0
+OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: the safeguards are blind
 
 
 class Progress:
@@ -99,7 +100,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> None:
-        """Raises SafeguardAbort, SteadyStateBroken or Interrupted; returns when the run completed."""
+        """Raises SafeguardAbort, SteadyStateBroken or Interrupted; returns when the run completed.
+
+        Whatever ended the run, a fault whose undo (and its replay) failed is still in place:
+        that is raised as an InfrastructureError naming it (exit 5), never hidden behind a
+        verdict or an abort that says everything was rolled back.
+        """
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
@@ -113,16 +119,29 @@ class Scheduler:
         signals = (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig.name)
+        failure: ChaosError | None = None
         try:
             await self._run_guarded()
         except asyncio.CancelledError:
             if self.interrupted is None:
                 raise
             main.uncancel()  # consumed: the timeouts of what follows (lease release, ...) must work
+        except ChaosError as exc:
+            failure = exc
         finally:
             await self._rollback_uncancellable()
             for sig in signals:
                 loop.remove_signal_handler(sig)
+        if self.active:
+            left = ", ".join(f"{a} ({f.type} on {f.node.name})" for a, f in sorted(self.active.items()))
+            raise InfrastructureError(
+                f"{len(self.active)} fault(s) could not be undone and may still be in place: {left}"
+                + (f"; the run had stopped: {failure.message}" if failure is not None else ""),
+                hint=f"`chaos recover {self.ctx.run_id}` replays their undo once the nodes answer; "
+                "a fault with a duration is also undone by its dead-man on the node when it fires",
+            ) from failure
+        if failure is not None:
+            raise failure
         if self.interrupted is not None:
             raise Interrupted(f"interrupted by {self.interrupted}; every injected fault was rolled back")
 
@@ -138,6 +157,10 @@ class Scheduler:
 
     async def _run_tasks(self, limit: float) -> None:
         stop = asyncio.Event()
+        # The error to raise is picked inside ``except*`` and raised after it: an exception raised
+        # inside an ``except*`` clause leaves it wrapped in a new ExceptionGroup, which the CLI
+        # would report as an internal error (exit 70) instead of the error's own exit code.
+        error: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 for probe in self.probes:
@@ -150,11 +173,13 @@ class Scheduler:
                 stop.set()
                 await observer
         except* SafeguardAbort as group:
-            raise _first_leaf(group) from None
+            error = _first_leaf(group)
         except* SteadyStateBroken as group:
-            raise _first_leaf(group) from None
+            error = error or _first_leaf(group)
         except* ChaosError as group:  # a node or the BMC failed under a fault: report it plainly
-            raise _first_leaf(group) from None
+            error = error or _first_leaf(group)
+        if error is not None:
+            raise error from None
 
     # ------------------------------------------------------------------ faults
     async def _waves(self) -> None:
@@ -263,18 +288,39 @@ class Scheduler:
 
     # ------------------------------------------------------------------ observer + safeguards
     async def _observe(self, stop: asyncio.Event) -> None:
-        """Poll the ground truth, journal every change per replica, enforce the runtime safeguards."""
+        """Poll the ground truth, journal every change per replica, enforce the runtime safeguards.
+
+        An observation that fails (a node that does not answer is not a failure: it is observed
+        as unreachable) leaves the safeguards blind. One failure is tolerated; failures in a row
+        for longer than ``safeguards.grace`` (and at least ``OBSERVE_FAILURES_TO_ABORT`` of them)
+        abort the run, so a broken observer fails closed instead of switching the safeguards off.
+        """
         last: dict[tuple[str, str], tuple[Any, bool]] = {}
         without_since: dict[str, float] = {}
         threshold = self.safeguards.abort_when_routers_without_primary
+        failures = 0
+        failing_since: float | None = None
         while not stop.is_set():
             started = time.monotonic()
             try:
                 async with asyncio.timeout(OBSERVE_TIMEOUT):
                     observations = await observe(self.ctx.ssh, self.topology, self.routers)
             except (TimeoutError, Exception) as exc:
-                log.warning("observation failed", error=str(exc))
+                leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                error = str(leaf) or type(leaf).__name__
+                log.warning("observation failed", error=error)
+                failures += 1
+                failing_since = started if failing_since is None else failing_since
+                blind = time.monotonic() - failing_since
+                if failures >= OBSERVE_FAILURES_TO_ABORT and blind > self.safeguards.grace:
+                    raise SafeguardAbort(
+                        f"the replica observer failed {failures} times in a row for {blind:.1f}s (last: {error}): "
+                        f"the runtime safeguards cannot be enforced without it (safeguards.grace: "
+                        f"{self.safeguards.grace:g}s); everything was rolled back"
+                    ) from None
                 observations = {}
+            else:
+                failures, failing_since = 0, None
             now = time.time()
             for rid, obs in observations.items():
                 followed = {o.node for o in obs if self.observer is not None and self.observer.reachable(o.node)}

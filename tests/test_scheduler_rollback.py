@@ -1,0 +1,267 @@
+"""The scheduler rolls back on every error path, and its runtime safeguards fire: on the fake
+network node (tests/fakenode.py), so each path runs in the quick tier with the real planner,
+faults, undo, journal and observer. After every run the model must hold nothing injected.
+
+The same paths run against the lab in tests/test_engine.py (a signal mid-fault, kill -9 and
+recover, a failed injection); here each one is provoked exactly, including those the lab cannot
+provoke on demand: a took() that raises, an undo that fails once or for good, an observer that
+keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.errors import ChaosError, InfrastructureError, Interrupted, SafeguardAbort
+from chaos.experiment.load import load_experiment
+from chaos.experiment.schema import Experiment, Safeguards
+from chaos.faults.base import FaultContext
+from chaos.faults.vrrp_partition import VrrpPartition
+from chaos.journal import Journal, read_journal
+from chaos.probes.primary import PrimaryObserver
+from chaos.runner import scheduler as scheduler_module
+from chaos.runner.execute import make_plan
+from chaos.runner.scheduler import Scheduler
+from chaos.transport import node_commands as nc
+from tests import fakenode
+from tests.fakenode import FakeNetwork, Timing
+
+FakeFactory = Callable[..., FakeNetwork]
+
+
+def experiment(tmp_path: Path, net: FakeNetwork, fault: str, **options: Any) -> Experiment:
+    (tmp_path / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
+    path = tmp_path / "exp.yaml"
+    path.write_text(fakenode.experiment_yaml("inv.yaml", fault, **options))
+    return load_experiment(path)
+
+
+async def run_scheduler(
+    net: FakeNetwork,
+    exp: Experiment,
+    tmp_path: Path,
+    *,
+    safeguards: Safeguards | None = None,
+    observer: bool = False,
+    recovery_timeout: float = 5.0,
+    observe_interval: float = 0.05,
+    handle_signals: bool = True,
+) -> tuple[BaseException | None, list[dict[str, Any]]]:
+    """Plan with the real planner, run the scheduler; (the error it ended with, the journal)."""
+    topology = net.topology
+    path = tmp_path / "journal.jsonl"
+    error: BaseException | None = None
+    with Journal(path) as journal:
+        async with net.pool()(topology.nodes) as ssh:
+            ctx = FaultContext(topology=topology, ssh=ssh, run_id="run1")
+            plan, faults, _ = await make_plan(exp, topology, ssh, ctx)
+            watched = [r for r in topology.routers if r.id in set(plan.routers)]
+            scheduler = Scheduler(
+                topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
+                safeguards=safeguards or exp.safeguards, duration=exp.fault.duration, warmup=0, settle=0,
+                recovery_timeout=recovery_timeout, observe_interval=observe_interval, probes=[],
+                observer=PrimaryObserver(ssh, topology, watched, journal) if observer else None,
+                handle_signals=handle_signals,
+            )
+            try:
+                await scheduler.run()
+            except ChaosError as exc:
+                error = exc
+    return error, list(read_journal(path))
+
+
+def kinds(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["kind"] == kind]
+
+
+LINK_DOWN = "  type: ha-link-down\n  replica: primary\n  duration: 0.3s"
+PARTITION = "  type: vrrp-partition\n  replica: backup\n  duration: 0.3s"
+STOP = "  type: keepalived-kill\n  replica: primary\n  params: {signal: STOP}\n  duration: 0.3s"
+
+
+async def test_a_clean_run_undoes_everything_and_cancels_its_dead_men(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    error, events = await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN), tmp_path)
+    assert error is None
+    assert len(kinds(events, "fault.injected")) == 4 and all(e["took"] for e in kinds(events, "fault.verified"))
+    assert all(e["ok"] for e in kinds(events, "fault.undone")) and all(e["ok"] for e in kinds(events, "fault.recovered"))
+    assert net.injected() == []
+    # The dead-men were cancelled by pid, not left to fire: one cancel per action, each saying so.
+    cancels = [(n, i) for n, _, i in net.log if isinstance(i, nc.DeadmanCancel)]
+    assert len(cancels) == 4 and all(i.pid is not None for _, i in cancels)
+
+
+async def test_a_failed_injection_is_rolled_back_with_its_dead_man(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.DOWN, times=1, status=2,
+             stderr="RTNETLINK answers: Operation not permitted")
+    error, events = await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN), tmp_path)
+    assert isinstance(error, InfrastructureError)
+    assert "injecting ha-link-down on" in error.message and "Operation not permitted" in error.message
+    failed = kinds(events, "fault.inject_failed")
+    assert len(failed) == 1 and "command exited 2" in failed[0]["error"]
+    undone = {e["action_id"]: e["ok"] for e in kinds(events, "fault.undone")}
+    assert failed[0]["action_id"] in undone and all(undone.values())  # its idempotent undo ran all the same
+    assert net.injected() == []  # the armed dead-man of the failed action was cancelled too
+
+
+async def test_a_took_check_that_raises_still_rolls_back(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    net.fail(intent=nc.GroundTruth, when=lambda i: len(i.replicas) == 1, times=1, how="raise",
+             exc=RuntimeError("parser exploded"))
+    with pytest.raises(ExceptionGroup) as caught:  # not a ChaosError: it reaches the caller as the bug it is
+        await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN, mode="one"), tmp_path)
+    assert "parser exploded" in str(caught.value.exceptions[0])
+    assert net.injected() == []
+
+
+async def test_a_took_check_that_says_no_is_journaled_and_the_fault_still_undone(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(VrrpPartition, "took_timeout", 0.3)
+    net = fake_network()
+    rule = net.fail(intent=nc.VrrpRulesCount, times=None, how="timeout")
+    exp = experiment(tmp_path, net, PARTITION, mode="one")
+
+    async def heal() -> None:  # the count answers again once took() has given up
+        while not any(isinstance(i, nc.VrrpRulesCount) for _, _, i in net.log) and rule.hits < 3:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        net.failures.remove(rule)
+
+    async with asyncio.TaskGroup() as tg:
+        healer = tg.create_task(heal())
+        error, events = await run_scheduler(net, exp, tmp_path)
+        await healer
+    assert error is None
+    verified = kinds(events, "fault.verified")
+    assert len(verified) == 1 and verified[0]["took"] is False and "timed out" in verified[0]["detail"]
+    assert kinds(events, "fault.undone")[0]["ok"] and net.injected() == []
+
+
+async def test_an_undo_that_fails_once_is_replayed_from_its_steps(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.UP, times=1, how="lost")
+    error, events = await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN, mode="one"), tmp_path)
+    assert error is None
+    undone = kinds(events, "fault.undone")
+    assert len(undone) == 1 and undone[0]["ok"]
+    # The replay came through the journaled steps: plain text, recognised by the fake.
+    ups = [t for _, t, i in net.log if isinstance(i, nc.HaLinkSet) and i.action == nc.LinkAction.UP]
+    assert len(ups) == 1 and not isinstance(ups[0], nc.NodeCommand)
+    assert net.injected() == []
+
+
+async def test_an_undo_that_keeps_failing_is_reported_and_the_dead_man_undoes_it(
+    fake_network: FakeFactory, tmp_path: Path
+) -> None:
+    net = fake_network()
+    net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.UP, times=None, how="lost")
+    error, events = await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN, mode="one"), tmp_path,
+                                        recovery_timeout=0.5)
+    undone = kinds(events, "fault.undone")
+    assert undone and not any(e["ok"] for e in undone)
+    assert "undo failed" in undone[-1]["detail"] and "replay failed" in undone[-1]["detail"]
+    assert isinstance(error, InfrastructureError) and "1 fault(s) could not be undone" in error.message
+    assert "chaos recover run1" in str(error)
+    # Nothing of the tool could undo it: the node-side dead-man, still armed, does when it fires.
+    assert any("dead-man" in x for x in net.injected()) or net.injected() == []
+    deadline = time.monotonic() + 2
+    while net.injected() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert net.injected() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_mid_fault_rolls_back(fake_network: FakeFactory, tmp_path: Path, sig: signal.Signals) -> None:
+    net = fake_network()
+    sent: list[float] = []
+
+    def signal_once(intent: Any) -> bool:  # the first took() check sends the signal, mid-fault
+        if not sent:
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), sig)
+        return False
+
+    net.fail(intent=nc.GroundTruth, when=lambda i: len(i.replicas) == 1 and signal_once(i), times=None)
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
+    started = time.monotonic()
+    error, events = await run_scheduler(net, exp, tmp_path)
+    assert isinstance(error, Interrupted) and sig.name in error.message
+    assert time.monotonic() - started < 10  # not the fault's 30 s
+    assert kinds(events, "fault.injected") and all(e["ok"] for e in kinds(events, "fault.undone"))
+    assert {e["action_id"] for e in kinds(events, "fault.undone")} == {e["action_id"] for e in kinds(events, "fault.injected")}
+    assert net.injected() == []
+
+
+async def test_max_run_duration_aborts_and_rolls_back(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=Safeguards(max_nodes_at_once=3, max_run_duration=0.6))
+    assert isinstance(error, SafeguardAbort) and "max_run_duration" in error.message
+    assert kinds(events, "fault.injected") and all(e["ok"] for e in kinds(events, "fault.undone"))
+    assert net.injected() == []
+
+
+async def test_routers_without_a_primary_abort_the_run(fake_network: FakeFactory, tmp_path: Path) -> None:
+    # No failover within the run (Master_Down_Interval of a minute): the routers whose primary
+    # lost its link stay without one, and the safeguard stops the run after grace.
+    net = fake_network(timing=Timing(master_down=60))
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
+    guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=2, grace=0.3, max_run_duration=20)
+    started = time.monotonic()
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards)
+    assert isinstance(error, SafeguardAbort) and "had no primary for more than 0.3s" in error.message
+    assert time.monotonic() - started < 10
+    assert net.injected() == []
+
+
+async def test_routers_that_fail_over_do_not_trip_the_safeguard(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network(timing=Timing(master_down=0.1))
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "1s"))
+    guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=1, grace=0.5, max_run_duration=20)
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards, observer=True)
+    assert error is None
+    assert net.injected() == []
+
+
+async def test_an_observer_that_keeps_failing_aborts_the_run(fake_network: FakeFactory, tmp_path: Path) -> None:
+    """The broad except in the observer used to turn the safeguard off: now it aborts, with rollback."""
+    net = fake_network()
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
+    guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=4, grace=0.4, max_run_duration=20)
+    # The observer's poll (every hosted replica at once) breaks after the injection; the faults'
+    # own checks (one replica each) still answer.
+    net.fail(intent=nc.GroundTruth, when=lambda i: len(i.replicas) > 1 and net_injected(net), times=None, how="raise",
+             exc=ValueError("garbled ground truth"))
+    started = time.monotonic()
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards)
+    assert isinstance(error, SafeguardAbort), error
+    assert "the replica observer failed" in error.message and "garbled ground truth" in error.message
+    assert time.monotonic() - started < 10
+    assert kinds(events, "fault.injected") and all(e["ok"] for e in kinds(events, "fault.undone"))
+    assert net.injected() == []
+
+
+def net_injected(net: FakeNetwork) -> bool:
+    return any(isinstance(i, nc.HaLinkSet) and i.action == nc.LinkAction.DOWN for _, _, i in net.log)
+
+
+async def test_one_failed_observation_is_tolerated(fake_network: FakeFactory, tmp_path: Path) -> None:
+    net = fake_network()
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "1s"))
+    net.fail(intent=nc.GroundTruth, when=lambda i: len(i.replicas) > 1 and net_injected(net), times=2, how="raise",
+             exc=ValueError("one bad poll"))
+    guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=4, grace=0.3, max_run_duration=20)
+    error, _ = await run_scheduler(net, exp, tmp_path, safeguards=guards)
+    assert error is None, error
+    assert scheduler_module.OBSERVE_FAILURES_TO_ABORT == 3
+    assert net.injected() == []
