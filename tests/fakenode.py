@@ -1094,6 +1094,7 @@ def experiment_yaml(
     probes: str = "primary: {}",
     tolerances: str = "primaries_after: {equals: 1}",
     seed: int = 1,
+    warmup: str = "0s",
 ) -> str:
     """An experiment on the fake's inventory; ``fault`` is the YAML body of ``fault:`` (indented 2)."""
     return (
@@ -1103,6 +1104,6 @@ def experiment_yaml(
         + f"  seed: {seed}\n"
         f"fault:\n{fault}\n"
         f"safeguards:\n  max_nodes_at_once: 3\n  max_run_duration: 2m\n{safeguards}\n"
-        f"probes:\n  {probes}\n  warmup: 0s\n  settle: 0s\n"
+        f"probes:\n  {probes}\n  warmup: {warmup}\n  settle: 0s\n"
         f"steady_state_hypothesis:\n  title: fake\n  tolerances:\n    {tolerances}\n"
     )

@@ -1,0 +1,280 @@
+"""``chaos run``, ``chaos recover`` and ``chaos doctor`` end to end, in process, on the fake
+network node: the exit codes and messages the README documents, the journal's verdict, and
+that the model holds nothing injected afterwards. (A subprocess could not reach the fake, so
+these call ``chaos.cli.main``; tests/test_engine.py runs the same paths against the lab.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import cli
+from chaos.errors import ExitCode
+from chaos.experiment.load import load_experiment
+from chaos.faults.base import FaultContext
+from chaos.journal import Journal, read_journal
+from chaos.log import configure_logging
+from chaos.runner.execute import make_plan
+from chaos.transport import node_commands as nc
+from tests import fakenode
+from tests.fakenode import FakeNetwork
+
+FakeFactory = Callable[..., FakeNetwork]
+TERM = "  type: keepalived-kill\n  replica: primary\n  params: {signal: TERM, respawn_wait: 1s}"
+LINK_DOWN = "  type: ha-link-down\n  replica: primary\n  duration: 0.3s"
+
+
+@pytest.fixture
+def chaos(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``chaos(*argv)`` -> (exit code, stdout, stderr), with reports and lab root under tmp_path."""
+    monkeypatch.setenv("CHAOS_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("CHAOS_LAB_ROOT", str(tmp_path / "labs"))
+    configure_logging("console", "warning")  # onto this test's captured stderr (the CLI reconfigures it)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def write(tmp_path: Path, net: FakeNetwork, fault: str, **options: Any) -> Path:
+    (tmp_path / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
+    path = tmp_path / "exp.yaml"
+    path.write_text(fakenode.experiment_yaml("inv.yaml", fault, **options))
+    return path
+
+
+def journal_of(stdout: str) -> list[dict[str, Any]]:
+    return list(read_journal(Path(stdout.strip().splitlines()[-1]) / "journal.jsonl"))
+
+
+def finished(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(e for e in events if e["kind"] == "run.finished")
+
+
+def fault_commands(net: FakeNetwork) -> list[nc.Intent]:
+    """What changed a node: every command but the read-only ones."""
+    reads = (nc.GroundTruth, nc.Preflight, nc.BootId, nc.PidsAlive, nc.KeepalivedPids, nc.KeepalivedInstances,
+             nc.VrrpRulesCount, nc.ConntrackTables, nc.FollowReplicas, nc.KeepalivedVrids)
+    return [i for _, _, i in net.log if not isinstance(i, reads)]
+
+
+# --------------------------------------------------------------------------- chaos run
+def test_a_run_that_holds_exits_0_and_leaves_nothing_injected(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network(fakenode.topology(check_interval=0.3))
+    code, out, err = chaos("run", str(write(tmp_path, net, TERM, mode="fixed", value=2)))
+    assert code == ExitCode.OK, err
+    assert "verdict: held" in out
+    events = journal_of(out)
+    assert finished(events)["verdict"] == "held"
+    undone = [e for e in events if e["kind"] == "fault.undone"]
+    assert len(undone) == 2 and {e["restarted_by"] for e in undone} == {"agent"}  # the modelled agent respawned them
+    assert net.injected() == []
+
+
+def test_a_failed_injection_exits_5_with_the_nodes_message(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.DOWN, times=1, status=2,
+             stderr="RTNETLINK answers: Operation not permitted")
+    code, out, err = chaos("run", str(write(tmp_path, net, LINK_DOWN)))
+    assert code == ExitCode.INFRASTRUCTURE, err
+    assert "Operation not permitted" in err and "internal error" not in err and "Traceback" not in err
+    assert finished(journal_of(out))["verdict"] == "error"
+    assert net.injected() == []
+
+
+def test_a_runtime_safeguard_abort_exits_4(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network(timing=fakenode.Timing(master_down=60))
+    path = write(tmp_path, net, LINK_DOWN.replace("0.3s", "20s"),
+                 safeguards="  abort_when_routers_without_primary: 1\n  grace: 0.5s")
+    code, out, err = chaos("run", str(path))
+    assert code == ExitCode.ABORTED, err
+    assert "had no primary for more than 0.5s" in err
+    assert finished(journal_of(out))["verdict"] == "aborted"
+    assert net.injected() == []
+
+
+def test_a_broken_steady_state_exits_8_and_injects_nothing(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    router = net.topology.routers[0]
+    first = net.replica(router.id, router.replicas[0].node)  # partitioned by someone else: two primaries
+    first.rules.append(fakenode.Rule("INPUT", first.ha_device, "not-ours"))
+    net.promote(net.replica(router.id, router.replicas[1].node), net.clock())
+    assert len(net.holders(router.id)) == 2
+    path = write(tmp_path, net, LINK_DOWN.replace("primary", "any"), tolerances="primaries_before: {equals: 1, phase: before}",
+                 warmup="0.2s")
+    code, out, err = chaos("run", str(path))
+    assert code == ExitCode.STEADY_STATE_BROKEN, err
+    assert fault_commands(net) == []
+
+
+def test_a_plan_that_needs_a_missing_primary_is_refused_with_4(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    net.nodes["network-1"].reachable = False  # its primaries cannot be seen: those routers show none
+    code, out, err = chaos("run", str(write(tmp_path, net, LINK_DOWN)))
+    assert code == ExitCode.ABORTED, err
+    assert "has 0 primaries" in err and fault_commands(net) == []
+
+
+def test_preflight_failure_exits_6_and_injects_nothing(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    for node in net.nodes.values():
+        node.programs["keepalived"] = None
+    code, out, err = chaos("run", str(write(tmp_path, net, TERM, mode="one")))
+    assert code == ExitCode.PREREQUISITES, err
+    assert "keepalived does not run" in err and "nothing was injected" in err
+    assert fault_commands(net) == []
+
+
+def test_dry_run_prints_the_commands_and_changes_nothing(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    code, out, err = chaos("run", "--dry-run", str(write(tmp_path, net, LINK_DOWN)))
+    assert code == ExitCode.OK, err
+    assert "link set dev" in out and "4 action(s)" in out
+    assert fault_commands(net) == [] and net.injected() == []
+
+
+@pytest.mark.parametrize(("content", "code", "words"), [
+    (None, ExitCode.INVALID_INPUT, "no such"),
+    ("title: [unclosed\n", ExitCode.INVALID_INPUT, "exp.yaml:2"),
+    ("title: t\nfault: {type: keepalived-bite}\n", ExitCode.INVALID_INPUT, "keepalived-bite"),
+])
+def test_bad_experiment_files_exit_3_with_the_file(tmp_path: Path, chaos: Any, content: str | None, code: int, words: str) -> None:
+    path = tmp_path / "exp.yaml"
+    if content is not None:
+        path.write_text(content)
+    got, out, err = chaos("run", str(path))
+    assert got == code, err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_missing_inventory_exits_3(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    path = write(tmp_path, net, LINK_DOWN)
+    (tmp_path / "inv.yaml").unlink()
+    code, _, err = chaos("run", str(path))
+    assert code == ExitCode.INVALID_INPUT and "inv.yaml" in err
+
+
+def test_a_lab_target_without_a_lab_exits_7(tmp_path: Path, chaos: Any) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(fakenode.experiment_yaml("x", LINK_DOWN).replace("  source: inventory\n  inventory: x\n", "  source: lab\n"))
+    code, _, err = chaos("run", str(path))
+    assert code == ExitCode.CONFLICT, err
+    assert "chaos lab up" in err
+
+
+def test_usage_errors_exit_2(chaos: Any) -> None:
+    code, _, err = chaos("run")
+    assert code == ExitCode.USAGE and "usage" in err
+    code, _, err = chaos("recover")
+    assert code == ExitCode.USAGE
+
+
+def test_a_bug_is_an_internal_error_70_and_still_rolls_back(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    net.fail(intent=nc.GroundTruth, when=lambda i: len(i.replicas) == 1, times=1, how="raise", exc=KeyError("bug"))
+    code, out, err = chaos("run", str(write(tmp_path, net, LINK_DOWN)))
+    assert code == ExitCode.INTERNAL, err
+    assert "internal error" in out
+    assert finished(journal_of(out))["verdict"] == "error"
+    assert net.injected() == []
+
+
+# --------------------------------------------------------------------------- chaos recover
+def crashed_run(net: FakeNetwork, tmp_path: Path, fault: str) -> Path:
+    return asyncio.run(_crashed_run(net, tmp_path, fault))
+
+
+async def _crashed_run(net: FakeNetwork, tmp_path: Path, fault: str) -> Path:
+    """A run folder as a run killed with kill -9 mid-fault leaves it: the undo journaled before
+    the injection (as the scheduler does), the fault injected by the real fault code, no undo."""
+    exp = load_experiment(write(tmp_path, net, fault))
+    run_dir = tmp_path / "reports" / "20270101T000000Z-crash-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "topology.json").write_text(net.topology.model_dump_json())
+    with Journal(run_dir / "journal.jsonl") as journal:
+        async with net.pool()(net.topology.nodes) as ssh:
+            ctx = FaultContext(topology=net.topology, ssh=ssh, run_id=run_dir.name)
+            plan, faults, _ = await make_plan(exp, net.topology, ssh, ctx)
+            for action in plan.actions:
+                fault = faults[action.action_id]
+                journal.write("fault.undo_recorded", action_id=action.action_id, fault=action.fault,
+                              router_id=action.router_id, node=action.node, undo=[s.model_dump() for s in fault.undo_steps()])
+                journal.write("fault.injected", action_id=action.action_id, fault=action.fault, router_id=action.router_id,
+                              node=action.node, detail=await fault.inject(), inject_s=0.0)
+    return run_dir
+
+
+@pytest.mark.parametrize("fault", [
+    "  type: ha-link-down\n  replica: primary\n  duration: 60s",
+    "  type: vrrp-partition\n  replica: backup\n  duration: 60s",
+    "  type: keepalived-kill\n  replica: primary\n  params: {signal: STOP}\n  duration: 60s",
+])
+def test_recover_undoes_a_killed_run_from_its_journal(
+    fake_network: FakeFactory, tmp_path: Path, chaos: Any, fault: str
+) -> None:
+    net = fake_network()
+    run_dir = crashed_run(net, tmp_path, fault)
+    left = net.injected()
+    assert len([x for x in left if "dead-man" in x]) == 4 and len(left) > 4  # the faults and their armed dead-men
+    code, out, err = chaos("recover", run_dir.name)  # by run id, found under CHAOS_REPORTS_DIR
+    assert code == ExitCode.OK, err
+    assert out.count("undone") == 4
+    assert net.injected() == []  # the faults undone, the dead-men cancelled by their markers
+    undone = [e for e in read_journal(run_dir / "journal.jsonl") if e["kind"] == "fault.undone"]
+    assert len(undone) == 4 and all(e["ok"] and e["by"] == "recover" for e in undone)
+    code, out, _ = chaos("recover", str(run_dir))  # again: nothing left
+    assert code == ExitCode.OK and "nothing left injected" in out
+
+
+def test_recover_with_a_node_down_exits_5_then_finishes_when_it_answers(
+    fake_network: FakeFactory, tmp_path: Path, chaos: Any
+) -> None:
+    net = fake_network()
+    run_dir = crashed_run(net, tmp_path, "  type: ha-link-down\n  replica: primary\n  duration: 60s")
+    net.nodes["network-2"].reachable = False
+    code, out, err = chaos("recover", str(run_dir))
+    assert code == ExitCode.INFRASTRUCTURE, err
+    assert "network-2: cannot reach" in err and "chaos recover" in err
+    assert [x for x in net.injected() if x.startswith("network-2")]
+    assert not [x for x in net.injected() if not x.startswith("network-2")]  # the others were undone
+    net.nodes["network-2"].reachable = True
+    code, out, err = chaos("recover", str(run_dir))
+    assert code == ExitCode.OK, err
+    assert out.count("undone") == 1 and net.injected() == []
+
+
+def test_recover_of_an_unknown_run_exits_7(chaos: Any) -> None:
+    code, _, err = chaos("recover", "no-such-run")
+    assert code == ExitCode.CONFLICT and "no run 'no-such-run'" in err
+
+
+# --------------------------------------------------------------------------- chaos doctor
+def test_doctor_names_what_to_fix_and_exits_6(fake_network: FakeFactory, tmp_path: Path, chaos: Any) -> None:
+    net = fake_network()
+    (tmp_path / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
+    code, out, err = chaos("doctor", "--inventory", str(tmp_path / "inv.yaml"), "--json")
+    assert code == ExitCode.OK, out + err
+    net.nodes["network-2"].uid = 1000
+    rep = net.replica(net.topology.routers[0].id, "network-1")
+    for proc in rep.node.keepalived_of(rep.router_id):
+        rep.node.end(proc)
+    code, out, err = chaos("doctor", "--inventory", str(tmp_path / "inv.yaml"), "--json")
+    assert code == ExitCode.PREREQUISITES, out + err
+    checks = json.loads(out)
+    failed = {(c["node"], c["check"]) for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["status"] == "fail"}
+    assert ("network-2", "root") in failed
+    assert ("network-1", f"replica {rep.router_id[:8]}") in failed
