@@ -12,7 +12,7 @@ from chaos.experiment.durations import format_duration, parse_duration
 from chaos.experiment.load import check_text, load_experiment
 from chaos.experiment.metrics_catalog import METRICS, parse_metric_ref
 from chaos.experiment.schedule import Schedule, cron_fields
-from chaos.experiment.schema import Experiment, GatewayReboot, KeepalivedKill
+from chaos.experiment.schema import FAULT_SPECS, Experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -174,7 +174,7 @@ def test_minimal_file_gets_the_documented_defaults() -> None:
     exp = check.experiment
     assert exp is not None
     assert exp.target.source == "lab" and exp.target.lab is None and exp.target.lab_name("chaoslab") == "chaoslab"
-    assert isinstance(exp.fault, KeepalivedKill) and exp.fault.params.signal == "KILL" and exp.fault.params.respawn_wait is None  # the node's check_child_processes_interval + margin
+    assert isinstance(exp.fault, FAULT_SPECS["keepalived-kill"]) and exp.fault.params.signal == "KILL" and exp.fault.params.respawn_wait is None  # the node's check_child_processes_interval + margin
     assert exp.fault.replica == "primary"
     assert exp.probes.enabled() == ("icmp", "primary") and exp.probes.icmp is not None and exp.probes.icmp.interval == 0.02
     assert exp.safeguards.max_nodes_at_once == 1 and exp.safeguards.max_run_duration == 600
@@ -264,7 +264,7 @@ def test_experiment_built_directly_enforces_the_combination_rules() -> None:
     with pytest.raises(ValidationError, match="target.value: not allowed with mode all"):
         Experiment.model_validate(data)
     del data["target"]["value"]  # type: ignore[attr-defined]
-    assert isinstance(Experiment.model_validate(data).fault, GatewayReboot)
+    assert isinstance(Experiment.model_validate(data).fault, FAULT_SPECS["gateway-reboot"])
 
 
 def test_tolerance_holds() -> None:

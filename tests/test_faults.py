@@ -14,7 +14,10 @@ import pytest
 import pytest_asyncio
 
 from chaos.errors import InvalidInput
-from chaos.faults import FAULTS, FaultContext, run_undo_steps
+from chaos.experiment.registry import registry
+from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
+
+FAULTS = registry().faults
 from chaos.model import Router, Topology
 from chaos.probes.replicas import holders, observe, primaries
 from chaos.transport.ssh import SshPool
@@ -217,7 +220,6 @@ async def test_recover_replays_the_journaled_undo_steps(ctx: FaultContext, lab) 
     try:
         await fault.inject()
         assert (await fault.took())[0]
-        from chaos.faults import UndoStep
 
         await run_undo_steps(ctx, [UndoStep.model_validate(s) for s in steps])
         ok, why = await fault.recovered()

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from chaos.errors import InvalidInput, SafeguardAbort
 from chaos.experiment.schema import Experiment, RouterSelector, Safeguards
+from chaos.experiment.registry import registry
 from chaos.faults.base import FaultContext
 from chaos.model import Node, Replica, Router, Topology
 from chaos.runner.execute import make_plan
 from chaos.runner.plan import (
-    NODE_FAULTS,
     PlannedAction,
     affected_by_node,
     build_waves,
@@ -150,7 +150,7 @@ def assert_waves_within_the_safeguards(topo: Topology, actions: list[PlannedActi
         assert len(nodes) <= guards.max_nodes_at_once
         assert len(routers) <= guards.max_concurrent_routers
         for rid, reps in replicas.items():
-            if any(a.fault in NODE_FAULTS for a in acts):
+            if any(a.scope == "node" for a in acts):
                 hit = reps & nodes  # a node fault takes every replica on its node
             else:
                 hit = {a.node for a in acts if a.router_id == rid}
@@ -230,7 +230,7 @@ def test_make_plan_on_the_fake_node_plans_all_or_refuses_and_stays_within_the_bl
     selected = set(made.routers)
     assert selected and selected <= {r.id for r in topo.routers}
     by_router = {r.id: r for r in topo.routers}
-    if kind not in NODE_FAULTS:  # one action per selected router, on one of its replicas, of the asked role
+    if registry().faults[kind].scope != "node":  # one action per selected router, on one of its replicas, of the asked role
         assert sorted(a.router_id or "" for a in made.actions) == sorted(selected)
         for a in made.actions:
             router = by_router[a.router_id or ""]

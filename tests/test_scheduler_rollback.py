@@ -63,11 +63,13 @@ async def run_scheduler(
         async with net.pool()(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id="run1")
             plan, faults, _ = await make_plan(exp, topology, ssh, ctx)
+            for fault in faults.values():
+                fault.recovery_deadline = recovery_timeout  # a short deadline: these tests are about what follows it
             watched = [r for r in topology.routers if r.id in set(plan.routers)]
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
-                safeguards=safeguards or exp.safeguards, duration=exp.fault.duration, warmup=0, settle=0,
-                recovery_timeout=recovery_timeout, observe_interval=observe_interval, probes=[],
+                safeguards=safeguards or exp.safeguards, warmup=0, settle=0,
+                observe_interval=observe_interval, probes=[],
                 observer=PrimaryObserver(ssh, topology, watched, journal) if observer else None,
                 handle_signals=handle_signals,
             )

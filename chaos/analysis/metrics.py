@@ -38,7 +38,7 @@ Value = float | int | None
 
 
 # One catalog for the validator, the analysis and the reports: names, units, which end is worse.
-CATALOG: dict[str, Metric] = METRICS
+CATALOG: Mapping[str, Metric] = METRICS
 
 _DROP_EVENTS = frozenset({"reset", "timeout"})
 _END_EVENTS = frozenset({"reset", "timeout", "closed"})
@@ -173,6 +173,8 @@ class _RouterEvents:
     conntrack: list[dict[str, Any]] = field(default_factory=list)
     api: list[dict[str, Any]] = field(default_factory=list)
     resets: list[dict[str, Any]] = field(default_factory=list)
+    plugin: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))  # plugin probes' kinds
+
 
 
 _ROUTER_KINDS = {
@@ -238,6 +240,8 @@ class RunRecord:
             self._skip(str(e.get("probe")), router_id, e.get("direction"), e.get("reason"))
         elif kind in _ROUTER_KINDS and router_id:
             getattr(self.routers[router_id], _ROUTER_KINDS[kind]).append(e)
+        elif router_id and kind in _plugin_event_kinds():
+            self.routers[router_id].plugin[kind].append(e)
         if kind == "arp.garp":
             self.garp_watched = True
         elif kind == "probe.tcp" and e.get("event") == "skipped":
@@ -341,15 +345,32 @@ def _opt_str(v: Any) -> str | None:
 # --- replica state over time ----------------------------------------------------------------
 
 
+INITIAL_SNAPSHOT_S = 2.0
+"""The observer's first reports of a router's replicas arrive one node after the other, a few
+milliseconds apart: within this span of the first one they are one snapshot, not changes."""
+
+
 class HolderTimeline:
-    """Which replicas held the addresses, after each observation (per-replica state carried forward)."""
+    """Which replicas held the addresses, after each observation (per-replica state carried forward).
+
+    The timeline starts once the first snapshot is complete (every replica that reported within
+    ``INITIAL_SNAPSHOT_S`` of the first report has reported), so assembling it is not counted as
+    a change of holders ({} -> {a} would be one transition and a moment without a primary).
+    """
 
     def __init__(self, observations: Sequence[_Observation]) -> None:
         state: dict[str, bool] = {}
         self.times: list[float] = []
         self.sets: list[frozenset[str]] = []
+        firsts: dict[str, float] = {}
+        for o in observations:
+            firsts.setdefault(o.node, o.t)
+        t0 = min(firsts.values(), default=0.0)
+        complete = max((t for t in firsts.values() if t - t0 <= INITIAL_SNAPSHOT_S), default=t0)
         for o in observations:
             state[o.node] = o.holds
+            if o.t < complete:
+                continue
             self.times.append(o.t)
             self.sets.append(frozenset(n for n, h in state.items() if h))
 
@@ -463,6 +484,8 @@ def _silent(ev: _RouterEvents, probe: str, direction: str | None) -> bool:
         return not [e for e in of(ev.tcp) if e.get("session") is not None]
     if probe == "new_connections":
         return not [e for e in of(ev.newconn) if e.get("ok") is not None]
+    if (kinds := _plugin_probes().get(probe)) is not None:
+        return not any(ev.plugin.get(k) for k in kinds)
     return not {
         "icmp": ev.icmp, "primary": ev.observations, "arp": ev.garp, "conntrack": ev.conntrack, "api_lag": ev.api,
     }.get(probe, True)
@@ -497,6 +520,7 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
     _garp(res, ev, w, record.garp_watched, injection, takeover)
     _conntrack(res, ev, w, before, new)
     _api(res, ev, w, timeline, takeover, new)
+    _plugin(res, ev, w)
     _skipped(res, ev, record, router_id)
 
     return RouterMetrics(
@@ -524,6 +548,35 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
             for e in ev.resets if w.contains(float(e["t"]))
         ],
     )
+
+
+@functools.cache
+def _plugin_probes() -> dict[str, tuple[str, ...]]:
+    """Plugin probe name -> the journal kinds its metrics are computed from."""
+    from chaos.experiment.metrics_catalog import BUILTIN_METRICS
+
+    probes = {m.probe for name, m in CATALOG.items() if name not in BUILTIN_METRICS}
+    from chaos.experiment.registry import registry
+
+    return {name: tuple(kind.event_kinds) for name, kind in registry().probes.items() if name in probes}
+
+
+@functools.cache
+def _plugin_event_kinds() -> frozenset[str]:
+    """The journal kinds the plugin probes' metrics read."""
+    return frozenset(k for kinds in _plugin_probes().values() for k in kinds)
+
+
+def _plugin(res: _Result, ev: _RouterEvents, w: Window) -> None:
+    """Plugin probes' metrics: each computes its value from the router's events of its probe's
+    kinds inside the window (``Metric.compute``)."""
+    for name, metric in CATALOG.items():
+        if metric.compute is None:
+            continue
+        kinds = _plugin_probes().get(metric.probe, ())
+        events = sorted((e for k in kinds for e in ev.plugin.get(k, []) if w.contains(float(e["t"]))), key=lambda e: float(e["t"]))
+        value = metric.compute(events, w.start, w.end) if events else None
+        res.set(name, value, f"no {metric.probe} samples")
 
 
 def _icmp(res: _Result, ev: _RouterEvents, w: Window) -> list[FipMetrics]:

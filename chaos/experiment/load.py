@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from chaos.experiment.metrics_catalog import parse_metric_ref
+from chaos.experiment.registry import FAULT_GROUP, PROBE_GROUP, registry
 from chaos.experiment.schema import (
     SECTION_DEFAULTS,
     SECTIONS,
@@ -93,6 +94,8 @@ def _validate(doc: YamlDocument, base_dir: Path | None) -> ExperimentCheck:
     sections = _sections(experiment, data)
     for loc, message in combination_problems(**sections):
         problems.append(problem_at(doc, loc, message))
+    for loc, message in _plugin_problems(data):
+        problems.append(problem_at(doc, loc, message))
 
     target = sections["target"]
     if target is not None and target.source in ("inventory", "openstack") and target.inventory is not None:
@@ -104,6 +107,22 @@ def _validate(doc: YamlDocument, base_dir: Path | None) -> ExperimentCheck:
 
     problems = sorted_problems(problems)
     return ExperimentCheck(doc.name, experiment if not problems else None, problems)
+
+
+def _plugin_problems(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """A fault type or probe that a plugin should have provided but could not load: say why
+    (the schema's own message only lists the kinds that did load)."""
+    reg = registry()
+    out: list[tuple[tuple[str, ...], str]] = []
+    fault = data.get("fault")
+    fault_type = fault.get("type") if isinstance(fault, dict) else None
+    if isinstance(fault_type, str) and (problem := reg.problem_for(FAULT_GROUP, fault_type)) is not None:
+        out.append((("fault", "type"), f"the plugin that provides {fault_type!r} could not be loaded: {problem.describe()}"))
+    probes = data.get("probes")
+    for key in probes if isinstance(probes, dict) else ():
+        if isinstance(key, str) and (problem := reg.problem_for(PROBE_GROUP, key)) is not None:
+            out.append((("probes", key), f"the plugin that provides probe {key!r} could not be loaded: {problem.describe()}"))
+    return out
 
 
 def _sections(experiment: Experiment | None, data: dict[str, Any]) -> dict[str, Any]:

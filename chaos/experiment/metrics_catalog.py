@@ -13,12 +13,12 @@ every targeted router (or floating IP, for per-floating-IP metrics).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Scope = Literal["router", "floating-ip"]
 Unit = Literal["s", "count"]
-Probe = Literal["icmp", "tcp", "new_connections", "primary", "conntrack", "arp", "api_lag"]
 Phase = Literal["before", "during", "after"]
 
 PHASES: tuple[Phase, ...] = ("before", "during", "after")
@@ -39,13 +39,17 @@ class Metric:
     name: str
     unit: Unit
     scope: Scope
-    probe: Probe
+    probe: str
     """The probe whose samples the metric is computed from; a tolerance needs it enabled."""
     definition: str
     worst: Literal["max", "min"] = "max"
     """Which end is worse: how a router's value is taken from its floating IPs' values."""
     phases: tuple[Phase, ...] = PHASES
     """Phases in which the metric has a meaning (primaries_after has none before the fault)."""
+    compute: Callable[[Sequence[Mapping[str, Any]], float, float], float | int | None] | None = None
+    """A plugin probe's metric: its value for one router from that router's events of the
+    probe's kinds inside a window (events, window start, window end); None when it has none.
+    The built-in metrics are computed by chaos.analysis.metrics."""
 
 
 _CATALOG: tuple[Metric, ...] = (
@@ -172,7 +176,36 @@ _CATALOG: tuple[Metric, ...] = (
     ),
 )
 
-METRICS: dict[str, Metric] = {m.name: m for m in _CATALOG}
+BUILTIN_METRICS: dict[str, Metric] = {m.name: m for m in _CATALOG}
+
+
+class _Catalog(Mapping[str, Metric]):
+    """The built-in metrics, then the metrics of the plugins' probes (read from the registry on
+    first use, so that importing this module loads no plugin)."""
+
+    def __init__(self) -> None:
+        self._all: dict[str, Metric] | None = None
+
+    def _load(self) -> dict[str, Metric]:
+        if self._all is None:
+            from chaos.experiment.registry import registry
+
+            plugin = {m.name: m for kind in registry().probes.values() for m in kind.metrics}
+            self._all = {**BUILTIN_METRICS, **plugin}
+        return self._all
+
+    def __getitem__(self, name: str) -> Metric:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+METRICS: Mapping[str, Metric] = _Catalog()
+"""Every metric a tolerance may name: the built-in ones and the plugins' probes' ones."""
 
 _REF_RE = re.compile(r"^(?P<aggregate>[A-Za-z0-9_]+)\((?P<metric>[^()]*)\)$")
 

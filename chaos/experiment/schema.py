@@ -17,16 +17,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     Strict,
     ValidationInfo,
+    create_model,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -37,22 +36,17 @@ from chaos.experiment.durations import (
     format_duration,
 )
 from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
+from chaos.experiment.params import Int, NoParams, Number, Params, Text
+from chaos.experiment.registry import registry
 from chaos.experiment.schedule import ScheduleField
 from chaos.model import HostName, RouterId
 from chaos.yamlfile import Loc, format_loc
 
 """A field path in the file: ("fault", "params", "signal"), ("probes", "tcp", "directions", 1)."""
 
-Int = Annotated[int, Strict()]
-Number = Annotated[float, Strict()]  # strict float still takes an int; never a string or a bool
-Text = Annotated[str, Strict()]
-
-FaultType = Literal["keepalived-kill", "ha-link-down", "gateway-reboot", "vrrp-partition", "agent-evacuate"]
-FAULT_TYPES: tuple[str, ...] = FaultType.__args__  # type: ignore[attr-defined]
 TargetMode = Literal["one", "all", "fixed", "fixed-percent", "random-max-percent"]
 Source = Literal["lab", "inventory", "openstack"]
 ReplicaRole = Literal["primary", "backup", "any"]
-Direction = Literal["inbound", "outbound"]
 
 _LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # the lab's own rule (chaos.lab.spec); namespaces derive from it
 
@@ -70,16 +64,7 @@ def _non_blank(value: str) -> str:
     return value
 
 
-def _signal(value: object) -> object:
-    """`SIGKILL` and `kill` are what people type; the file format says KILL."""
-    if isinstance(value, str):
-        value = value.strip().upper()
-        return value[3:] if value.startswith("SIG") else value
-    return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Model = Params  # every section: frozen, unknown keys refused
 
 
 # --------------------------------------------------------------------------- target
@@ -152,76 +137,53 @@ class Target(_Model):
 
 
 # --------------------------------------------------------------------------- faults
-class KeepalivedKillParams(_Model):
-    signal: Annotated[Literal["TERM", "KILL", "STOP"], BeforeValidator(_signal)] = "KILL"
-    respawn_wait: NonNegativeDuration | None = Field(
-        default=None, le=3600,
-        description="how long undo waits for the node's L3 agent to respawn keepalived before starting it itself "
-        "(default: the node's check_child_processes_interval plus a margin; 0: start it at once)",
+class FaultSpec(_Model):
+    """The ``fault`` section: which fault (``type``), on which replica, for how long, with which
+    parameters. One model per fault type is built from the registry (``FAULT_SPECS``); the fault
+    module owns its parameters model and the rules of its section (``Fault.spec_problems``)."""
+
+    type: str
+    replica: ReplicaRole = Field(default="primary", description="which replica of each chosen router is hit")
+    duration: Duration | None = Field(default=None, description="how long the fault holds, where that applies")
+    params: Params = NoParams()
+
+    def kind(self) -> Any:
+        """The fault class that injects this section (``chaos.faults.base.Fault``)."""
+        return registry().fault(self.type)
+
+    @property
+    def scope(self) -> str:
+        return str(self.kind().scope)
+
+    def describe(self) -> str:
+        return str(self.kind().describe_spec(self))
+
+
+def _spec_model(fault_type: str, kind: Any) -> type[FaultSpec]:
+    params_model = kind.params_model
+    required = any(f.is_required() for f in params_model.model_fields.values())
+    name = "".join(w.capitalize() for w in fault_type.split("-")) + "Spec"
+    return create_model(  # type: ignore[no-any-return, call-overload]
+        name, __base__=FaultSpec, __module__=__name__, __doc__=f"The fault section of a {fault_type} experiment.",
+        type=(Literal[fault_type], ...),  # type: ignore[valid-type]
+        params=(params_model, ... if required else params_model()),
     )
 
 
-class GatewayRebootParams(_Model):
-    method: Literal["lab", "ssh", "sysrq"] = "lab"
-    boot_timeout: Duration = Field(default=300.0, le=3600, description="how long to wait for the node to come back")
+FAULT_SPECS: dict[str, type[FaultSpec]] = {t: _spec_model(t, k) for t, k in registry().faults.items()}
+"""fault type -> the model of its ``fault`` section, for every fault the registry found."""
+FAULT_TYPES: tuple[str, ...] = tuple(FAULT_SPECS)
+
+Fault = Annotated[Union[tuple(FAULT_SPECS.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+"""The ``fault`` section: one of the registered faults' section models, chosen by ``type``."""
 
 
-class AgentEvacuateParams(_Model):
-    mode: Literal["graceful", "abrupt"] = "graceful"
-    disable_agent: Annotated[bool, Strict()] = True
-    node: HostName | None = Field(default=None, description="evacuate this node instead of choosing by replica")
-    handover_timeout: Duration = Field(default=15.0, le=300, description="how long a hand-over of the primary may take")
-    sync_timeout: Duration = Field(default=60.0, le=600, description="how long a moved replica may take to come up")
-
-
-class NoParams(_Model):
-    """Faults that take no parameters still accept an empty ``params: {}``."""
-
-
-class _Fault(_Model):
-    replica: ReplicaRole = Field(default="primary", description="which replica of each chosen router is hit")
-    duration: Duration | None = Field(default=None, description="how long the fault holds, where that applies")
-
-    def describe(self) -> str:
-        params = ", ".join(f"{k} {_plain(v)}" for k, v in self.params.model_dump().items())  # type: ignore[attr-defined]
-        hold = f" for {format_duration(self.duration)}" if self.duration else ""
-        node_wide = self.type in ("gateway-reboot", "agent-evacuate")  # type: ignore[attr-defined]
-        replica = "any replica" if self.replica == "any" else f"the {self.replica} replica"
-        where = f"the node of {replica}" if node_wide else replica
-        if getattr(self.params, "node", None):  # type: ignore[attr-defined]
-            where = f"node {self.params.node}"  # type: ignore[attr-defined]
-        return f"{self.type}{' (' + params + ')' if params else ''} on {where}{hold}"  # type: ignore[attr-defined]
-
-
-class KeepalivedKill(_Fault):
-    type: Literal["keepalived-kill"]
-    params: KeepalivedKillParams = KeepalivedKillParams()
-
-
-class HaLinkDown(_Fault):
-    type: Literal["ha-link-down"]
-    params: NoParams = NoParams()
-
-
-class GatewayReboot(_Fault):
-    type: Literal["gateway-reboot"]
-    params: GatewayRebootParams = GatewayRebootParams()
-
-
-class VrrpPartition(_Fault):
-    type: Literal["vrrp-partition"]
-    params: NoParams = NoParams()
-
-
-class AgentEvacuate(_Fault):
-    type: Literal["agent-evacuate"]
-    params: AgentEvacuateParams = AgentEvacuateParams()
-
-
-Fault = Annotated[
-    KeepalivedKill | HaLinkDown | GatewayReboot | VrrpPartition | AgentEvacuate,
-    Field(discriminator="type"),
-]
+def fault_spec_model(fault_type: str) -> type[FaultSpec]:
+    """The section model of one fault type (KeyError names the known ones)."""
+    try:
+        return FAULT_SPECS[fault_type]
+    except KeyError:
+        raise KeyError(f"no fault type {fault_type!r} (known: {', '.join(FAULT_SPECS)})") from None
 
 
 # --------------------------------------------------------------------------- safeguards
@@ -238,53 +200,13 @@ class Safeguards(_Model):
 
 
 # --------------------------------------------------------------------------- probes
-class IcmpProbe(_Model):
-    interval: Annotated[Duration, Field(ge=0.001)] = 0.02
-    timeout: Duration = 1.0
+class ProbesSection(_Model):
+    """The probes that run; a probe runs when its key is present (``arp:`` alone is enough).
 
+    One optional key per probe the registry found (each probe module owns its settings model,
+    ``ProbeKind.settings_model``), beside the section's own ``warmup`` and ``settle``.
+    """
 
-class TcpProbe(_Model):
-    sessions: Int = Field(default=2, ge=1, le=32, description="sessions per direction and router")
-    interval: Annotated[Duration, Field(ge=0.001)] = 0.2
-    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
-    stall: Duration = Field(default=1.0, description="a session silent this long is stalled")
-
-
-class NewConnectionsProbe(_Model):
-    interval: Annotated[Duration, Field(ge=0.01)] = 0.5
-    timeout: Duration = 1.0
-    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
-
-
-class PrimaryObserver(_Model):
-    """Watches each replica's addresses and state file (address events), no settings."""
-
-
-class ConntrackProbe(_Model):
-    """Snapshots conntrack on the replicas before and after, no settings."""
-
-
-class ArpProbe(_Model):
-    """Listens for gratuitous ARPs on the external network, no settings."""
-
-
-class ApiLagProbe(_Model):
-    interval: Annotated[Duration, Field(ge=0.1)] = 1.0
-
-
-PROBE_NAMES = ("icmp", "tcp", "new_connections", "primary", "conntrack", "arp", "api_lag")
-
-
-class Probes(_Model):
-    """The probes that run; a probe runs when its key is present (``arp:`` alone is enough)."""
-
-    icmp: IcmpProbe | None = None
-    tcp: TcpProbe | None = None
-    new_connections: NewConnectionsProbe | None = None
-    primary: PrimaryObserver | None = None
-    conntrack: ConntrackProbe | None = None
-    arp: ArpProbe | None = None
-    api_lag: ApiLagProbe | None = None
     warmup: NonNegativeDuration = Field(default=5.0, description="probes run this long before the injection")
     settle: NonNegativeDuration = Field(default=10.0, description="and this long after the recovery")
 
@@ -305,8 +227,20 @@ class Probes(_Model):
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in PROBE_NAMES if getattr(self, name) is not None)
 
+    def settings(self, name: str) -> BaseModel | None:
+        """The settings of probe ``name``, None when it is off."""
+        return getattr(self, name, None)  # type: ignore[no-any-return]
 
-DEFAULT_PROBES = Probes(icmp=IcmpProbe(), primary=PrimaryObserver())
+
+PROBE_NAMES: tuple[str, ...] = tuple(registry().probes)
+"""Every probe the registry found, in their order (built-in ones first)."""
+
+Probes: type[ProbesSection] = create_model(  # type: ignore[call-overload]
+    "Probes", __base__=ProbesSection, __module__=__name__, __doc__=ProbesSection.__doc__,
+    **{name: (kind.settings_model | None, None) for name, kind in registry().probes.items()},
+)
+
+DEFAULT_PROBES = Probes(**{name: kind.settings_model() for name, kind in registry().probes.items() if kind.default_on})
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -431,15 +365,14 @@ def combination_problems(
     if target is not None:
         problems += _target_problems(target)
     if fault is not None:
-        problems += _fault_problems(fault)
+        problems += [(("fault", *loc), message) for loc, message in fault.kind().spec_problems(fault)]
     if probes is not None:
-        problems += _probe_problems(probes)
+        for name, kind in registry().probes.items():
+            settings = probes.settings(name)
+            if settings is not None:
+                problems += [(("probes", name, *loc), message) for loc, message in kind.spec_problems(settings, target=target)]
     if hypothesis is not None:
         problems += _tolerance_problems(hypothesis, probes)
-    if probes is not None and target is not None and probes.api_lag is not None and target.source != "openstack":
-        problems.append(
-            (("probes", "api_lag"), f"needs target.source: openstack (the API to compare with); the source is {target.source}")
-        )
     if target is not None and safeguards is not None and target.mode == "fixed" and target.value is not None:
         if target.value > safeguards.max_concurrent_routers:
             problems.append(
@@ -486,41 +419,6 @@ def _target_problems(target: Target) -> list[tuple[Loc, str]]:
     return problems
 
 
-def _fault_problems(fault: Any) -> list[tuple[Loc, str]]:
-    problems: list[tuple[Loc, str]] = []
-    loc: Loc = ("fault", "duration")
-    if isinstance(fault, HaLinkDown | VrrpPartition) and fault.duration is None:
-        what = "the ha- link stays down" if isinstance(fault, HaLinkDown) else "VRRP stays blocked between replicas"
-        problems.append((loc, f"required for {fault.type}: how long {what}"))
-    elif isinstance(fault, KeepalivedKill):
-        if fault.params.signal == "STOP" and fault.duration is None:
-            problems.append((loc, "required with signal STOP: how long keepalived stays stopped before CONT"))
-        elif fault.params.signal != "STOP" and fault.duration is not None:
-            problems.append(
-                (loc, f"applies only to signal STOP; {fault.params.signal} ends keepalived and undo restarts it "
-                 "(see params.respawn_wait)")
-            )
-    elif isinstance(fault, GatewayReboot) and fault.duration is not None:
-        problems.append((loc, "does not apply to gateway-reboot: the node is down until it boots (see params.boot_timeout)"))
-    elif isinstance(fault, AgentEvacuate) and fault.params.node is not None and "replica" in fault.model_fields_set:
-        problems.append((("fault", "replica"), "choose the node either by replica or by params.node, not both"))
-    return problems
-
-
-def _probe_problems(probes: Probes) -> list[tuple[Loc, str]]:
-    problems: list[tuple[Loc, str]] = []
-    for name in ("tcp", "new_connections"):
-        probe = getattr(probes, name)
-        if probe is not None and len(set(probe.directions)) != len(probe.directions):
-            problems.append((("probes", name, "directions"), "lists a direction twice"))
-    if probes.tcp is not None and probes.tcp.stall <= probes.tcp.interval:
-        problems.append(
-            (("probes", "tcp", "stall"), f"must be longer than probes.tcp.interval ({format_duration(probes.tcp.interval)}): "
-             "a session is silent between two echoes")
-        )
-    return problems
-
-
 def _tolerance_problems(hypothesis: Hypothesis, probes: Probes | None) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     for name, tolerance in hypothesis.tolerances.items():
@@ -544,7 +442,7 @@ def _tolerance_problems(hypothesis: Hypothesis, probes: Probes | None) -> list[t
             )
         if probes is None:  # invalid: its own problems are reported
             continue
-        if getattr(probes, metric.probe) is None:
+        if probes.settings(metric.probe) is None:
             problems.append((loc, f"{metric.name} comes from the {metric.probe} probe, which is not enabled (add probes.{metric.probe})"))
         if tolerance.phase == "before" and probes.warmup == 0:
             problems.append((loc + ("phase",), "phase before needs probes.warmup greater than 0"))
@@ -565,13 +463,8 @@ def _number(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _plain(value: object) -> str:
-    if isinstance(value, float):
-        return format_duration(value)
-    return str(value)
-
-
 __all__ = [
-    "FAULT_TYPES", "PHASES", "Experiment", "Fault", "Hypothesis", "Loc", "Probes", "RouterSelector",
-    "Safeguards", "Target", "Tolerance", "ToleranceCheck", "combination_problems", "format_loc",
+    "FAULT_SPECS", "FAULT_TYPES", "PHASES", "PROBE_NAMES", "Experiment", "Fault", "FaultSpec", "Hypothesis", "Loc",
+    "Probes", "RouterSelector", "Safeguards", "Target", "Tolerance", "ToleranceCheck", "combination_problems",
+    "fault_spec_model", "format_loc",
 ]

@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.errors import InfrastructureError, InvalidInput
-from chaos.experiment.schema import AgentEvacuateParams
-from chaos.faults.base import Fault, FaultContext, UndoStep, poll
+from chaos.experiment.params import Bool, Duration, Params
+from chaos.faults.base import Fault, FaultContext, Loc, UndoStep, poll, run_undo_steps
+from chaos.model import HostName
 from chaos.log import get_logger
 from chaos.targets.openstack import (
     ApiError,
@@ -130,12 +131,8 @@ async def wait_up(ctx: FaultContext, client: OpenStackClient, router_id: str, ho
 
 # --------------------------------------------------------------------------- API undo steps
 def api_step(host: str, **command: Any) -> UndoStep:
-    """An undo step replayed through the API (``via: "api"``).
-
-    ``UndoStep.via`` only allows "ssh" and "bmc" so far; the step is built without validation
-    until the fault base accepts "api" (see this module's report).
-    """
-    return UndoStep(via="api", node=host, command=json.dumps(command, sort_keys=True))
+    """An undo step replayed through the API (``via: "api"``) by ``AgentEvacuate.replay``."""
+    return UndoStep(via="api", node=host, command=json.dumps(command, sort_keys=True), fault=AgentEvacuate.type)
 
 
 async def _remove_quietly(client: OpenStackClient, agent_id: str, router_id: str) -> bool:
@@ -186,7 +183,7 @@ async def restore_router(ctx: FaultContext, client: OpenStackClient, router_id: 
 
 
 async def replay_api_step(ctx: FaultContext, step: UndoStep) -> str:
-    """Replay one ``via: "api"`` undo step (for ``run_undo_steps`` and ``chaos recover``)."""
+    """Replay one ``via: "api"`` undo step (``AgentEvacuate.replay``: a live undo and ``chaos recover``)."""
     try:
         cmd = json.loads(step.command)
     except ValueError:
@@ -204,13 +201,38 @@ async def replay_api_step(ctx: FaultContext, step: UndoStep) -> str:
 
 
 # --------------------------------------------------------------------------- the fault
+class AgentEvacuateParams(Params):
+    mode: Literal["graceful", "abrupt"] = "graceful"
+    disable_agent: Bool = True
+    node: HostName | None = Field(default=None, description="evacuate this node instead of choosing by replica")
+    handover_timeout: Duration = Field(default=15.0, le=300, description="how long a hand-over of the primary may take")
+    sync_timeout: Duration = Field(default=60.0, le=600, description="how long a moved replica may take to come up")
+
+
 class AgentEvacuate(Fault):
     type: ClassVar[str] = "agent-evacuate"
     params_model: ClassVar[type[BaseModel]] = AgentEvacuateParams
     params: AgentEvacuateParams
-    needs_router: ClassVar[bool] = False
+    scope = "node"
+    duration_help: ClassVar[str] = "how long the node stays drained before the original placement is restored"
+    programs: ClassVar[frozenset[str]] = frozenset({"keepalived"})
     took_timeout: ClassVar[float] = 60.0
     recover_timeout: ClassVar[float] = 90.0
+
+    @classmethod
+    def spec_problems(cls, spec: Any) -> list[tuple[Loc, str]]:
+        problems = super().spec_problems(spec)
+        if spec.params.node is not None and "replica" in spec.model_fields_set:
+            problems.append((("replica",), "choose the node either by replica or by params.node, not both"))
+        return problems
+
+    @classmethod
+    def chosen_node(cls, params: BaseModel) -> str | None:
+        return params.node  # type: ignore[attr-defined, no-any-return]
+
+    @classmethod
+    async def replay(cls, ctx: FaultContext, step: UndoStep) -> str:
+        return await replay_api_step(ctx, step)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -343,7 +365,7 @@ class AgentEvacuate(Fault):
 
     async def undo(self) -> str:
         p = self._placement_now()
-        details = [await replay_api_step(self.ctx, s) for s in self.undo_steps()]
+        details = await run_undo_steps(self.ctx, self.undo_steps())
         log.info("evacuation undone", node=p.host)
         return "; ".join(details)
 

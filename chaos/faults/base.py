@@ -1,15 +1,22 @@
-"""What every fault shares: its undo record, its dead-man, its lifecycle.
+"""What every fault shares: its self-description, its undo record, its dead-man, its lifecycle.
 
-A fault only says how to inject, how to undo and how to tell that it took. The rest lives
-here once:
+A fault is one module (chaos/faults/<name>.py, or a plugin's): a ``Fault`` subclass that says
+what experiment files call it (``type``), what parameters it takes (``params_model``), whether
+it acts on one router's replica or on a whole node (``scope``), whether ``duration`` applies,
+what must exist on the node for it to run and be undone (``programs``), and how to inject, how to
+tell it took, how to undo and how to tell the replica (or node) is healthy again. The registry
+(``chaos.experiment.registry``) finds it; the experiment schema, the planner, the preflight and
+``chaos recover`` ask it. The rest lives here once:
 
 - ``undo_steps()`` are plain data (``UndoStep``) that the runner journals *before* injecting,
   so ``chaos recover`` can replay them with ``run_undo_steps`` after a crash. Every step is
-  idempotent: replaying it on a healthy node changes nothing.
+  idempotent: replaying it on a healthy node changes nothing. A live undo runs the same steps
+  through the same function, so the two paths behave the same on failure.
 - A fault with a duration schedules a dead-man on the node together with the injection: a
   detached ``sleep <duration>; <undo>`` that survives the SSH session, the connection and the
-  runner, so a runner that dies (or hangs) mid-fault cannot leave the fault in place. A normal
-  undo cancels it by pid; recovery cancels it by its marker.
+  runner, so a runner that dies (or hangs) mid-fault cannot leave the fault in place. The step
+  that cancels it is a ``disarm`` step: it runs only when every undo step before it succeeded,
+  so a failed undo leaves the dead-man armed to finish the job.
 - Markers (iptables comments, the dead-man's tag) are ``chaos-<run_id>-<action_id>``, unique to
   one action of one run, so an undo removes only what that action added.
 """
@@ -20,17 +27,24 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chaos.errors import InfrastructureError, InvalidInput
-from chaos.experiment.schema import NoParams
+from chaos.experiment.durations import format_duration
+from chaos.experiment.params import NoParams
 from chaos.log import get_logger
 from chaos.model import Node, Replica, Router, Topology
 from chaos.transport import node_commands as nc
-from chaos.transport.redfish import RedfishClient
-from chaos.transport.ssh import SshPool
+
+if TYPE_CHECKING:
+    from chaos.transport.redfish import RedfishClient
+    from chaos.transport.ssh import SshPool
+
+Loc = tuple[str | int, ...]
+Scope = Literal["router", "node"]
+DurationRule = Literal["required", "optional", "forbidden"]
 
 log = get_logger("faults")
 
@@ -43,6 +57,8 @@ class UndoStep(BaseModel):
     via: Literal["ssh", "bmc", "api"]
     node: str
     command: str  # a shell command (ssh), a Redfish ResetType (bmc) or a JSON API command (api)
+    fault: str | None = None  # api: the fault type whose ``replay`` runs it (None: agent-evacuate, older journals)
+    disarm: bool = False  # cancels a dead-man: runs only when every step before it succeeded
 
 
 class FaultContext:
@@ -67,6 +83,8 @@ class FaultContext:
             return self._redfish()
         if not self.topology.bmc_url or not self.topology.bmc_credentials_file:
             raise InvalidInput("this target has no BMC (bmc_url and bmc_credentials_file) to power-cycle nodes with")
+        from chaos.transport.redfish import RedfishClient
+
         return RedfishClient.from_file(self.topology.bmc_url, self.topology.bmc_credentials_file)
 
 
@@ -93,13 +111,66 @@ async def poll(
 
 
 class Fault(ABC):
-    """One fault on one node (and one router's replica there, for router faults)."""
+    """One fault on one node (and one router's replica there, for router faults).
 
+    The class describes the fault (the ClassVars and classmethods below, read before anything
+    runs: by the schema, the planner, the preflight); an instance is one planned action.
+    """
+
+    registry_group: ClassVar[str] = "chaos.faults"
     type: ClassVar[str]
+    """The name experiment files use (``fault.type``)."""
     params_model: ClassVar[type[BaseModel]] = NoParams
-    needs_router: ClassVar[bool] = True
+    """The model of ``fault.params`` (build it on ``chaos.experiment.params.Params``)."""
+    scope: ClassVar[Scope] = "router"
+    """router: one action per chosen router, on one of its replicas; node: one action per node
+    (the node of the chosen replica), which disturbs every router with a replica there; the
+    blast radius counts node actions as nodes down and takes exclusive leases on them."""
+    duration_rule: ClassVar[DurationRule] = "optional"
+    """Whether ``fault.duration`` must, may or must not be given."""
+    duration_help: ClassVar[str] = "how long the fault holds before it is undone"
+    """What ``fault.duration`` means for this fault (or why it does not apply), for messages."""
+    programs: ClassVar[frozenset[str]] = frozenset()
+    """Programs the fault runs in the L3 agent's context; the preflight refuses a node without them."""
     took_timeout: ClassVar[float] = 5.0
     recover_timeout: ClassVar[float] = 30.0
+    recovery_deadline: ClassVar[float] = 120.0
+    """How long the runner waits, in all, for ``recovered()`` after the undo."""
+
+    # ------------------------------------------------------------------ what the class says
+    @classmethod
+    def spec_problems(cls, spec: Any) -> list[tuple[Loc, str]]:
+        """Problems of this fault's section that no single field shows (``spec`` is the validated
+        ``fault`` section: ``replica``, ``duration``, ``params``), each with its path under
+        ``fault``. The default applies ``duration_rule``; override to add rules (and call it)."""
+        if cls.duration_rule == "required" and spec.duration is None:
+            return [(("duration",), f"required for {cls.type}: {cls.duration_help}")]
+        if cls.duration_rule == "forbidden" and spec.duration is not None:
+            return [(("duration",), f"does not apply to {cls.type}: {cls.duration_help}")]
+        return []
+
+    @classmethod
+    def chosen_node(cls, params: BaseModel) -> str | None:
+        """A node fault's node when the parameters name it (else it follows ``fault.replica``)."""
+        return None
+
+    @classmethod
+    def describe_spec(cls, spec: Any) -> str:
+        """One line for ``chaos validate`` and the plan: what is injected where, for how long."""
+        params = ", ".join(f"{k} {_plain(v)}" for k, v in spec.params.model_dump().items())
+        hold = f" for {format_duration(spec.duration)}" if spec.duration else ""
+        replica = "any replica" if spec.replica == "any" else f"the {spec.replica} replica"
+        where = f"the node of {replica}" if cls.scope == "node" else replica
+        node = cls.chosen_node(spec.params)
+        if node:
+            where = f"node {node}"
+        return f"{cls.type}{' (' + params + ')' if params else ''} on {where}{hold}"
+
+    @classmethod
+    async def replay(cls, ctx: FaultContext, step: UndoStep) -> str:
+        """Replay one of this fault's ``via: "api"`` undo steps (faults that journal such steps
+        override it; ``chaos recover`` calls it through the registry)."""
+        raise InvalidInput(f"fault {cls.type} has no API undo steps, yet one was recorded: {step.command[:100]!r}")
 
     def __init__(
         self,
@@ -125,7 +196,7 @@ class Fault(ABC):
             raise InvalidInput(f"fault {self.type}: {where}: {err['msg']}") from None
         if duration is not None and not (0 < duration < 10**6):
             raise InvalidInput(f"fault {self.type}: duration must be a positive number of seconds, not {duration!r}")
-        if self.needs_router:
+        if self.scope == "router":
             if router is None:
                 raise InvalidInput(f"fault {self.type} needs a router")
             if not any(r.node == node.name for r in router.replicas):
@@ -188,7 +259,7 @@ class Fault(ABC):
     def undo_steps(self) -> list[UndoStep]:
         steps = [UndoStep(via="ssh", node=self.node.name, command=c) for c in self.revert_commands()]
         if self.deadman_command() is not None:
-            steps.append(UndoStep(via="ssh", node=self.node.name, command=nc.deadman_cancel(self.marker)))
+            steps.append(UndoStep(via="ssh", node=self.node.name, command=nc.deadman_cancel(self.marker), disarm=True))
         return steps
 
     async def inject(self) -> str:
@@ -209,16 +280,16 @@ class Fault(ABC):
         return detail.strip()
 
     async def undo(self) -> str:
-        """Undo (idempotent), then cancel the dead-man: it stays armed until the undo succeeded."""
-        details = await run_undo_steps(self.ctx, [UndoStep(via="ssh", node=self.node.name, command=c) for c in self.revert_commands()])
-        await self.cancel_deadman()
+        """Run the journaled undo steps (the same function ``chaos recover`` runs): the revert,
+        then, only if it succeeded, the dead-man's cancel (by its pid, known since the injection)."""
+        steps = [
+            s.model_copy(update={"command": nc.deadman_cancel(self.marker, self.deadman_pid)}) if s.disarm else s
+            for s in self.undo_steps()
+        ]
+        details = await run_undo_steps(self.ctx, steps)
+        if any(s.disarm for s in steps):
+            self.deadman_pid = None
         return "; ".join(d for d in details if d) or "undone"
-
-    async def cancel_deadman(self) -> None:
-        if self.deadman_command() is None:
-            return
-        await self.ctx.ssh.run(self.node.name, nc.deadman_cancel(self.marker, self.deadman_pid))
-        self.deadman_pid = None
 
     # ------------------------------------------------------------------ helpers for faults
     async def replica_truth(self) -> nc.ReplicaTruth:
@@ -240,24 +311,27 @@ class Fault(ABC):
 
 
 async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[str]:
-    """Run every step in order, even after one fails; raise at the end if any failed.
+    """Run the steps in order; raise at the end if any failed. Shared by a live undo and by
+    ``chaos recover``, so both behave the same way on failure.
 
-    Shared by a live undo and by ``chaos recover``. An ``api`` step is replayed by
-    ``chaos.faults.agent_evacuate.replay_api_step``. A ``bmc`` step ``On`` makes sure the node is
-    or is being powered on: nothing when it is on, a wait when a reset is still in progress.
+    After a failed step the others still run (each is idempotent and undoes its own part),
+    except ``disarm`` steps: a dead-man stays armed while anything before it failed, so it still
+    undoes the fault on the node when its time comes. An ``api`` step is replayed by its fault's
+    ``replay`` (found in the registry by ``UndoStep.fault``). A ``bmc`` step ``On`` makes sure the
+    node is or is being powered on: nothing when it is on, a wait when a reset is in progress.
     """
     details: list[str] = []
     failures: list[str] = []
     for step in steps:
+        if step.disarm and failures:
+            details.append(f"{step.node}: dead-man left armed (the undo before it failed)")
+            continue
         try:
             if step.via == "ssh":
                 result = await ctx.ssh.run(step.node, step.command)
                 details.append(result.stdout.strip())
             elif step.via == "api":
-                # Neutron API steps (agent-evacuate) know how to replay themselves.
-                from chaos.faults.agent_evacuate import replay_api_step
-
-                details.append(await replay_api_step(ctx, step))
+                details.append(await _replayer(step).replay(ctx, step))
             else:
                 async with ctx.redfish() as bmc:
                     if step.command == "On":
@@ -270,3 +344,19 @@ async def run_undo_steps(ctx: FaultContext, steps: Sequence[UndoStep]) -> list[s
     if failures:
         raise InfrastructureError("undo incomplete: " + "; ".join(failures))
     return details
+
+
+def _replayer(step: UndoStep) -> type[Fault]:
+    """The fault class that replays an API step (through the registry: no fault module is
+    imported here, so this module stays below every fault)."""
+    from chaos.experiment.registry import registry
+
+    fault_type = step.fault or "agent-evacuate"  # journals written before steps named their fault
+    try:
+        return registry().fault(fault_type)  # type: ignore[no-any-return]
+    except KeyError as exc:
+        raise InvalidInput(f"API undo step of fault {fault_type!r}, which is not installed: {exc}") from None
+
+
+def _plain(value: object) -> str:
+    return format_duration(value) if isinstance(value, float) else str(value)

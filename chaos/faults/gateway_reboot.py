@@ -11,12 +11,12 @@ running keepalived again. The only undo is powering it on (a BMC ``On``), when t
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chaos.errors import InfrastructureError
-from chaos.experiment.schema import GatewayRebootParams
+from chaos.experiment.params import Duration, Params
 from chaos.faults.base import Fault, UndoStep, poll, run_undo_steps
 from chaos.probes.replicas import holders, observe, observe_node
 from chaos.transport import node_commands as nc
@@ -24,10 +24,17 @@ from chaos.transport import node_commands as nc
 BMC_RESET = "ForceRestart"
 
 
+class GatewayRebootParams(Params):
+    method: Literal["lab", "ssh", "sysrq"] = "lab"
+    boot_timeout: Duration = Field(default=300.0, le=3600, description="how long to wait for the node to come back")
+
+
 class GatewayReboot(Fault):
     type: ClassVar[str] = "gateway-reboot"
     params_model: ClassVar[type[BaseModel]] = GatewayRebootParams
-    needs_router: ClassVar[bool] = False
+    scope = "node"
+    duration_rule = "forbidden"
+    duration_help: ClassVar[str] = "the node is down until it boots (see params.boot_timeout)"
     params: GatewayRebootParams
     took_timeout: ClassVar[float] = 30.0
     probe_timeout: ClassVar[float] = 3.0
@@ -35,6 +42,10 @@ class GatewayReboot(Fault):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.old_boot_id: str | None = None
+
+    @property
+    def recovery_deadline(self) -> float:  # type: ignore[override]
+        return self.params.boot_timeout
 
     def fault_commands(self) -> list[str]:
         if self.params.method == "ssh":

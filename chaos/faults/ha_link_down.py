@@ -14,6 +14,9 @@ from chaos.transport import node_commands as nc
 
 class HaLinkDown(Fault):
     type: ClassVar[str] = "ha-link-down"
+    duration_rule = "required"
+    duration_help: ClassVar[str] = "how long the ha- link stays down"
+    programs: ClassVar[frozenset[str]] = frozenset({"ip"})
 
     def fault_commands(self) -> list[str]:
         return [nc.ha_link_set(self.node.agent, self.router_id, self.replica.ha_device, nc.LinkAction.DOWN)]

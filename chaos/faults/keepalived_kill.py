@@ -14,12 +14,12 @@ config: never a second one beside the agent's. Who restarted it is journaled.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field
 
-from chaos.experiment.schema import KeepalivedKillParams
-from chaos.faults.base import Fault, poll
+from chaos.experiment.params import NonNegativeDuration, Params
+from chaos.faults.base import Fault, Loc, poll
 from chaos.transport import node_commands as nc
 
 # Neutron's monitor sleeps the interval, then checks; keepalived's respawn is also throttled to
@@ -27,10 +27,39 @@ from chaos.transport import node_commands as nc
 RESPAWN_MARGIN = 15.0
 
 
+def _signal(value: object) -> object:
+    """`SIGKILL` and `kill` are what people type; the file format says KILL."""
+    if isinstance(value, str):
+        value = value.strip().upper()
+        return value[3:] if value.startswith("SIG") else value
+    return value
+
+
+class KeepalivedKillParams(Params):
+    signal: Annotated[Literal["TERM", "KILL", "STOP"], BeforeValidator(_signal)] = "KILL"
+    respawn_wait: NonNegativeDuration | None = Field(
+        default=None, le=3600,
+        description="how long undo waits for the node's L3 agent to respawn keepalived before starting it itself "
+        "(default: the node's check_child_processes_interval plus a margin; 0: start it at once)",
+    )
+
+
 class KeepalivedKill(Fault):
     type: ClassVar[str] = "keepalived-kill"
     params_model: ClassVar[type[BaseModel]] = KeepalivedKillParams
     params: KeepalivedKillParams
+    programs: ClassVar[frozenset[str]] = frozenset({"keepalived"})
+
+    @classmethod
+    def spec_problems(cls, spec: Any) -> list[tuple[Loc, str]]:
+        """``duration`` belongs to STOP (how long keepalived hangs) and to nothing else."""
+        signal = spec.params.signal
+        if signal == "STOP" and spec.duration is None:
+            return [(("duration",), "required with signal STOP: how long keepalived stays stopped before CONT")]
+        if signal != "STOP" and spec.duration is not None:
+            return [(("duration",), f"applies only to signal STOP; {signal} ends keepalived and undo restarts it "
+                                    "(see params.respawn_wait)")]
+        return []
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -17,6 +17,9 @@ RULES_PER_PARTITION = 2  # INPUT and OUTPUT
 
 class VrrpPartition(Fault):
     type: ClassVar[str] = "vrrp-partition"
+    duration_rule = "required"
+    duration_help: ClassVar[str] = "how long VRRP stays blocked between replicas"
+    programs: ClassVar[frozenset[str]] = frozenset({"iptables"})
 
     def fault_commands(self) -> list[str]:
         return [nc.vrrp_block(self.node.agent, self.router_id, self.replica.ha_device, self.marker)]

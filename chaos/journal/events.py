@@ -70,6 +70,7 @@ class PlannedActionRecord(BaseModel):
 
     action_id: str
     fault: str
+    scope: Literal["router", "node"] | None = None  # None: written before actions said their scope
     node: str
     router_id: str | None = None
     router_name: str | None = None
@@ -120,6 +121,8 @@ class UndoStepRecord(BaseModel):
     via: Literal["ssh", "bmc", "api"]
     node: str
     command: str
+    fault: str | None = None  # api: the fault type that replays it (None: agent-evacuate, older journals)
+    disarm: bool = False  # cancels a dead-man: skipped when a step before it failed
 
 
 class _FaultAction(Event):

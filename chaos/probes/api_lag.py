@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar
 
 import structlog
+from pydantic import BaseModel, Field
 
 from chaos.errors import InfrastructureError
-from chaos.probes.base import RunBound
+from chaos.experiment.params import Duration, Params
+from chaos.probes.base import Loc, ProbeKind, ProbeRun, ProbeRunner, RunBound
 from chaos.journal import Journal
 from chaos.targets.openstack import OpenStackClient
 
@@ -76,3 +79,29 @@ class ApiLagProbe:
                 break
             if await bound.sleep(self.interval - (time.monotonic() - started)):
                 break
+
+
+# --------------------------------------------------------------------------- the probe
+class ApiLagSettings(Params):
+    interval: Annotated[Duration, Field(ge=0.1)] = 1.0
+
+
+class ApiLagKind(ProbeKind):
+    """``probes.api_lag``: what the Neutron API says about each disturbed router's replicas,
+    beside the truth on the nodes. Needs an API: ``target.source: openstack``."""
+
+    name: ClassVar[str] = "api_lag"
+    settings_model: ClassVar[type[BaseModel]] = ApiLagSettings
+    order: ClassVar[int] = 70
+
+    @classmethod
+    def spec_problems(cls, settings: ApiLagSettings, *, target: Any) -> list[tuple[Loc, str]]:
+        if target is not None and target.source != "openstack":
+            return [((), f"needs target.source: openstack (the API to compare with); the source is {target.source}")]
+        return []
+
+    @classmethod
+    def build(cls, settings: ApiLagSettings, run: ProbeRun) -> list[ProbeRunner]:
+        from chaos.targets.openstack import client_for_topology
+
+        return [ApiLagProbe(client_for_topology(run.topology), sorted(run.router_ids), run.journal, interval=settings.interval)]

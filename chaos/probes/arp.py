@@ -37,12 +37,13 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from chaos.log import get_logger
 from chaos.model import Router, Topology
+from chaos.probes.base import ProbeKind, ProbeRun, ProbeRunner
 from chaos.journal import Journal
 from chaos.transport.netns import NETNS_RUN_DIR, socket_in_netns
 
@@ -362,5 +363,22 @@ class ResetObserver(_VantageCapture):
         )
 
 
-__all__ = ["ArpObserver", "ArpFrame", "ResetObserver", "TcpReset", "parse_arp", "parse_fdb", "parse_tcp_reset",
+# --------------------------------------------------------------------------- the probe
+class ArpKind(ProbeKind):
+    """``probes.arp``: the gratuitous ARPs of the routers' addresses on the external network,
+    heard from the vantage namespace (the lab's; a real cloud has none). No settings."""
+
+    name: ClassVar[str] = "arp"
+    order: ClassVar[int] = 60
+
+    @classmethod
+    def build(cls, settings: Any, run: ProbeRun) -> list[ProbeRunner]:
+        if run.topology.vantage.netns is None:
+            run.skipped(cls.name, "the GARP watcher listens on the external network from the vantage namespace "
+                                  "(vantage.netns), which this target does not have")
+            return []
+        return [ArpObserver(run.topology, run.routers, run.journal, port_lookup=lab_port_lookup(run.topology))]
+
+
+__all__ = ["ArpKind", "ArpObserver", "ArpFrame", "ResetObserver", "TcpReset", "parse_arp", "parse_fdb", "parse_tcp_reset",
            "lab_port_lookup", "watched_addresses"]

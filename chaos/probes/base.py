@@ -1,4 +1,11 @@
-"""What every traffic probe shares: live counters, the run bound, and TCP sockets in a namespace.
+"""What every probe shares: its self-description, live counters, the run bound, TCP sockets.
+
+A probe is one module (chaos/probes/<name>.py, or a plugin's) with a ``ProbeKind``: the key that
+switches it on under ``probes:``, the model of its settings, the rules of its section, and how
+it is built for a run. The registry (``chaos.experiment.registry``) finds it; the experiment
+schema builds the ``probes`` section from what it finds, and the runner builds every enabled
+probe through it. A plugin's probe also brings its metrics (``ProbeKind.metrics``, each with a
+compute function over the probe's own journal events), which tolerances can then name.
 
 Probes run in the background while a fault holds. Each one writes raw samples to the journal
 and keeps a few live counters for progress display; metrics are computed later from the
@@ -11,12 +18,91 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chaos.model import ProbeService, Topology
+from chaos.experiment.params import NoParams
+from chaos.journal import Journal
+from chaos.model import ProbeService, Router, Topology
 from chaos.transport.netns import socket_in_netns
+
+if TYPE_CHECKING:
+    from chaos.experiment.metrics_catalog import Metric
+    from chaos.transport.ssh import SshPool
+
+Loc = tuple[str | int, ...]
+Direction = Literal["inbound", "outbound"]
+
+
+# --------------------------------------------------------------------------- what a probe is
+class ProbeRunner(Protocol):
+    """What the runner starts: runs until ``stop`` is set or ``max_duration`` passed.
+
+    Optional: ``stats() -> ProbeStats`` (live progress) and ``ready: asyncio.Event`` (set once
+    the probe is in place; nothing is injected before every probe is ready)."""
+
+    def run(self, stop: asyncio.Event, max_duration: float) -> Awaitable[None]: ...
+
+
+@dataclass
+class ProbeRun:
+    """What a probe is built from: the run's target, journal and SSH pool, and the routers the
+    plan disturbs (its targets and every router sharing a node a node fault takes)."""
+
+    topology: Topology
+    journal: Journal
+    ssh: SshPool
+    routers: list[Router]
+    enabled: Mapping[str, BaseModel] = field(default_factory=dict)  # every enabled probe's settings
+
+    @property
+    def router_ids(self) -> set[str]:
+        return {r.id for r in self.routers}
+
+    def skipped(self, probe: str, reason: str, router_id: str | None = None) -> None:
+        """Say in the journal that ``probe`` cannot run here (for one router, or at all): its
+        tolerances are then reported as skipped with ``reason``, not failed."""
+        self.journal.write("probe.skipped", probe=probe, router_id=router_id, reason=reason)
+
+
+class ProbeKind(ABC):
+    """One probe an experiment can switch on (``probes: {<name>: <settings>}``)."""
+
+    registry_group: ClassVar[str] = "chaos.probes"
+    name: ClassVar[str]
+    """The key under ``probes:`` (and in metric definitions, ``Metric.probe``)."""
+    settings_model: ClassVar[type[BaseModel]] = NoParams
+    """The model of its settings (build it on ``chaos.experiment.params.Params``)."""
+    default_on: ClassVar[bool] = False
+    """Whether an experiment without a ``probes`` section runs it."""
+    order: ClassVar[int] = 100
+    """Where it sits among the probes (built-in ones: 10 to 70)."""
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    """A plugin probe's metrics, each with its ``compute`` (the built-in metrics live in
+    ``chaos.experiment.metrics_catalog`` and are computed by ``chaos.analysis.metrics``)."""
+    event_kinds: ClassVar[tuple[str, ...]] = ()
+    """The journal kinds its metrics are computed from (each event carries ``router_id``);
+    register their models with ``chaos.journal.register_event``."""
+
+    @classmethod
+    def spec_problems(cls, settings: Any, *, target: Any) -> list[tuple[Loc, str]]:
+        """Problems of its section that no single field shows, each with its path under
+        ``probes.<name>`` (``target`` is the validated target section, or None)."""
+        return []
+
+    @classmethod
+    @abstractmethod
+    def build(cls, settings: Any, run: ProbeRun) -> list[ProbeRunner]:
+        """The runners of this probe for one run (none, after ``run.skipped``, when it cannot run)."""
+
+
+def duplicate_directions(directions: Iterable[str]) -> list[tuple[Loc, str]]:
+    directions = list(directions)
+    return [(("directions",), "lists a direction twice")] if len(set(directions)) != len(directions) else []
 
 
 class ProbeStats(BaseModel):

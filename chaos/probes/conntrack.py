@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
 from chaos.errors import InfrastructureError
 from chaos.log import get_logger
 from chaos.model import Router, Topology
+from chaos.probes.base import ProbeKind, ProbeRun
 from chaos.journal import Journal
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
@@ -195,3 +196,19 @@ class ConntrackProbe:
             if table.cache_error:
                 fields["cache_error"] = f"conntrackd -e failed: {table.cache_error}"
             self.journal.write("conntrack.snapshot", router_id=router.id, node=node, phase=phase, **fields)
+
+
+# --------------------------------------------------------------------------- the probe
+class ConntrackKind(ProbeKind):
+    """``probes.conntrack``: the held sessions' conntrack entries on every replica, before and
+    after (the scheduler takes the two snapshots). No settings."""
+
+    name: ClassVar[str] = "conntrack"
+    order: ClassVar[int] = 50
+
+    @classmethod
+    def build(cls, settings: Any, run: ProbeRun) -> list[Any]:
+        probe = ConntrackProbe(run.ssh, run.topology, run.routers, run.journal)
+        if not probe.ports:
+            run.skipped(cls.name, "no held TCP session to follow: no floating IP declares an echo port")
+        return [probe]

@@ -37,13 +37,14 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chaos.errors import InfrastructureError
 from chaos.model import RouterId, Topology
-from chaos.probes.base import ProbeStats, RunBound
+from chaos.experiment.params import Duration, Params
+from chaos.probes.base import ProbeKind, ProbeRun, ProbeRunner, ProbeStats, RunBound
 from chaos.journal import Journal
 from chaos.transport.netns import socket_in_netns
 
@@ -514,3 +515,29 @@ __all__ = [
     "parse_echo_reply",
     "seq_distance",
 ]
+
+
+# --------------------------------------------------------------------------- the probe
+class IcmpSettings(Params):
+    interval: Annotated[Duration, Field(ge=0.001)] = 0.02
+    timeout: Duration = 1.0
+
+
+class IcmpKind(ProbeKind):
+    """``probes.icmp``: every floating IP of the disturbed routers pinged at ``interval``."""
+
+    name: ClassVar[str] = "icmp"
+    settings_model: ClassVar[type[BaseModel]] = IcmpSettings
+    default_on: ClassVar[bool] = True
+    order: ClassVar[int] = 10
+
+    @classmethod
+    def build(cls, settings: IcmpSettings, run: ProbeRun) -> list[ProbeRunner]:
+        targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in run.routers for f in r.floating_ips]
+        for r in run.routers:
+            if not r.floating_ips:
+                run.skipped(cls.name, "the router has no floating IP", r.id)
+        if not targets:
+            return []
+        return [IcmpProbe(targets, run.journal, interval=settings.interval, timeout=settings.timeout,
+                          netns=run.topology.vantage.netns)]

@@ -24,15 +24,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar
 
+from pydantic import BaseModel, Field
+
+from chaos.experiment.params import Duration, Params
 from chaos.model import Topology
 from chaos.probes.base import (
     ANY_SERVICE,
     DIRECTIONS,
+    Direction,
+    Loc,
+    ProbeKind,
+    ProbeRun,
+    ProbeRunner,
     ProbeStats,
     RunBound,
     TcpPath,
     close_writer,
+    duplicate_directions,
     error_name,
     open_tcp,
     tcp_paths,
@@ -192,3 +202,30 @@ async def _exchange(service: str, reader: asyncio.StreamReader, writer: asyncio.
     if echo != MESSAGE:
         return "EOF" if not echo else "wrong echo"
     return None
+
+
+# --------------------------------------------------------------------------- the probe
+class NewConnectionsSettings(Params):
+    interval: Annotated[Duration, Field(ge=0.01)] = 0.5
+    timeout: Duration = 1.0
+    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
+
+
+class NewConnectionsKind(ProbeKind):
+    """``probes.new_connections``: a new TCP connection per router and direction every interval
+    (an attempt never outlives 80 % of the interval, so a path never has two at once)."""
+
+    name: ClassVar[str] = "new_connections"
+    settings_model: ClassVar[type[BaseModel]] = NewConnectionsSettings
+    order: ClassVar[int] = 30
+
+    @classmethod
+    def spec_problems(cls, settings: NewConnectionsSettings, *, target: Any) -> list[tuple[Loc, str]]:
+        return duplicate_directions(settings.directions)
+
+    @classmethod
+    def build(cls, settings: NewConnectionsSettings, run: ProbeRun) -> list[ProbeRunner]:
+        return [NewConnectionProbe(
+            run.topology, run.journal, router_ids=run.router_ids, directions=settings.directions,
+            interval=settings.interval, timeout=min(settings.timeout, 0.8 * settings.interval),
+        )]

@@ -28,10 +28,12 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from chaos.errors import InfrastructureError
 from chaos.log import get_logger
 from chaos.model import Router, Topology
+from chaos.probes.base import ProbeKind, ProbeRun, ProbeRunner
 from chaos.journal import Journal
 from chaos.transport import node_commands as nc
 from chaos.transport.ssh import SshPool
@@ -264,3 +266,17 @@ async def _sleep_until(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await stop.wait()
+
+
+# --------------------------------------------------------------------------- the probe
+class PrimaryKind(ProbeKind):
+    """``probes.primary``: who holds each disturbed router's addresses, followed on every node
+    (address events and state files); it also feeds the runtime safeguards. No settings."""
+
+    name: ClassVar[str] = "primary"
+    default_on: ClassVar[bool] = True
+    order: ClassVar[int] = 40
+
+    @classmethod
+    def build(cls, settings: Any, run: ProbeRun) -> list[ProbeRunner]:
+        return [PrimaryObserver(run.ssh, run.topology, run.routers, run.journal)]

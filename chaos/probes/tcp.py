@@ -26,15 +26,25 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from pydantic import BaseModel, Field
+
+from chaos.experiment.durations import format_duration
+from chaos.experiment.params import Duration, Int, Params
 from chaos.model import Topology
 from chaos.probes.base import (
     DIRECTIONS,
+    Direction,
+    Loc,
+    ProbeKind,
+    ProbeRun,
+    ProbeRunner,
     ProbeStats,
     RunBound,
     TcpPath,
     close_writer,
+    duplicate_directions,
     error_name,
     open_tcp,
     tcp_paths,
@@ -263,3 +273,40 @@ class TcpSessionProbe:
                 "skipped_paths": len(self.skipped),
             },
         )
+
+
+# --------------------------------------------------------------------------- the probe
+class TcpSettings(Params):
+    sessions: Int = Field(default=2, ge=1, le=32, description="sessions per direction and router")
+    interval: Annotated[Duration, Field(ge=0.001)] = 0.2
+    directions: tuple[Direction, ...] = Field(default=("inbound", "outbound"), min_length=1)
+    stall: Duration = Field(default=1.0, description="a session silent this long is stalled")
+
+
+class TcpKind(ProbeKind):
+    """``probes.tcp``: TCP sessions held through each disturbed router, and (from the lab's
+    vantage namespace) who sent the resets they see."""
+
+    name: ClassVar[str] = "tcp"
+    settings_model: ClassVar[type[BaseModel]] = TcpSettings
+    order: ClassVar[int] = 20
+
+    @classmethod
+    def spec_problems(cls, settings: TcpSettings, *, target: Any) -> list[tuple[Loc, str]]:
+        problems = duplicate_directions(settings.directions)
+        if settings.stall <= settings.interval:
+            problems.append((("stall",), f"must be longer than probes.tcp.interval ({format_duration(settings.interval)}): "
+                                         "a session is silent between two echoes"))
+        return problems
+
+    @classmethod
+    def build(cls, settings: TcpSettings, run: ProbeRun) -> list[ProbeRunner]:
+        runners: list[ProbeRunner] = [TcpSessionProbe(
+            run.topology, run.journal, router_ids=run.router_ids, directions=settings.directions,
+            sessions=settings.sessions, interval=settings.interval, stall=settings.stall,
+        )]
+        if run.topology.vantage.netns is not None:  # who sent a reset, when a held session sees one
+            from chaos.probes.arp import ResetObserver, lab_port_lookup
+
+            runners.append(ResetObserver(run.topology, run.routers, run.journal, port_lookup=lab_port_lookup(run.topology)))
+        return runners

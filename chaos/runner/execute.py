@@ -27,20 +27,20 @@ from chaos.analysis.hypothesis import check_hypothesis
 from chaos.analysis.summary import summarize, write_summary
 from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError
 from chaos.experiment.load import load_experiment
+from chaos.experiment.registry import registry
 from chaos.experiment.schema import Experiment, RouterSelector, combination_problems, format_loc
-from chaos.faults import FAULTS
 from chaos.faults.base import Fault, FaultContext
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
+from chaos.probes.base import ProbeRun
 from chaos.probes.replicas import observe
 from chaos.report.render import render_reports
 from chaos.runner.control import AbortSignal, RunTrigger
 from chaos.journal import Journal, read_journal
-from chaos.runner.preflight import PROGRAMS_OF_FAULT, failures, preflight, render
+from chaos.runner.preflight import failures, preflight, render
 from chaos.runner.leases import LeaseConflict, LeaseProvider, claims_for
 from chaos.runner.plan import (
-    NODE_FAULTS,
     Plan,
     PlannedAction,
     affected_by_node,
@@ -175,7 +175,7 @@ async def make_plan(
     holders = holders_by_router(observations)
     rng = random.Random(t.seed)
     fault_spec = experiment.fault
-    cls = FAULTS[fault_spec.type]
+    cls = fault_spec.kind()
     actions: list[PlannedAction] = []
     faults: dict[str, Fault] = {}
 
@@ -188,16 +188,16 @@ async def make_plan(
         faults[action_id] = fault
         actions.append(
             PlannedAction(
-                action_id=action_id, fault=fault_spec.type, node=node,
+                action_id=action_id, fault=fault_spec.type, scope=cls.scope, node=node,
                 router_id=router.id if router else None, router_name=router.name if router else None,
                 replica_role=role, affected_routers=affected,
                 inject=fault.inject_commands(), undo=[s.model_dump() for s in fault.undo_steps()],
             )
         )
 
-    if fault_spec.type in NODE_FAULTS:
+    if cls.scope == "node":
         nodes: list[str] = []
-        explicit = getattr(fault_spec.params, "node", None)
+        explicit = cls.chosen_node(fault_spec.params)
         if explicit:
             nodes = [explicit]
         else:
@@ -222,52 +222,16 @@ async def make_plan(
     return plan, faults, holders
 
 
-def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal: Journal) -> list[Any]:
-    """The traffic probes the experiment asks for, over every floating IP of the affected routers."""
-    from chaos.probes.icmp import IcmpProbe, IcmpTarget
-    from chaos.probes.newconn import NewConnectionProbe
-    from chaos.probes.tcp import TcpSessionProbe
-
+def build_probes(experiment: Experiment, topology: Topology, plan: Plan, journal: Journal, ssh: SshPool) -> list[Any]:
+    """Every probe the experiment switches on, built by its kind (``ProbeKind.build``) over the
+    routers the plan disturbs, in the registry's order."""
     ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
-    routers = [r for r in topology.routers if r.id in ids]
     probes = experiment.probes
-    runners: list[Any] = []  # each has run(stop, max_duration); traffic probes also stats()
-    if probes.icmp is not None:
-        targets = [IcmpTarget(router_id=r.id, address=str(f.address)) for r in routers for f in r.floating_ips]
-        for r in routers:
-            if not r.floating_ips:
-                journal.write("probe.skipped", probe="icmp", router_id=r.id, reason="the router has no floating IP")
-        if targets:
-            icmp = IcmpProbe(targets, journal, interval=probes.icmp.interval, timeout=probes.icmp.timeout,
-                             netns=topology.vantage.netns)
-            runners.append(icmp)
-    if probes.tcp is not None:
-        tcp = TcpSessionProbe(topology, journal, router_ids=ids, directions=probes.tcp.directions,
-                              sessions=probes.tcp.sessions, interval=probes.tcp.interval, stall=probes.tcp.stall)
-        runners.append(tcp)
-    if probes.new_connections is not None:
-        nc_spec = probes.new_connections
-        nc = NewConnectionProbe(topology, journal, router_ids=ids, directions=nc_spec.directions,
-                                interval=nc_spec.interval, timeout=min(nc_spec.timeout, 0.8 * nc_spec.interval))
-        runners.append(nc)
-    if topology.vantage.netns is not None and (probes.arp is not None or probes.tcp is not None):
-        from chaos.probes.arp import ArpObserver, ResetObserver, lab_port_lookup
-
-        lookup = lab_port_lookup(topology)
-        if probes.arp is not None:
-            runners.append(ArpObserver(topology, routers, journal, port_lookup=lookup))
-        if probes.tcp is not None:  # who sent a reset, when a held session sees one
-            runners.append(ResetObserver(topology, routers, journal, port_lookup=lookup))
-    elif probes.arp is not None:
-        journal.write("probe.skipped", probe="arp", router_id=None,
-                      reason="the GARP watcher listens on the external network from the vantage namespace "
-                      "(vantage.netns), which this target does not have")
-    if probes.api_lag is not None:
-        from chaos.probes.api_lag import ApiLagProbe
-        from chaos.targets.openstack import client_for_topology
-
-        runners.append(ApiLagProbe(client_for_topology(topology), sorted(ids), journal, interval=probes.api_lag.interval))
-    return runners
+    enabled = {name: probes.settings(name) for name in probes.enabled()}
+    run = ProbeRun(topology=topology, journal=journal, ssh=ssh,
+                   routers=[r for r in topology.routers if r.id in ids], enabled=enabled)  # type: ignore[arg-type]
+    kinds = registry().probes
+    return [runner for name, settings in enabled.items() for runner in kinds[name].build(settings, run)]
 
 
 def _progress_printer(
@@ -310,7 +274,7 @@ async def check_before_injecting(ssh: SshPool, topology: Topology, experiment: E
     nodes = sorted({a.node for a in plan.actions})
     ids = set(plan.routers) | {rid for a in plan.actions for rid in a.affected_routers}
     routers = [r for r in topology.routers if r.id in ids]
-    needed = {"ip"} | PROGRAMS_OF_FAULT.get(experiment.fault.type, set())
+    needed = {"ip"} | set(experiment.fault.kind().programs)
     checks = await preflight(ssh, topology, routers, nodes=nodes, needed=needed)
     blocking = failures(checks)
     journal.write("run.preflight", ok=not blocking, checks=[c.model_dump() for c in checks if c.status != "ok"])
@@ -407,20 +371,16 @@ async def run_experiment(
                     journal.write("hypothesis.check", **r.journal_fields())
                 return result.ok, "; ".join(r.describe() for r in result.failed)
 
-            fault_spec = experiment.fault
-            probes = build_probes(experiment, topology, plan, journal)
-            observed = [r for r in topology.routers if r.id in set(disturbed)]
-            observer = PrimaryObserver(ssh, topology, observed, journal) if experiment.probes.primary is not None else None
-            conntrack = ConntrackProbe(ssh, topology, observed, journal) if experiment.probes.conntrack is not None else None
-            if conntrack is not None and not conntrack.ports:
-                journal.write("probe.skipped", probe="conntrack", router_id=None,
-                              reason="no held TCP session to follow: no floating IP declares an echo port")
+            built = build_probes(experiment, topology, plan, journal, ssh)
+            # The observer feeds the runtime safeguards and the conntrack snapshots are taken
+            # around the faults: the scheduler drives those two itself; the rest just run.
+            observer = next((p for p in built if isinstance(p, PrimaryObserver)), None)
+            conntrack = next((p for p in built if isinstance(p, ConntrackProbe)), None)
+            probes = [p for p in built if p is not observer and p is not conntrack]
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
-                duration=None if fault_spec.type in NODE_FAULTS else fault_spec.duration,
                 warmup=experiment.probes.warmup, settle=experiment.probes.settle,
-                recovery_timeout=float(getattr(fault_spec.params, "boot_timeout", 120.0)),
                 observe_interval=0.5,
                 probes=[probe.run for probe in probes],
                 steady_state_check=steady,

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos.errors import Conflict
 from chaos.model import Topology
-from chaos.runner.plan import NODE_FAULTS, Plan
+from chaos.runner.plan import Plan
 
 LeaseMode = Literal["shared", "exclusive"]
 
@@ -63,7 +63,7 @@ def claims_for(plan: Plan, topology: Topology) -> list[LeaseClaim]:
                 key=f"router:{router_id}", mode="exclusive", label=f"router {names.get(router_id, router_id)}"
             )
         key = f"node:{topology.source}/{action.node}"
-        mode: LeaseMode = "exclusive" if action.fault in NODE_FAULTS else "shared"
+        mode: LeaseMode = "exclusive" if action.scope == "node" else "shared"
         if key not in claims or mode == "exclusive":
             claims[key] = LeaseClaim(key=key, mode=mode, label=f"node {action.node}")
     return sorted(claims.values(), key=lambda c: c.key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -19,7 +19,6 @@ from chaos.errors import InvalidInput, SafeguardAbort
 from chaos.experiment.schema import ReplicaRole, RouterSelector, Safeguards, TargetMode
 from chaos.model import Replica, Router, Topology
 
-NODE_FAULTS = frozenset({"gateway-reboot", "agent-evacuate"})
 
 
 class PlannedAction(BaseModel):
@@ -27,6 +26,7 @@ class PlannedAction(BaseModel):
 
     action_id: str
     fault: str
+    scope: Literal["router", "node"] = "router"  # the fault's (Fault.scope): node actions take the whole node
     node: str
     router_id: str | None
     router_name: str | None
@@ -129,14 +129,14 @@ def build_waves(
             routers = {rid for a in wave for rid in a.affected_routers} | set(action.affected_routers)
             if len(nodes) > safeguards.max_nodes_at_once or len(routers) > safeguards.max_concurrent_routers:
                 continue
-            down_nodes = nodes if action.fault in NODE_FAULTS else set()
+            down_nodes = nodes if action.scope == "node" else set()
             if down_nodes and any(reps <= down_nodes for reps in replicas_of.values()):
                 continue
             wave.append(action)
             placed = True
             break
         if not placed:
-            if action.fault in NODE_FAULTS:
+            if action.scope == "node":
                 for rid, reps in replicas_of.items():
                     if reps <= {action.node}:
                         raise SafeguardAbort(f"every replica of router {rid} is on {action.node}: rebooting it takes them all")

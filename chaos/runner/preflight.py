@@ -25,14 +25,6 @@ from chaos.transport.ssh import SshPool
 
 Status = Literal["ok", "warn", "fail"]
 PREFLIGHT_TIMEOUT = 20.0
-# What each part of a run executes on the node's agent context.
-PROGRAMS_OF_FAULT: dict[str, set[str]] = {
-    "keepalived-kill": {"keepalived"},
-    "ha-link-down": {"ip"},
-    "vrrp-partition": {"iptables"},
-    "gateway-reboot": set(),
-    "agent-evacuate": {"keepalived"},
-}
 _INTERVAL_RE = re.compile(r"check_child_processes_interval\s*=\s*(\d+(?:\.\d+)?)")
 
 

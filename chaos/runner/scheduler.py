@@ -57,10 +57,8 @@ class Scheduler:
         ctx: FaultContext,
         journal: Journal,
         safeguards: Safeguards,
-        duration: float | None,
         warmup: float,
         settle: float,
-        recovery_timeout: float,
         observe_interval: float,
         probes: list[Callable[[asyncio.Event, float], Awaitable[None]]],
         steady_state_check: Callable[[str], tuple[bool, str]] | None = None,
@@ -76,10 +74,8 @@ class Scheduler:
         self.ctx = ctx
         self.journal = journal
         self.safeguards = safeguards
-        self.duration = duration
         self.warmup = warmup
         self.settle = settle
-        self.recovery_timeout = recovery_timeout
         self.observe_interval = observe_interval
         self.probes = probes
         self.steady_state_check = steady_state_check
@@ -223,8 +219,8 @@ class Scheduler:
         self._report()
         took, why = await fault.took()
         self.journal.write("fault.verified", action_id=action.action_id, took=took, detail=why)
-        if self.duration:
-            await asyncio.sleep(self.duration)
+        if fault.duration:  # the dead-man on the node undoes it too, should this runner die meanwhile
+            await asyncio.sleep(fault.duration)
         await self._undo(action.action_id)
         ok, why = await self._wait_recovered(fault)
         self.journal.write("fault.recovered", action_id=action.action_id, ok=ok, detail=why)
@@ -254,9 +250,9 @@ class Scheduler:
             self.progress.undone += 1
 
     async def _wait_recovered(self, fault: Fault) -> tuple[bool, str]:
-        """Ask the fault until it says recovered, within ``recovery_timeout`` in all (each
+        """Ask the fault until it says recovered, within its ``recovery_deadline`` in all (each
         ``recovered()`` polls for a bounded time of its own)."""
-        deadline = time.monotonic() + self.recovery_timeout
+        deadline = time.monotonic() + fault.recovery_deadline
         why = "not checked"
         while time.monotonic() < deadline:
             try:
@@ -269,7 +265,7 @@ class Scheduler:
             if ok:
                 return True, why
             await asyncio.sleep(0.5)
-        return False, f"not recovered within {self.recovery_timeout:g}s: {why}"
+        return False, f"not recovered within {fault.recovery_deadline:g}s: {why}"
 
     async def _rollback_uncancellable(self) -> None:
         if not self.active:
