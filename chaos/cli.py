@@ -180,6 +180,14 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # 
     return registrars
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The errors of a (nested) exception group, in order."""
+    out: list[BaseException] = []
+    for inner in group.exceptions:
+        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,6 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChaosError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except BaseExceptionGroup as group:
+        # Concurrent work (a TaskGroup over nodes) fails as a group: when every error in it is a
+        # ChaosError, the user gets their sentences and the first one's exit code, not exit 70.
+        leaves = _leaves(group)
+        if not leaves or not all(isinstance(e, ChaosError) for e in leaves):
+            if (args.log_level or settings.log_level) == "debug":
+                raise
+            print(f"chaos: internal error: {type(group).__name__}: {group} (rerun with --log-level debug for the traceback)",
+                  file=sys.stderr)
+            return int(ExitCode.INTERNAL)
+        for exc in dict.fromkeys(str(e) for e in leaves):
+            print(f"chaos: {exc}", file=sys.stderr)
+        return int(leaves[0].exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         print("chaos: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)

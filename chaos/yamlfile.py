@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from chaos.errors import InvalidInput
 
@@ -132,9 +133,27 @@ def parse_yaml(text: str, name: str, kind: FileKind) -> YamlDocument:
         elif "cannot start any token" in reason and "\\t" in reason:
             reason += " (indent with spaces, not tabs)"
         return YamlDocument(name, problems=[Problem(name, line, column, message=f"invalid YAML: {reason}")])
+    except ReaderError as exc:  # a character YAML does not allow (a NUL, a control character)
+        line, column = _line_column(text, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        message = f"invalid YAML: the character #x{code:04x} is not allowed in YAML (control characters must be removed)"
+        return YamlDocument(name, problems=[Problem(name, line, column, message=message)])
     except YAMLError as exc:  # errors without a position (rare: stream errors)
-        return YamlDocument(name, problems=[Problem(name, 1, 1, message=f"invalid YAML: {exc}")])
+        reason = " ".join(str(exc).split())
+        return YamlDocument(name, problems=[Problem(name, 1, 1, message=f"invalid YAML: {reason}")])
+    except RecursionError:  # the parser recurses per level: brackets hundreds deep exhaust the stack
+        message = f"invalid YAML: nested more than {MAX_DEPTH} levels deep; these files are a few levels deep"
+        return YamlDocument(name, problems=[Problem(name, 1, 1, message=message)])
+    except Exception as exc:  # noqa: BLE001 - ruamel's constructors fail with AttributeError & co.
+        # on a tag applied to the wrong kind of node (`!!set text`): the tag is the likely culprit
+        line, column = _first_tag(text)
+        message = (f"invalid YAML: the document cannot be built ({type(exc).__name__}: {exc}); "
+                   "remove the tag (!!set, !!omap, !name ...) or write the value without it")
+        return YamlDocument(name, problems=[Problem(name, line, column, message=message)])
 
+    shape = _shape_problem(document, name)
+    if shape is not None:
+        return YamlDocument(name, problems=[shape])
     if document is None:
         message = f"the file is empty: {kind.noun} needs at least {kind.required}"
         return YamlDocument(name, problems=[Problem(name, 1, 1, message=message)])
@@ -150,6 +169,78 @@ def _load(text: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ruamel warns about reused anchors etc.; the schema judges the data
         return yaml.load(text)
+
+
+MAX_DEPTH = 64
+"""Deeper than any file of the tool needs (an experiment is five levels); deeper ones exhaust
+Python's stack in the conversions and the schema (found by tests/test_fuzz_experiments.py)."""
+MAX_VALUES = 100_000
+"""Values after aliases are expanded: anchors of anchors make a small file expand to billions
+(the "billion laughs"), which froze validation (found by tests/test_fuzz_experiments.py)."""
+
+
+class _ShapeError(Exception):
+    def __init__(self, node: Any, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+def _shape_problem(document: Any, name: str) -> Problem | None:
+    """A problem when the document is too deep, refers to itself through an alias, or expands
+    (aliases counted at every use) to more values than a file of this tool can hold."""
+    try:
+        _measure(document, 0, {}, set())
+    except _ShapeError as exc:
+        line, column = 1, 1
+        lc = getattr(exc.node, "lc", None)
+        if lc is not None and getattr(lc, "line", None) is not None:
+            line, column = lc.line + 1, (lc.col or 0) + 1
+        return Problem(name, line, column, message=exc.message)
+    return None
+
+
+def _measure(node: Any, depth: int, memo: dict[int, tuple[int, int]], active: set[int]) -> tuple[int, int]:
+    """(values, height) of ``node`` with aliases expanded, each shared node measured once."""
+    if not isinstance(node, CommentedMap | CommentedSeq):
+        return 1, 0
+    key = id(node)
+    if key in active:
+        raise _ShapeError(node, "invalid YAML: an alias refers to the mapping or list that contains it (a cycle)")
+    if key in memo:
+        size, height = memo[key]
+    else:
+        if depth >= MAX_DEPTH:
+            raise _ShapeError(node, f"nested more than {MAX_DEPTH} levels deep; these files are a few levels deep")
+        active.add(key)
+        size, height = 1, 0
+        for child in node.values() if isinstance(node, CommentedMap) else node:
+            child_size, child_height = _measure(child, depth + 1, memo, active)
+            size, height = size + child_size, max(height, child_height + 1)
+            if size > MAX_VALUES:
+                raise _ShapeError(node, f"expands to more than {MAX_VALUES} values through aliases (&anchor/*alias); "
+                                  "write the values out or use fewer aliases")
+        active.discard(key)
+        memo[key] = (size, height)
+    if depth + height > MAX_DEPTH:
+        raise _ShapeError(node, f"nested more than {MAX_DEPTH} levels deep (through aliases); these files are a few levels deep")
+    return size, height
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character offset in ``text``."""
+    position = max(0, min(position, len(text)))
+    return text.count("\n", 0, position) + 1, position - (text.rfind("\n", 0, position) + 1) + 1
+
+
+def _first_tag(text: str) -> tuple[int, int]:
+    """Where the first explicit tag (``!!set``, ``!x``) is written, outside quotes and comments;
+    the first line when there is none."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = re.search(r"""(?:^|[\s\[{,:-])(![!\w/:.-]*)""", line.split(" #", 1)[0])
+        if match and not line.lstrip().startswith("#"):
+            return number, match.start(1) + 1
+    return 1, 1
 
 
 def _duplicate_key_reason(exc: MarkedYAMLError) -> str:

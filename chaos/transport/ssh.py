@@ -283,6 +283,13 @@ class SshPool:
                         f"{name}: SSH authentication as {node.user} failed ({exc.reason})",
                         hint="check the node's user and key_file, or the keys of your ssh-agent",
                     ) from None
+                except asyncssh.KeyImportError as exc:
+                    # A ValueError, not an asyncssh.Error: without this a key file that is no key
+                    # ended the run as an internal error (found by tests/test_fuzz_experiments.py).
+                    raise InvalidInput(
+                        f"{name}: the SSH key file {node.key_file} cannot be used: {exc}",
+                        hint="point key_file at an OpenSSH private key (ssh-keygen -y -f FILE checks one)",
+                    ) from None
                 except (OSError, TimeoutError, asyncssh.Error) as exc:
                     last = exc
                     log.debug("ssh connect failed", node=name, attempt=attempt + 1, error=str(exc) or type(exc).__name__)
