@@ -55,6 +55,8 @@ class AgentContext(BaseModel):
 
     def wrap(self, command: str) -> str:
         """``command`` (POSIX sh) run in the agent's context; unchanged on the host."""
+        if any("\x00" in word for word in (command, *self.exec_prefix)):
+            raise ValueError("a NUL character in a node command: no shell command can carry one")
         if not self.exec_prefix:
             return command
         return f"{shlex.join(self.exec_prefix)} sh -c {shlex.quote(command)}"

@@ -15,12 +15,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from chaos import deployment, neutron
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+# \Z, not $: "$" also matches before a final newline, and "<uuid>\n" passed for a router id
+# (found by tests/test_fuzz_node_commands.py); the same for every name rule here.
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_DEVICE_RE = re.compile(r"^(ha|qr|qg)-[0-9a-f-]{1,11}\Z")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
 
 
-_NETNS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_NETNS_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def _netns(value: str) -> str:

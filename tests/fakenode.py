@@ -579,7 +579,7 @@ class FakeNetwork:
         agents = {fake.agent, fake.spec.agent}
         words = set(re.findall(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", text))
         markers = [w for w in words if _is_marker(w)]
-        pids = [int(w) for w in words if w.isdigit()]
+        pids = [int(w) for w in words if w.isdigit() and 1 < int(w) <= nc.PID_MAX]  # what deadman_cancel accepts
         candidates: list[nc.NodeCommand] = [nc.boot_id()]
         for m in markers:
             candidates.append(nc.deadman_cancel(m))

@@ -57,9 +57,9 @@ INVENTORY = FileKind(
 )
 HINT = "docs/inventory.md describes the inventory format"
 
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")  # chaos.model's rule; an invalid name is reported there
-_PATTERN_RE = re.compile(r"^[A-Za-z0-9.*?\[\]!_-]{1,253}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}\Z")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")  # chaos.model's rule; an invalid name is reported there
+_PATTERN_RE = re.compile(r"^[A-Za-z0-9.*?\[\]!_-]{1,253}\Z")
 
 
 # --------------------------------------------------------------------------- field rules
@@ -101,7 +101,7 @@ def _template(value: str) -> str:
     return value
 
 
-_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def _container(value: str) -> str:

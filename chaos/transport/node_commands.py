@@ -37,7 +37,7 @@ from chaos.deployment import AgentContext
 from chaos.model import _device, _router_id
 from chaos.neutron import NeutronLayout
 
-_MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+_MARKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
 VRRP_PROTOCOL = 112
 DEADMAN_TAG = "chaos-deadman"
 # Ground truth is gathered in chunks: one shell argument may not exceed 128 KiB (MAX_ARG_STRLEN).
@@ -185,7 +185,15 @@ def intent_of(command: str) -> Intent | None:
 
 
 def q(value: object) -> str:
-    return shlex.quote(str(value))
+    """``value`` as one shell word; a NUL, which no command line can carry (a remote shell would
+    cut the command there), is refused (ValueError)."""
+    return shlex.quote(no_nul(str(value)))
+
+
+def no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError(f"{text!r} holds a NUL character, which no shell command can carry")
+    return text
 
 
 def router_id(value: str) -> str:
@@ -205,9 +213,32 @@ def marker(value: str) -> str:
     return value
 
 
+PID_MAX = 4_194_304  # the kernel's PID_MAX_LIMIT
+
+
+def pid(value: object) -> int:
+    """A process id: a whole number 1..PID_MAX (ValueError otherwise). Not a bool, not a float,
+    never 0 or negative: ``kill -- -0`` / ``kill -- -1`` would hit the caller's process group or
+    every process (found by tests/test_fuzz_node_commands.py: any int was accepted)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"pid {value!r} is not a whole number")
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]{1,7}", value):
+            raise ValueError(f"pid {value!r} is not a whole number")
+        value = int(value)
+    if not 1 <= value <= PID_MAX:
+        raise ValueError(f"pid {value} is not between 1 and {PID_MAX}")
+    return value
+
+
 def seconds(value: float) -> str:
     """A non-negative, finite duration rendered for sleep(1)."""
-    v = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"duration {value!r} is not a number of seconds")
+    try:
+        v = float(value)
+    except (ValueError, OverflowError):  # "abc"; an int too big for a float
+        raise ValueError(f"duration {value!r} is not a number of seconds between 0 and 10^7") from None
     if not (0 <= v < 10**7):
         raise ValueError(f"duration {value!r} is not a number of seconds between 0 and 10^7")
     return f"{v:.3f}".rstrip("0").rstrip(".") or "0"
@@ -463,7 +494,7 @@ def keepalived_vrids(agent: AgentContext, router_ids: Sequence[str]) -> NodeComm
 def pids_alive(agent: AgentContext, pids: Iterable[int]) -> NodeCommand:
     """Print each pid that still runs and is not a zombie, with its state letter (pids as the
     agent's context numbers them)."""
-    numbers = tuple(int(p) for p in pids)
+    numbers = tuple(pid(p) for p in pids)
     checked = " ".join(str(p) for p in numbers)
     return NodeCommand(
         agent.wrap(
@@ -550,7 +581,9 @@ def deadman_cancel(mark: str, pid: int | None = None) -> NodeCommand:
     """
     pattern = q(f"{DEADMAN_TAG[:-1]}[{DEADMAN_TAG[-1]}] {marker(mark)};")
     if pid is not None:
-        p = int(pid)
+        p = globals()["pid"](pid)  # the validator; this function's parameter shadows its name
+        if p == 1:
+            raise ValueError("pid 1 is init, never a dead-man's process group")
         return NodeCommand(
             f'if grep -qa {pattern} /proc/{p}/cmdline 2>/dev/null; then kill -s TERM -- -{p} 2>/dev/null; echo "cancelled {p}"; fi; true',
             DeadmanCancel(marker=mark, pid=p),
@@ -627,8 +660,12 @@ def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat
         raise ValueError("follow_replicas needs at least one router")
     confs = agent.layout.ha_confs
     rids = [router_id(r) for r in router_ids]
-    every = float(state_every)
-    beats = max(1, round(float(heartbeat) / every))
+    # Checked before the arithmetic: 0 divided by zero, inf and nan failed in round() with
+    # ZeroDivisionError/OverflowError, not the ValueError of a refused value (found by the fuzzer).
+    every, beat = float(seconds(state_every)), float(seconds(heartbeat))
+    if every <= 0 or beat <= 0:
+        raise ValueError(f"heartbeat {heartbeat!r} and state_every {state_every!r} must be more than 0 seconds")
+    beats = max(1, round(beat / every))
     followers = "\n".join(f"fol {q(r)} &" for r in rids)
     sweep = "; ".join(f"st {i} {q(r)}" for i, r in enumerate(rids))
     loop = (
@@ -724,6 +761,8 @@ echo "C ${i:--}"
 def preflight(agent: AgentContext) -> NodeCommand:
     """One command checking a node: the host part, then the agent's context (see the tags above)."""
     inner = f"c={q(str(agent.layout.ha_confs))}\n{_PREFLIGHT_AGENT}"
-    wrapped = agent.wrap(inner)
+    # On the host the script is not one `sh -c` word: group it, or the `||` below would follow a
+    # newline (a syntax error; found by tests/test_fuzz_node_commands.py with `bash -n`).
+    wrapped = agent.wrap(inner) if agent.exec_prefix else f"{{ {inner}}}"
     # A failing exec prefix (no such container, no sudo) must show as such, not as a silence.
     return NodeCommand(f'echo "U $(id -u)"; {wrapped} || echo "A fail exit $?"', Preflight(agent=agent))
