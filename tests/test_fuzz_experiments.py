@@ -7,21 +7,20 @@ non-UTF-8 bytes, a cut) and runs the command in-process through ``chaos.cli.main
 hold whatever the file: no traceback and no internal error (exit 70), only the exit codes the
 docs give (validate: 0 or 3), and every problem printed as ``file:line:col: ...`` so the user
 is pointed at the place. The budget is fixed and the examples derandomized, so CI is
-reproducible; a failing input found on the way is kept below as an ``@example``.
+reproducible; the failing inputs found on the way are kept below as plain tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq

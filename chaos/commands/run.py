@@ -108,17 +108,32 @@ async def recover_and_release(folder: Path, settings: Settings) -> tuple[list[st
     """Undo what the run left injected, then free the leases it held: a killed run's leases
     would otherwise keep its routers and nodes from other runs until they lapse. A state
     database that cannot be opened leaves them to lapse (the undo is what matters)."""
-    from chaos.runner.recover import recover
+    from chaos.runner.recover import JournalDamaged, recover
+
+    damage: JournalDamaged | None = None
+    try:
+        done = await recover(folder)
+    except JournalDamaged as exc:  # the readable part was undone: say so, free the leases, then fail
+        done, damage = exc.done, exc
+        for line in done:
+            print(line)
+    if damage is not None:
+        await _release(folder, settings)
+        raise damage
+    return done, await _release(folder, settings)
+
+
+async def _release(folder: Path, settings: Settings) -> int:
+    """Free the leases the run held (0 when the state database cannot be opened)."""
     from chaos.state.store import Store
 
-    done = await recover(folder)
     try:
         store = await Store.open(settings.state_dir, settings.database_url)
     except ChaosError as exc:
         log.warning("leases not released; they lapse by themselves", error=exc.message)
-        return done, 0
+        return 0
     try:
-        return done, await store.leases.release(folder.name)
+        return await store.leases.release(folder.name)
     finally:
         await store.close()
 

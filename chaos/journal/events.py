@@ -13,6 +13,9 @@ the runner's host: the one clock every event of a run shares.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,6 +138,15 @@ class _FaultAction(Event):
 class FaultUndoRecorded(_FaultAction):
     kind: Literal["fault.undo_recorded"] = "fault.undo_recorded"
     undo: list[UndoStepRecord] = []
+    # sha256 of the undo steps (``undo_digest``): recover runs these commands as root on the
+    # nodes, so a byte changed inside a command (valid JSON still) must not run (None: older journals)
+    undo_sha256: str | None = None
+
+
+def undo_digest(steps: Sequence[Any]) -> str:
+    """sha256 of undo steps in their journaled form (dicts or models), key order aside."""
+    records = [UndoStepRecord.model_validate(s if isinstance(s, dict) else s.model_dump()).model_dump() for s in steps]
+    return hashlib.sha256(json.dumps(records, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class FaultInjected(_FaultAction):

@@ -36,6 +36,8 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.exists() or path.stat().st_size == 0
+        if not fresh:
+            _complete_last_line(path)
         self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the run
         self._lock = threading.Lock()
         if fresh:
@@ -80,28 +82,76 @@ class Journal:
         self.close()
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every complete JSON line; a torn last line is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(data, dict):
-                yield number, data
+def _complete_last_line(path: Path) -> None:
+    """Before appending to a journal whose last line was cut short (a run killed mid-write):
+    end that line if it is a whole JSON object, else drop it. Appending after a torn line would
+    leave it in the middle of the file, where it is damage (an error), not a crash's trace."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 1))
+        if size == 0 or f.read(1) == b"\n":
+            return
+        f.seek(max(0, size - (1 << 20)))  # a line is far shorter than a megabyte
+        tail = f.read()
+        start = size - len(tail) + tail.rfind(b"\n") + 1
+        torn = tail[tail.rfind(b"\n") + 1:]
+        if _decode(torn)[1] is None:
+            f.write(b"\n")
+        else:
+            f.truncate(start)
 
 
-def read_events(path: Path) -> Iterator[Event]:
+def _decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A journal line's object, or None and why it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text (byte {exc.start + 1})"
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return None, f"is not JSON ({getattr(exc, 'msg', 'nested too deeply')})"
+    if not isinstance(data, dict):
+        return None, "is not a JSON object"
+    return data, None
+
+
+def _lines(path: Path, damaged: list[JournalError] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every JSON object line; a torn last line is skipped.
+
+    A line that is not a JSON object with more lines after it is damage, not a crash's trace:
+    JournalError naming it, or, when ``damaged`` is given, the error is added there and the line
+    passed over (what recovery uses to act on the readable part)."""
+    with open(path, "rb") as f:
+        pending: JournalError | None = None  # a bad line, damage unless it turns out to be the last
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            if pending is not None:
+                _damage(pending, damaged)
+                pending = None
+            data, why = _decode(raw.strip())
+            if data is None:
+                pending = JournalError(f"{path}:{number}: the line {why}: the journal is damaged there")
+                continue
+            yield number, data
+
+
+def _damage(error: JournalError, damaged: list[JournalError] | None) -> None:
+    if damaged is None:
+        raise error
+    damaged.append(error)
+
+
+def read_events(path: Path, *, damaged: list[JournalError] | None = None) -> Iterator[Event]:
     """The journal's events as models (the header included), checked against the schema.
 
-    Raises JournalError naming the line for an event of a known kind that does not fit its
-    model, or a journal of another schema version. Kinds this tool does not know are passed
-    over (a newer tool's, a plugin's that is not installed)."""
-    for number, data in _lines(path):
+    Raises JournalError naming the line for a damaged line (not the last), an event of a known
+    kind that does not fit its model, or a journal of another schema version. With ``damaged``,
+    the first two are collected there instead and the rest of the journal is still read.
+    Kinds this tool does not know are passed over (a newer tool's, a plugin's that is not
+    installed)."""
+    for number, data in _lines(path, damaged):
         if data.get("kind") == "journal" and data.get("schema_version") not in (None, SCHEMA_VERSION):
             raise JournalError(
                 f"{path}:{number}: journal schema version {data.get('schema_version')!r}; this chaos reads "
@@ -109,10 +159,11 @@ def read_events(path: Path) -> Iterator[Event]:
             )
         try:
             event = parse_event(data)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, TypeError) as exc:
             detail = exc.errors()[0] if isinstance(exc, ValidationError) else None
             why = f"{'.'.join(map(str, detail['loc']))}: {detail['msg']}" if detail else str(exc)
-            raise JournalError(f"{path}:{number}: not a valid {data.get('kind')!r} event: {why}") from None
+            _damage(JournalError(f"{path}:{number}: not a valid {str(data.get('kind'))[:60]!r} event: {why}"), damaged)
+            continue
         if event is not None:
             yield event
 

@@ -16,20 +16,37 @@ from chaos.errors import Conflict, InfrastructureError, InvalidInput
 from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
 from chaos.model import Topology
 from chaos.journal import Journal, JournalError, read_events
-from chaos.journal.events import FaultUndone, FaultUndoRecorded
+from chaos.journal.events import FaultUndone, FaultUndoRecorded, undo_digest
 from chaos.transport.ssh import SshPool
 
 log = structlog.get_logger("recover")
 
 
-def pending_undos(journal_path: Path) -> dict[str, list[UndoStep]]:
+class JournalDamaged(InvalidInput):
+    """The journal has damaged lines: what its readable lines list was undone (``done``), what
+    the damaged ones held is unknown (exit 3)."""
+
+    def __init__(self, message: str, *, hint: str, done: list[str]) -> None:
+        super().__init__(message, hint=hint)
+        self.done = done
+
+
+def pending_undos(journal_path: Path, damaged: list[JournalError] | None = None) -> dict[str, list[UndoStep]]:
     """Actions whose undo was recorded and never completed, with their steps (read through the
-    journal's models: a record that does not fit them is an error naming its line)."""
+    journal's models: a record that does not fit them is an error naming its line, or, with
+    ``damaged``, collected there while the readable lines are still used)."""
     recorded: dict[str, list[UndoStep]] = {}
     done: set[str] = set()
     try:
-        for event in read_events(journal_path):
+        for event in read_events(journal_path, damaged=damaged):
             if isinstance(event, FaultUndoRecorded):
+                if event.undo_sha256 is not None and undo_digest(event.undo) != event.undo_sha256:
+                    error = JournalError(f"{journal_path}: the undo steps of action {event.action_id} do not match "
+                                         "their checksum (undo_sha256): changed since they were written; not run")
+                    if damaged is None:
+                        raise error
+                    damaged.append(error)
+                    continue
                 recorded[event.action_id] = [UndoStep.model_validate(s.model_dump()) for s in event.undo]
             elif isinstance(event, FaultUndone) and event.ok:
                 done.add(event.action_id)
@@ -48,11 +65,37 @@ def run_folder(reports_dir: Path, run: str) -> Path:
 
 
 async def recover(run_dir: Path) -> list[str]:
-    """Undo everything the run left injected; returns one line per action undone."""
-    pending = pending_undos(run_dir / "journal.jsonl")
-    if not pending:
-        return []
-    topology = Topology.model_validate_json((run_dir / "topology.json").read_text())
+    """Undo everything the run left injected; returns one line per action undone.
+
+    A journal with damaged lines does not stop the undo of what its readable lines list (a
+    damaged ``fault.undone`` line at worst repeats an idempotent undo); ``JournalDamaged`` then
+    says which lines could not be read, carrying what was undone."""
+    damaged: list[JournalError] = []
+    pending = pending_undos(run_dir / "journal.jsonl", damaged)
+    done = await _undo(run_dir, pending) if pending else []
+    if damaged:
+        lines = "\n".join(f"  {d.message}" for d in damaged[:10]) + (f"\n  ... and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+        raise JournalDamaged(
+            f"{run_dir / 'journal.jsonl'}: {len(damaged)} damaged line(s); undid what the readable lines list "
+            f"({len(done)} action(s)):\n{lines}",
+            hint="a damaged line may have recorded an injection: check the nodes of this run by hand "
+            "(chaos discover shows the routers' replicas)",
+            done=done,
+        )
+    return done
+
+
+def _topology(run_dir: Path) -> Topology:
+    try:
+        return Topology.model_validate_json((run_dir / "topology.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise InvalidInput(f"{run_dir / 'topology.json'}: cannot be read: {reason}",
+                           hint="recover needs the topology the run used to reach its nodes") from None
+
+
+async def _undo(run_dir: Path, pending: dict[str, list[UndoStep]]) -> list[str]:
+    topology = _topology(run_dir)
     done: list[str] = []
     failures: list[str] = []
     with Journal(run_dir / "journal.jsonl") as journal:

@@ -25,6 +25,7 @@ from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
 from chaos.probes.replicas import observe
 from chaos.journal import Journal
+from chaos.journal.events import undo_digest
 from chaos.experiment.schema import Safeguards
 from chaos.runner.plan import Plan, PlannedAction
 
@@ -202,7 +203,8 @@ class Scheduler:
     async def _action(self, action: PlannedAction) -> None:
         fault = self.faults[action.action_id]
         common = {"action_id": action.action_id, "fault": action.fault, "router_id": action.router_id, "node": action.node}
-        self.journal.write("fault.undo_recorded", **common, undo=[s.model_dump() for s in fault.undo_steps()])
+        undo = [s.model_dump() for s in fault.undo_steps()]
+        self.journal.write("fault.undo_recorded", **common, undo=undo, undo_sha256=undo_digest(undo))
         self.active[action.action_id] = fault
         # The fault starts to act when injection starts (a graceful evacuation hands the primary
         # over inside inject()), so that is the time the journal gives it.
