@@ -34,7 +34,7 @@ RID = str(uuid.uuid5(uuid.NAMESPACE_URL, "router"))
 PROJECT = "p" * 32
 HOSTS = ("network-1", "network-2")
 CALLS = ["routers", "agents", "ports", "floatingips", "networks", "l3-agents"]
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 CLIENT_TIMEOUT = 2.0
 
@@ -217,7 +217,30 @@ SPOIL = st.one_of(
 @FUZZ
 @given(call=st.sampled_from(CALLS), how=SPOIL)
 @example(call="agents", how={"kind": "slow"})
+# found: a body that is not JSON raised JSONDecodeError out of OpenStackClient.call (exit 70)
+@example(call="routers", how={"kind": "raw", "body": b""})
+# found: fields of the wrong type raised AttributeError in discovery's own reading (exit 70)
+@example(call="routers", how={"kind": "field", "where": "item", "index": 2, "delete": False, "value": "x"})
+@example(call="ports", how={"kind": "field", "where": "item", "index": 3, "delete": False, "value": ["x"]})
+@example(call="floatingips", how={"kind": "field", "where": "list", "index": 0, "delete": False, "value": 5})
 def test_discovery_of_a_spoiled_answer_is_a_clear_error(cloud: FakeNeutron, call: str, how: dict[str, Any]) -> None:
     cloud.spoil(call, how)
     _, exc = run_discovery()
     check(exc)
+
+
+def test_the_cli_says_exit_5_for_an_answer_it_cannot_read(cloud: FakeNeutron, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through ``chaos discover``: one sentence on stderr, exit 5, no internal error."""
+    import contextlib
+    import io
+
+    from chaos.cli import main
+
+    monkeypatch.setenv("CHAOS_STATE_DIR", str(tmp_path / "state"))
+    cloud.spoil("routers", {"kind": "raw", "body": b"{"})
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["discover", "--cloud", CLOUD])
+    assert code == ExitCode.INFRASTRUCTURE, err.getvalue()
+    assert "the answer could not be read" in err.getvalue() and "internal error" not in err.getvalue()

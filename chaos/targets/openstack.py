@@ -399,6 +399,14 @@ class OpenStackClient:
                                        kind=kind, detail=detail) from None
                     if isinstance(exc, os_exc.SDKException):
                         raise InfrastructureError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}") from None
+                    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | IndexError):
+                        # the SDK choking on the answer (not JSON, a list where an object belongs):
+                        # the API's fault, not a bug here (found by tests/test_fuzz_neutron_api.py)
+                        raise InfrastructureError(
+                            f"OpenStack API ({self.cloud}): {what}: the answer could not be read "
+                            f"({type(exc).__name__}: {_short(exc)})",
+                            hint="the endpoint in the catalog may not be Neutron's, or a proxy answered instead",
+                        ) from None
                     raise
                 error = exc
             if attempt > self.retries:
@@ -599,8 +607,30 @@ async def discover(
     """The HA routers matching the filters, their agents, HA ports and floating IPs, as a Topology.
 
     Refuses (``NotAdmin``, ``UnsupportedCloud``) what it cannot discover faithfully; DVR+HA
-    routers are left out of the topology and listed in ``refused``.
+    routers are left out of the topology and listed in ``refused``. Answers of the wrong shape
+    (a string where Neutron gives an object, a field missing) are InfrastructureError (exit 5)
+    naming what could not be read, never an internal error.
     """
+    try:
+        return await _discover(client, inventory=inventory, name=name, project=project, tags=tags)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:  # ValidationError is a ValueError
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise InfrastructureError(
+            f"cloud {client.cloud!r}: the Neutron API answered something discovery cannot read "
+            f"({type(exc).__name__}: {reason[:300]})",
+            hint="compare GET /v2.0/routers, /v2.0/agents and /v2.0/ports with Neutron's API reference; "
+            "a proxy or another service may be answering",
+        ) from None
+
+
+async def _discover(
+    client: OpenStackClient,
+    *,
+    inventory: SshInventory | None,
+    name: str | None,
+    project: str | None,
+    tags: Sequence[str],
+) -> Discovery:
     if inventory is None:
         path = client.inventory_path
         inventory = SshInventory.load(path) if path is not None else SshInventory(strict=False)
