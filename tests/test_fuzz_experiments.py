@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,61 @@ def test_found_yaml_shapes_are_problems_at_a_line(workdir: Path, name: str) -> N
     code, out, _ = cli("validate", str(path))
     assert code == ExitCode.INVALID_INPUT
     assert out.startswith(f"{path}:{line}:") and message in out, out
+
+
+# --------------------------------------------------------------------------- dry runs that plan
+EDGE = st.one_of(
+    st.sampled_from([0, 1, 2, 3, 100, 255, 256, 2**31 - 1, 2**63 - 1, 2**63, 10**18, 0.0001, 99.999, 100.0, 1e300]),
+    st.sampled_from(["0s", "1ms", "0.001s", "1e-9s", "9999999s", "10000000s", "999999h", "1h", "100000d", "2m"]),
+)
+
+
+def mutate_edge(text: str, data: st.DataObject) -> str:
+    """One number or duration replaced with a value at the edge of what the schema may allow,
+    so that more mutated files pass validation and reach planning."""
+    yaml = _yaml()
+    document = yaml.load(text)
+    paths = []
+    for path in _paths(document):
+        node: Any = document
+        for part in path:
+            node = node[part]
+        if isinstance(node, int | float) or (isinstance(node, str) and re.fullmatch(r"[0-9.]+(ms|s|m|h|d)", node)):
+            paths.append(path)
+    path = data.draw(st.sampled_from(paths), label="edge path")
+    parent: Any = document
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = data.draw(EDGE, label="edge value")
+    stream = io.StringIO()
+    yaml.dump(document, stream)
+    return stream.getvalue()
+
+
+FAKE_FAULTS = [
+    "  type: ha-link-down\n  replica: primary\n  duration: 0.3s",
+    "  type: keepalived-kill\n  replica: primary\n  params: {signal: TERM, respawn_wait: 1s}",
+    "  type: vrrp-partition\n  replica: backup\n  duration: 1s",
+]
+
+
+@settings(FUZZ, max_examples=40)
+@given(fault=st.sampled_from(FAKE_FAULTS), data=st.data())
+def test_dry_run_on_the_fake_network_plans_or_refuses_a_mutated_experiment(fault: str, data: st.DataObject) -> None:
+    """Past validation: a mutated experiment that is still valid reaches planning (the fake
+    network node of tests/fakenode.py answers the dry run's read-only commands), where a value
+    at the edge of what the schema allows (a huge seed, a huge limit) must plan or be refused."""
+    from tests import fakenode
+
+    with tempfile.TemporaryDirectory(prefix="fuzz-dry-") as tmp_name, pytest.MonkeyPatch.context() as mp:
+        tmp = Path(tmp_name)
+        net = fakenode.FakeNetwork(fakenode.topology())
+        fakenode.install(mp, net)
+        (tmp / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
+        text = fakenode.experiment_yaml("inv.yaml", fault)
+        mutate = mutate_edge if data.draw(st.integers(0, 3), label="edge?") else mutate_value
+        path = _write(tmp, "exp.yaml", mutate(text, data).encode())
+        code, out, err = cli("run", "--dry-run", str(path))
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert code in DRY_RUN_CODES | {ExitCode.ABORTED}, (code, out, err)
+        assert net.injected() == []  # a dry run touches nothing
