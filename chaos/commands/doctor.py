@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chaos.errors import ExitCode, InvalidInput
 from chaos.model import Topology
+from chaos.experiment.registry import registry
 from chaos.runner.preflight import Check, failures, preflight, render
 from chaos.settings import Settings
 from chaos.transport.ssh import SshPool
@@ -54,7 +55,23 @@ def target_topology(args: argparse.Namespace, settings: Settings) -> Topology:
 
 async def check_target(topology: Topology) -> list[Check]:
     async with SshPool(topology.nodes) as ssh:
-        return await preflight(ssh, topology, topology.routers)
+        return plugin_checks() + await preflight(ssh, topology, topology.routers)
+
+
+def plugin_checks() -> list[Check]:
+    """The faults and probes that plugins add (ok) and the plugins that could not be loaded
+    (a warning: the built-in faults still run, an experiment that uses the plugin does not)."""
+    reg = registry()
+    checks = [
+        Check(node="tool", check="plugin", status="ok", detail=f"{group.split('.')[-1][:-1]} {name}: {source}")
+        for (group, name), source in reg.sources.items() if not source.startswith("built-in")
+    ]
+    checks += [
+        Check(node="tool", check="plugin", status="warn", detail=problem.describe(),
+              fix="fix or uninstall the plugin's distribution (docs/plugins.md says what a plugin must provide)")
+        for problem in reg.problems
+    ]
+    return checks
 
 
 def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
