@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from chaos.targets.openstack import LAB_MEMBER_SUFFIX
+
 KEYSTONE_FILE = "keystone.json"
 CLOUDS_FILE = "clouds.yaml"
 IDENTITY_PREFIX = "/identity"
@@ -39,7 +41,7 @@ NETWORK_PREFIX = "/networking"
 REGION = "RegionOne"
 
 
-MEMBER_SUFFIX = "-member"
+MEMBER_SUFFIX = LAB_MEMBER_SUFFIX  # where discovery looks for a lab's clouds.yaml
 ADMIN_ROLES = ("admin", "member", "reader")
 MEMBER_ROLES = ("member", "reader")
 
