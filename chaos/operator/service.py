@@ -149,7 +149,7 @@ class Operator:
     # ================================================================== life
     async def serve(self, on_listening: Any = None) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code (130 after a signal)."""
-        from chaos.operator.http import start_http
+        from chaos.operator.server import start_http
 
         lock = StateLock(self.config.state_dir)
         lock.acquire()
