@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -193,9 +194,11 @@ def test_validate_names_the_plugin_that_failed_and_why(tmp_path: Path) -> None:
 def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin installed as a user would, offline: pip into a folder of its own."""
     target = tmp_path_factory.mktemp("example-plugin")
+    source = tmp_path_factory.mktemp("example-plugin-source") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # pip builds in place
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
