@@ -455,6 +455,7 @@ def verdict_for(code: int) -> str:
         ExitCode.INTERRUPTED: "interrupted",
         ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
         ExitCode.INVALID_INPUT: "invalid",
+        ExitCode.LEFT_INJECTED: "left-injected",
     }.get(code, "error")
 
 
@@ -474,6 +475,12 @@ def print_verdict(run_dir: Path) -> None:
     summary = load_summary(run_dir / "summary.json")
     reason = summary.run.reason or ""
     print(f"verdict: {summary.verdict}" + (f" ({reason})" if reason else ""))
+    if summary.left_injected:
+        print(f"STILL INJECTED: {len(summary.left_injected)} fault(s) may still be in place; "
+              f"`{summary.left_injected[0].command}` undoes them:")
+        for x in summary.left_injected:
+            print(f"  {x.action_id}: {x.fault} on {x.node}" + (f" (router {x.router_id})" if x.router_id else "")
+                  + (f": {x.detail}" if x.detail else ""))
     for tol in summary.tolerances:
         mark = "skip" if tol.skipped else "ok  " if tol.ok else "FAIL"
         print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")
