@@ -93,3 +93,35 @@ def test_inspector_sees_a_fault_left_behind(campaign_lab: LabHandle, tmp_path: P
     assert rec is not None and rec.returncode == 0, rec and (rec.stdout + rec.stderr)
     left = Inspector(campaign_lab.dir).wait_clean(placement, 60)
     assert not left, left
+
+
+async def test_two_keepalived_starts_at_once_leave_one(campaign_lab: LabHandle) -> None:
+    """Regression (found by the long campaign, seed 14, trial 34): ``chaos recover`` replayed a
+    keepalived-kill undo (start keepalived unless one runs) at the moment the node's L3 agent
+    respawned it; both saw none running, both started one, and two keepalived ran one VRID on
+    one node for good. Here two undos race each other and the lab's agent (respawn every 2 s)
+    after a SIGKILL: exactly one keepalived must be left, with its one VRRP child."""
+    import asyncio
+
+    from chaos.targets.lab import lab_topology
+    from chaos.transport import node_commands as nc
+    from chaos.transport.ssh import SshPool
+    from tests.conftest import LAB_ROOT
+    from tests.interruption import Inspector
+
+    wait_lab_ready(campaign_lab, timeout=90)
+    placement = placement_of(campaign_lab.lab.spec())
+    status = campaign_lab.status()
+    router = status["routers"][0]
+    node = next(rep["node"] for rep in router["replicas"] if rep["state"] != "primary")
+    topology = lab_topology(LAB_ROOT, campaign_lab.name)
+    agent = topology.node(node).agent
+    for _ in range(3):  # the race is narrow: a few rounds (bounded)
+        async with SshPool(topology.nodes) as ssh:  # closed before the look: its session is no leftover
+            await ssh.run(node, nc.keepalived_signal(agent, router["id"], nc.Signal.KILL))
+            await asyncio.sleep(0.3)  # gone (SIGKILL), and before the lab agent respawns it (every 2 s)
+            outs = await asyncio.gather(*(ssh.run(node, nc.keepalived_ensure_running(agent, router["id"]))
+                                          for _ in range(3)))
+        print([o.stdout.strip() for o in outs])
+        left = await asyncio.to_thread(Inspector(campaign_lab.dir).wait_clean, placement, 30)
+        assert not left, left
