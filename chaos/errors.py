@@ -89,6 +89,17 @@ class Interrupted(ChaosError):
     exit_code = ExitCode.INTERRUPTED
 
 
+ROLLBACK_CLAIMS = ("; everything was rolled back", "; every injected fault was rolled back", " (everything was rolled back)")
+
+
+def without_rollback_claim(text: str) -> str:
+    """``text`` without its claim that everything was rolled back: abort and interrupt messages
+    are worded before the rollback runs, and must not be repeated once an undo failed."""
+    for claim in ROLLBACK_CLAIMS:
+        text = text.replace(claim, "")
+    return text
+
+
 class FaultsLeftInjected(InfrastructureError):
     """Undoing a fault failed (and so did replaying its journaled steps): it may still be in
     place. Its own exit code, so that nobody reads a run that left a fault behind as one that

@@ -346,3 +346,35 @@ def test_doctor_names_what_to_fix_and_exits_6(fake_network: FakeFactory, tmp_pat
     failed = {(c["node"], c["check"]) for c in (checks["checks"] if isinstance(checks, dict) else checks) if c["status"] == "fail"}
     assert ("network-2", "root") in failed
     assert ("network-1", f"replica {rep.router_id[:8]}") in failed
+
+
+async def test_an_abort_whose_undo_fails_does_not_claim_a_rollback(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abort through the operator's API, the fault's undo failing for good: the run used to
+    end "aborted: ...; every injected fault was rolled back" (exit 4). The journal is the judge:
+    verdict left-injected, exit 9, the reason names the fault and `chaos recover RUN`."""
+    from chaos.faults.ha_link_down import HaLinkDown
+    from chaos.runner.control import AbortSignal
+    from chaos.runner.execute import run_experiment
+    from chaos.settings import Settings
+
+    monkeypatch.setattr(HaLinkDown, "recovery_deadline", 0.5)
+    net = fake_network()
+    net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.UP, times=None, how="lost")
+    abort = AbortSignal()
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        if str(progress.get("injected", "")).startswith("1/"):  # the fault is in: abort it
+            abort.request("ops", "enough")
+
+    settings = Settings(reports_dir=tmp_path / "reports", state_dir=tmp_path / "state")
+    code, run_dir = await run_experiment(write(tmp_path, net, LINK_DOWN.replace("0.3s", "20s"), mode="one"), settings,
+                                         abort=abort, on_progress=on_progress, handle_signals=False)
+    assert abort.requested
+    assert code == ExitCode.LEFT_INJECTED
+    assert run_dir is not None
+    end = finished(list(read_journal(run_dir / "journal.jsonl")))
+    assert end["verdict"] == "left-injected" and end["exit_code"] == 9
+    assert "rolled back" not in end["reason"] and f"chaos recover {run_dir.name}" in end["reason"], end["reason"]
+    assert "aborted by ops" in end["reason"]

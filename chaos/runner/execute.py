@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos import __version__
 from chaos.analysis.hypothesis import check_hypothesis
-from chaos.analysis.summary import summarize, write_summary
-from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError
+from chaos.analysis.summary import left_injected, summarize, write_summary
+from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError, without_rollback_claim
 from chaos.experiment.load import load_experiment
 from chaos.experiment.registry import registry
 from chaos.experiment.schema import Experiment, RouterSelector, combination_problems, format_loc
@@ -417,6 +417,16 @@ async def run_experiment(
         unsubscribe()
         if sys.stderr.isatty() and on_progress is None:
             print(file=sys.stderr)
+    left = left_injected(read_journal(journal.path), run_id)
+    if left and verdict != "left-injected":
+        # Whatever ended the run (an abort through the API, a bug), the journal is the judge: an
+        # undo recorded and never completed means a fault may still be in place, and the run
+        # must not end with a verdict or a reason that says everything was rolled back.
+        listed = ", ".join(f"{x.action_id} ({x.fault} on {x.node})" for x in left)
+        reason = (f"{len(left)} fault(s) could not be undone and may still be in place: {listed}; "
+                  f"`chaos recover {run_id}` undoes them" + (f"; the run had stopped: {without_rollback_claim(reason)}" if reason else ""))
+        verdict, code = "left-injected", ExitCode.LEFT_INJECTED
+        log.error("run stopped", verdict=verdict, reason=reason)
     if verdict == "held":
         if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
             verdict = "deviated"

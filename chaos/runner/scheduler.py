@@ -18,7 +18,15 @@ from typing import Any
 
 import structlog
 
-from chaos.errors import ChaosError, FaultsLeftInjected, InfrastructureError, Interrupted, SafeguardAbort, SteadyStateBroken
+from chaos.errors import (
+    ChaosError,
+    FaultsLeftInjected,
+    InfrastructureError,
+    Interrupted,
+    SafeguardAbort,
+    SteadyStateBroken,
+    without_rollback_claim,
+)
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
@@ -132,7 +140,7 @@ class Scheduler:
             left = ", ".join(f"{a} ({f.type} on {f.node.name})" for a, f in sorted(self.active.items()))
             raise FaultsLeftInjected(
                 f"{len(self.active)} fault(s) could not be undone and may still be in place: {left}"
-                + (f"; the run had stopped: {failure.message}" if failure is not None else ""),
+                + (f"; the run had stopped: {without_rollback_claim(failure.message)}" if failure is not None else ""),
                 hint=f"`chaos recover {self.ctx.run_id}` replays their undo once the nodes answer; "
                 "a fault with a duration is also undone by its dead-man on the node when it fires",
                 actions=sorted(self.active),
