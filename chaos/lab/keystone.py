@@ -302,6 +302,10 @@ class Keystone:
         try:
             body = await request.json()
             ident = body["auth"]["identity"]
+            if "token" in ident.get("methods", []) and "password" not in ident.get("methods", []):
+                # Token method (keystoneauth's v3token, a clouds.yaml with ``auth_type: v3token``):
+                # a valid token buys a new one for the same user and project, as Keystone does.
+                return self._reissue(str(ident["token"]["id"]), body["auth"].get("scope", {}).get("project", {}))
             if "password" not in ident.get("methods", []):
                 raise KeyError("methods")
             user = ident["password"]["user"]
@@ -325,9 +329,23 @@ class Keystone:
         if who is None:
             self.rejected += 1
             return _unauthorized()
+        return self._issue_for(who)
+
+    def _reissue(self, token: str, scope: dict[str, Any]) -> web.Response:
+        """A new token for whom a valid ``token`` stands for; 401 if it is not valid or the
+        scope asks for another project (the lab does not re-scope)."""
+        who = self.accounts_by_token.get(token) if self.valid(token) else None
+        other_project = (scope.get("id") not in (None, who.project_id)
+                         or scope.get("name") not in (None, who.project))
+        if who is None or other_project:
+            self.rejected += 1
+            return _unauthorized()
+        return self._issue_for(who)
+
+    def _issue_for(self, who: _Account) -> web.Response:
         token = "gAAAA" + secrets.token_urlsafe(48)
         issued = time.time()
-        expires = issued + config.token_ttl
+        expires = issued + self.config().token_ttl
         self.tokens[token] = expires
         self.principals[token] = Principal(user=who.user, project_id=who.project_id, roles=who.roles)
         self.accounts_by_token[token] = who
