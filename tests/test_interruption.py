@@ -31,7 +31,7 @@ from tests.conftest import LabHandle, wait_lab_ready
 from tests.interruption import CHAOS, PHASES, VARIANTS, Variant, placement_of, run_trial
 
 SEED = int(os.environ.get("CHAOS_INTERRUPTION_SEED", "1402"))
-TRIALS = int(os.environ.get("CHAOS_INTERRUPTION_TRIALS", "2"))  # per fault type; the short form: 2
+TRIALS = int(os.environ.get("CHAOS_INTERRUPTION_TRIALS", "1"))  # per fault type; CI: 1 (the phases rotate over the types)
 
 
 @pytest.fixture(scope="module")
