@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     PREREQUISITES = 6  # not root, a required program is missing, the kernel lacks a feature
     CONFLICT = 7  # the state does not allow it: a lab exists already, no lab is running, ...
     STEADY_STATE_BROKEN = 8  # the hypothesis did not hold before injection: nothing injected
+    LEFT_INJECTED = 9  # an undo failed: a fault may still be in place; `chaos recover RUN` undoes it
     INTERNAL = 70  # a bug in the tool (EX_SOFTWARE); the message says where to look
     INTERRUPTED = 130  # SIGINT or SIGTERM; everything was rolled back
 
@@ -86,3 +87,26 @@ class Interrupted(ChaosError):
     """SIGINT or SIGTERM arrived; rollbacks ran before exiting."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+ROLLBACK_CLAIMS = ("; everything was rolled back", "; every injected fault was rolled back", " (everything was rolled back)")
+
+
+def without_rollback_claim(text: str) -> str:
+    """``text`` without its claim that everything was rolled back: abort and interrupt messages
+    are worded before the rollback runs, and must not be repeated once an undo failed."""
+    for claim in ROLLBACK_CLAIMS:
+        text = text.replace(claim, "")
+    return text
+
+
+class FaultsLeftInjected(InfrastructureError):
+    """Undoing a fault failed (and so did replaying its journaled steps): it may still be in
+    place. Its own exit code, so that nobody reads a run that left a fault behind as one that
+    merely failed to reach a node; the message names the faults and ``chaos recover RUN``."""
+
+    exit_code = ExitCode.LEFT_INJECTED
+
+    def __init__(self, message: str, *, actions: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.actions = actions

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from chaos.experiment.durations import format_duration, parse_duration
 from chaos.experiment.load import check_text, load_experiment
-from chaos.experiment.metrics_catalog import METRICS, parse_metric_ref
+from chaos.experiment.metric_refs import METRICS, parse_metric_ref
 from chaos.experiment.schedule import Schedule, cron_fields
 from chaos.experiment.schema import FAULT_SPECS, Experiment
 

@@ -32,7 +32,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.experiment.metrics_catalog import METRICS, Metric, Phase
+from chaos.experiment.metric_refs import METRICS
+from chaos.experiment.registry import registry
+from chaos.experiment.metrics_catalog import BUILTIN_METRICS, Metric, Phase
 
 Value = float | int | None
 
@@ -553,11 +555,7 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
 @functools.cache
 def _plugin_probes() -> dict[str, tuple[str, ...]]:
     """Plugin probe name -> the journal kinds its metrics are computed from."""
-    from chaos.experiment.metrics_catalog import BUILTIN_METRICS
-
     probes = {m.probe for name, m in CATALOG.items() if name not in BUILTIN_METRICS}
-    from chaos.experiment.registry import registry
-
     return {name: tuple(kind.event_kinds) for name, kind in registry().probes.items() if name in probes}
 
 

@@ -22,7 +22,8 @@ from chaos.analysis.metrics import Distribution, ResetSeen, RouterMetrics, RunRe
 from chaos.errors import InvalidInput
 
 SCHEMA_VERSION = 1
-Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken", "skipped"]
+Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
+                  "left-injected"]
 _VERDICTS: frozenset[str] = frozenset(Verdict.__args__)  # type: ignore[attr-defined]
 
 
@@ -41,6 +42,19 @@ class RunInfo(BaseModel):
     reason: str | None = None
 
 
+class LeftInjected(BaseModel):
+    """A fault whose undo was journaled and never completed: it may still be in place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action_id: str
+    fault: str | None = None
+    node: str | None = None
+    router_id: str | None = None
+    detail: str = ""  # why the last undo failed; "" when no undo was tried (the run was killed)
+    command: str  # what undoes it: chaos recover RUN
+
+
 class Summary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +65,9 @@ class Summary(BaseModel):
     routers: list[RouterMetrics]
     aggregates: dict[str, Distribution]
     notes: list[str]
+    # Faults that may still be in place when the summary was written (an undo failed, or the
+    # run was killed before undoing): a report must never let a reader think all was undone.
+    left_injected: list[LeftInjected] = []
 
 
 def _run_info(record: RunRecord) -> RunInfo:
@@ -96,6 +113,31 @@ def _verdict(record: RunRecord, results: list[ToleranceResult], notes: list[str]
     return "interrupted"
 
 
+def left_injected(events: Iterable[Mapping[str, Any]], run_id: str | None) -> list[LeftInjected]:
+    """Actions whose undo was recorded (``fault.undo_recorded``) and never completed (no
+    ``fault.undone`` with ok), in journal order: the same rule ``chaos recover`` applies."""
+    recorded: dict[str, Mapping[str, Any]] = {}
+    failed: dict[str, str] = {}
+    done: set[str] = set()
+    for e in events:
+        aid = e.get("action_id")
+        if not isinstance(aid, str):
+            continue
+        if e.get("kind") == "fault.undo_recorded":
+            recorded[aid] = e
+        elif e.get("kind") == "fault.undone":
+            if e.get("ok"):
+                done.add(aid)
+            else:
+                failed[aid] = str(e.get("detail") or "")
+    command = f"chaos recover {run_id}" if run_id else "chaos recover RUN_FOLDER"
+    return [
+        LeftInjected(action_id=aid, fault=_str(e.get("fault")), node=_str(e.get("node")), router_id=_str(e.get("router_id")),
+                     detail=failed.get(aid, ""), command=command)
+        for aid, e in recorded.items() if aid not in done
+    ]
+
+
 def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]) -> Summary:
     """The summary of a run from its journal events and the experiment's tolerances."""
     record = RunRecord(events)
@@ -119,13 +161,19 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
     elif skipped:
         notes.append(f"skipped tolerances (their probe could not run on this target): {', '.join(skipped)}")
     verdict = _verdict(record, results, notes)
+    run = _run_info(record)
+    left = left_injected(record.events, run.id)
+    if left and record.finished is not None and verdict != "left-injected":
+        notes.append(f"{len(left)} fault(s) may still be in place although the run ended {verdict}: "
+                     f"`{left[0].command}` undoes them")
     return Summary(
-        run=_run_info(record),
+        run=run,
         verdict=verdict,
         tolerances=results,
         routers=list(routers.values()),
         aggregates=aggregates(routers),
         notes=notes,
+        left_injected=left,
     )
 
 

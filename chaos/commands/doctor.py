@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 
+from chaos.commands._target import add_target_arguments, target_topology
 from chaos.errors import ExitCode, InvalidInput
 from chaos.model import Topology
+from chaos.experiment.registry import registry
 from chaos.runner.preflight import Check, failures, preflight, render
 from chaos.settings import Settings
 from chaos.transport.ssh import SshPool
@@ -29,38 +30,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "the state file of every replica, the agent's respawn interval. Exit 6 when a run could not work."
         ),
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--lab", metavar="NAME", help="a running lab (default: CHAOS_LAB_NAME or chaoslab)")
-    where.add_argument("--cloud", help="a cloud from clouds.yaml, discovered through its API (needs --inventory for SSH)")
-    parser.add_argument("--inventory", type=Path, help="an inventory file (nodes and routers, or with --cloud the SSH mapping)")
+    add_target_arguments(
+        parser,
+        cloud_help="a cloud from clouds.yaml, discovered through its API (needs --inventory for SSH)",
+        inventory_help="an inventory file (nodes and routers, or with --cloud the SSH mapping)",
+    )
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.set_defaults(handler=run_doctor)
 
 
-def target_topology(args: argparse.Namespace, settings: Settings) -> Topology:
-    if args.cloud:
-        from chaos.targets.openstack import SshInventory, discover_topology
-
-        inventory = SshInventory.load(args.inventory) if args.inventory else None
-        return discover_topology(args.cloud, inventory=inventory)
-    if args.inventory:
-        from chaos.targets.inventory import load_inventory
-
-        return load_inventory(args.inventory)
-    from chaos.targets.lab import lab_topology
-
-    return lab_topology(settings.lab_root, args.lab or settings.lab_name)
-
-
 async def check_target(topology: Topology) -> list[Check]:
     async with SshPool(topology.nodes) as ssh:
-        return await preflight(ssh, topology, topology.routers)
+        return plugin_checks() + await preflight(ssh, topology, topology.routers)
+
+
+def plugin_checks() -> list[Check]:
+    """The faults and probes that plugins add (ok) and the plugins that could not be loaded
+    (a warning: the built-in faults still run, an experiment that uses the plugin does not)."""
+    reg = registry()
+    checks = [
+        Check(node="tool", check="plugin", status="ok", detail=f"{group.split('.')[-1][:-1]} {name}: {source}")
+        for (group, name), source in reg.sources.items() if not source.startswith("built-in")
+    ]
+    checks += [
+        Check(node="tool", check="plugin", status="warn", detail=problem.describe(),
+              fix="fix or uninstall the plugin's distribution (docs/plugins.md says what a plugin must provide)")
+        for problem in reg.problems
+    ]
+    return checks
 
 
 def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
     if args.cloud and not args.inventory:
         raise InvalidInput("--cloud needs --inventory: the cloud's API names the hosts, the inventory says how to reach them")
-    topology = target_topology(args, settings)
+    topology = target_topology(args, settings, routers_required=True)
     checks = asyncio.run(check_target(topology))
     blocking = failures(checks)
     if args.json:

@@ -29,9 +29,10 @@ from typing import Literal
 
 import asyncssh
 
+from chaos.commands._target import add_target_arguments, target_topology
 from chaos.errors import ChaosError, ExitCode, InvalidInput, UsageError
 from chaos.log import get_logger
-from chaos.model import Node, Topology
+from chaos.model import Node
 from chaos.settings import Settings
 from chaos.transport.ssh import DEFAULT_KNOWN_HOSTS, SshPool, parse_jump_host
 
@@ -84,34 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "--yes nothing is recorded (exit 2)."
         ),
     )
-    where = add.add_mutually_exclusive_group()
-    where.add_argument("--lab", metavar="NAME", help="a running lab")
-    where.add_argument("--cloud", help="a cloud from clouds.yaml: its L3 agents' hosts (SSH settings from --inventory)")
-    add.add_argument("--inventory", type=Path, help="an inventory file: its nodes, or with --cloud how to reach the hosts")
+    add_target_arguments(
+        add,
+        cloud_help="a cloud from clouds.yaml: its L3 agents' hosts (SSH settings from --inventory)",
+        inventory_help="an inventory file: its nodes, or with --cloud how to reach the hosts",
+    )
     add.add_argument("--node", action="append", metavar="NAME", help="only this node (repeat for more)")
     add.add_argument("--yes", action="store_true", help="record every new key without asking (check the fingerprints first)")
     add.set_defaults(handler=cmd_add)
-
-
-def target_nodes(args: argparse.Namespace, settings: Settings) -> Topology:
-    """The nodes of the target: discovery's agent hosts, an inventory's named nodes, or a lab's."""
-    if args.cloud:
-        from chaos.targets.openstack import SshInventory, discover_topology
-
-        inventory = SshInventory.load(args.inventory) if args.inventory else None
-        return discover_topology(args.cloud, inventory=inventory)
-    if args.inventory:
-        from chaos.targets.inventory import read_inventory, to_topology
-
-        topology = to_topology(read_inventory(args.inventory))
-        if not topology.nodes:
-            raise InvalidInput(
-                f"{args.inventory}: names no node (only patterns): give --cloud NAME so that discovery names the hosts"
-            )
-        return topology
-    from chaos.targets.lab import lab_topology
-
-    return lab_topology(settings.lab_root, args.lab or settings.lab_name)
 
 
 def jump_node(node: Node, index: int) -> Node:
@@ -215,7 +196,7 @@ def confirm(seen: Seen) -> bool:
 
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
-    topology = target_nodes(args, settings)
+    topology = target_topology(args, settings, routers_required=False)
     nodes = list(topology.nodes)
     if args.node:
         unknown = sorted(set(args.node) - {n.name for n in nodes})

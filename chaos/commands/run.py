@@ -1,4 +1,4 @@
-"""``chaos run EXPERIMENT`` and ``chaos recover RUN``.
+"""``chaos run EXPERIMENT``, ``chaos recover RUN`` and ``chaos recover --pending``.
 
 ``chaos run`` takes its leases and records its run in the state database (``CHAOS_STATE_DIR``
 or ``CHAOS_DATABASE_URL``), the one ``chaos serve`` uses, so a run from a terminal and the
@@ -93,6 +93,12 @@ async def run_recorded(
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from chaos.runner.recover import run_folder
 
+    if args.reports_dir:
+        settings = settings.model_copy(update={"reports_dir": Path(args.reports_dir)})
+    if args.pending == (args.run is not None):
+        raise UsageError("give either a run (id or folder) or --pending, not both and not neither")
+    if args.pending:
+        return asyncio.run(recover_pending(settings))
     folder = run_folder(settings.reports_dir, args.run)
     done, released = asyncio.run(recover_and_release(folder, settings))
     if not done:
@@ -102,6 +108,75 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     if released:
         print(f"released {released} lease(s) the run still held")
     return ExitCode.OK
+
+
+LIVE_QUIET_S = 30.0  # a run without run.finished whose journal moved this recently may still run
+
+
+async def recover_pending(settings: Settings) -> int:
+    """List every run folder under the reports folder with undo steps pending, and undo them.
+
+    A run still going holds its leases (renewed every few seconds) and writes its journal: it
+    is listed and left alone, never undone under its feet; ``chaos recover RUN`` names one
+    explicitly. Every run is tried even if one fails; the exit code is 9 if any fault is still
+    in place at the end (each is named), 0 otherwise."""
+    import time
+
+    from chaos.errors import FaultsLeftInjected
+    from chaos.runner.recover import pending_runs
+    from chaos.state.store import Store
+
+    pending, unreadable = pending_runs(settings.reports_dir)
+    for folder, why in unreadable:
+        print(f"{folder.name}: journal unreadable, not recovered: {why}")
+    if not pending:
+        print(f"{settings.reports_dir}: no run has undo steps pending")
+        return ExitCode.OK if not unreadable else ExitCode.INVALID_INPUT
+    live: set[str] = set()
+    try:
+        store = await Store.open(settings.state_dir, settings.database_url)
+        try:
+            live = {str(row["holder"]) for row in await store.leases.held()}
+        finally:
+            await store.close()
+    except ChaosError as exc:
+        log.warning("leases not readable: runs are judged live by their journal alone", error=exc.message)
+    failed: list[str] = []
+    recovered = 0
+    for folder, actions in pending:
+        print(f"{folder.name}: {len(actions)} action(s) pending: {', '.join(actions)}")
+        journal = folder / "journal.jsonl"
+        quiet = time.time() - journal.stat().st_mtime
+        if folder.name in live or (quiet < LIVE_QUIET_S and not _finished(journal)):
+            print(f"  left alone: the run may still be going (leases held, or journal written {quiet:.0f}s ago); "
+                  f"`chaos recover {folder.name}` undoes it anyway")
+            failed += [f"{folder.name}/{a} (run still going?)" for a in actions]
+            continue
+        try:
+            done, released = await recover_and_release(folder, settings)
+        except ChaosError as exc:
+            print(f"  FAILED: {exc.message}")
+            failed += [f"{folder.name}/{a}" for a in actions]
+            continue
+        recovered += 1
+        for line in done:
+            print(f"  {line}")
+        if released:
+            print(f"  released {released} lease(s) the run still held")
+    print(f"{recovered} of {len(pending)} run(s) recovered")
+    if failed:
+        raise FaultsLeftInjected(
+            f"{len(failed)} action(s) may still be in place: {', '.join(failed)}",
+            actions=failed, hint="run `chaos recover --pending` again once the nodes answer, or `chaos recover RUN` for one run",
+        )
+    return ExitCode.OK
+
+
+def _finished(journal: Path) -> bool:
+    """Whether the journal's last complete line is run.finished (cheap: the file's tail)."""
+    with journal.open("rb") as f:
+        f.seek(max(0, journal.stat().st_size - 4096))
+        return b'"run.finished"' in f.read()
 
 
 async def recover_and_release(folder: Path, settings: Settings) -> tuple[list[str], int]:
@@ -120,6 +195,13 @@ async def recover_and_release(folder: Path, settings: Settings) -> tuple[list[st
     if damage is not None:
         await _release(folder, settings)
         raise damage
+    if done:  # the reports said what was left injected: they now say it was undone
+        from chaos.report.render import render_reports
+
+        try:
+            await asyncio.to_thread(render_reports, folder)
+        except Exception as exc:  # the journal is the record; `chaos report RUN` redoes the reports
+            log.warning("reports not re-rendered after the recovery; `chaos report` can", error=str(exc))
     return done, await _release(folder, settings)
 
 
@@ -161,5 +243,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
     p.set_defaults(handler=cmd_run)
     r = sub.add_parser("recover", help="undo whatever an interrupted or killed run left injected")
-    r.add_argument("run", help="run id (folder under reports/) or path of the run folder")
+    r.add_argument("run", nargs="?", help="run id (folder under reports/) or path of the run folder")
+    r.add_argument("--pending", action="store_true",
+                   help="list every run under the reports folder with undo steps pending and undo them "
+                   "(runs still going are left alone)")
+    r.add_argument("--reports-dir", help="where run ids are looked up (default: CHAOS_REPORTS_DIR or reports/)")
     r.set_defaults(handler=cmd_recover)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from chaos.experiment.metrics_catalog import parse_metric_ref
+from chaos.experiment.metric_refs import parse_metric_ref
 from chaos.experiment.registry import FAULT_GROUP, PROBE_GROUP, registry
 from chaos.experiment.schema import (
     SECTION_DEFAULTS,

@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from chaos.experiment.metrics_catalog import BUILTIN_METRICS
+
 FAULT_GROUP = "chaos.faults"
 PROBE_GROUP = "chaos.probes"
 Group = Literal["chaos.faults", "chaos.probes"]
@@ -135,8 +137,6 @@ def _add(reg: Registry, group: Group, cls: type, source: str, name: str) -> None
         problem = f"{_KEY[group]} {key!r} is taken by {reg.sources[(group, key)]}"
     if problem is None and group == PROBE_GROUP:
         taken = {m.name: p for p, c in reg.probes.items() for m in c.metrics}
-        from chaos.experiment.metrics_catalog import BUILTIN_METRICS
-
         clash = next((m.name for m in cls.metrics if m.name in taken or m.name in BUILTIN_METRICS), None)
         if clash is not None:
             problem = f"its metric {clash!r} already exists"

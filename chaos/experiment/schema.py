@@ -35,11 +35,12 @@ from chaos.experiment.durations import (
     NonNegativeDuration,
     format_duration,
 )
-from chaos.experiment.metrics_catalog import PHASES, MetricRef, Phase, parse_metric_ref
+from chaos.experiment.metric_refs import MetricRef, parse_metric_ref
+from chaos.experiment.metrics_catalog import PHASES, Phase
 from chaos.experiment.params import Int, NoParams, Number, Params, Text
 from chaos.experiment.registry import registry
 from chaos.experiment.schedule import ScheduleField
-from chaos.model import HostName, RouterId
+from chaos.model import RouterId
 from chaos.yamlfile import Loc, format_loc
 
 """A field path in the file: ("fault", "params", "signal"), ("probes", "tcp", "directions", 1)."""

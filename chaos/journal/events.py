@@ -109,7 +109,8 @@ class RunPreflight(Event):
 
 class RunFinished(Event):
     kind: Literal["run.finished"] = "run.finished"
-    verdict: Literal["held", "deviated", "aborted", "interrupted", "steady-state-broken", "skipped", "invalid", "error"]
+    verdict: Literal["held", "deviated", "aborted", "interrupted", "steady-state-broken", "skipped", "invalid", "error",
+                     "left-injected"]
     exit_code: int
     reason: str = ""
     by: str | None = None

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from chaos.targets.openstack import LAB_MEMBER_SUFFIX
+
 KEYSTONE_FILE = "keystone.json"
 CLOUDS_FILE = "clouds.yaml"
 IDENTITY_PREFIX = "/identity"
@@ -39,7 +41,7 @@ NETWORK_PREFIX = "/networking"
 REGION = "RegionOne"
 
 
-MEMBER_SUFFIX = "-member"
+MEMBER_SUFFIX = LAB_MEMBER_SUFFIX  # where discovery looks for a lab's clouds.yaml
 ADMIN_ROLES = ("admin", "member", "reader")
 MEMBER_ROLES = ("member", "reader")
 
@@ -300,6 +302,10 @@ class Keystone:
         try:
             body = await request.json()
             ident = body["auth"]["identity"]
+            if "token" in ident.get("methods", []) and "password" not in ident.get("methods", []):
+                # Token method (keystoneauth's v3token, a clouds.yaml with ``auth_type: v3token``):
+                # a valid token buys a new one for the same user and project, as Keystone does.
+                return self._reissue(str(ident["token"]["id"]), body["auth"].get("scope", {}).get("project", {}))
             if "password" not in ident.get("methods", []):
                 raise KeyError("methods")
             user = ident["password"]["user"]
@@ -323,9 +329,23 @@ class Keystone:
         if who is None:
             self.rejected += 1
             return _unauthorized()
+        return self._issue_for(who)
+
+    def _reissue(self, token: str, scope: dict[str, Any]) -> web.Response:
+        """A new token for whom a valid ``token`` stands for; 401 if it is not valid or the
+        scope asks for another project (the lab does not re-scope)."""
+        who = self.accounts_by_token.get(token) if self.valid(token) else None
+        other_project = (scope.get("id") not in (None, who.project_id)
+                         or scope.get("name") not in (None, who.project))
+        if who is None or other_project:
+            self.rejected += 1
+            return _unauthorized()
+        return self._issue_for(who)
+
+    def _issue_for(self, who: _Account) -> web.Response:
         token = "gAAAA" + secrets.token_urlsafe(48)
         issued = time.time()
-        expires = issued + config.token_ttl
+        expires = issued + self.config().token_ttl
         self.tokens[token] = expires
         self.principals[token] = Principal(user=who.user, project_id=who.project_id, roles=who.roles)
         self.accounts_by_token[token] = who

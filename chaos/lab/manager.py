@@ -21,13 +21,31 @@ import structlog
 
 from chaos.errors import Conflict, InfrastructureError, InvalidInput, Prerequisites
 from chaos.lab import fabric
+from chaos.lab.inventory import NEUTRON_VERSION, neutron_version, write_inventory
 from chaos.lab.netlink import list_netns, remove_netns, run_netlink
-from chaos.lab.node import generate_key, init_pid, is_powered, neutron_file, node_dir, power_off, power_on, prepare_node_disk, sshd_config
-from chaos.lab.procs import kill, pid_alive, pids_in_netns, pids_matching, run_checked, terminate
+from chaos.lab.node import (
+    generate_key,
+    init_pid,
+    is_powered,
+    neutron_file,
+    new_credentials,
+    node_dir,
+    power_off,
+    power_on,
+    prepare_node_disk,
+    sshd_config,
+)
+from chaos.lab.procs import (
+    kill,
+    pid_alive,
+    pids_in_netns,
+    pids_matching,
+    run_checked,
+    terminate,
+)
 from chaos.lab.router import lab_layout
-from chaos.lab.services import new_credentials
-from chaos.lab.spec import ECHO_PORT, LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
-from chaos.model import FloatingIP, Node, Replica, Router, Topology, Vantage
+from chaos.lab.spec import LabOptions, LabSpec, RouterSpec, plan_lab, validate_lab_name
+from chaos.model import Topology
 
 log = structlog.get_logger("lab")
 
@@ -45,7 +63,6 @@ REQUIRED_PROGRAMS = {
     "mount": "mount",
 }
 NEUTRON_STATE = Path("/var/lib/neutron")
-NEUTRON_VERSION = "29.0.0"  # the neutron package whose state-change script the lab runs
 
 
 NEUTRON_BACKEND_PROGRAMS = {
@@ -438,49 +455,7 @@ class Lab:
         }
 
     def write_inventory(self, spec: LabSpec) -> Topology:
-        ssh_dir = self.dir / "ssh"
-        topo = Topology(
-            source=f"lab:{self.name}",
-            nodes=tuple(
-                Node(
-                    name=n.name,
-                    address=n.mgmt_ip,
-                    port=n.ssh_port,
-                    key_file=ssh_dir / "id_ed25519",
-                    known_hosts=ssh_dir / "known_hosts",
-                    netns=spec.vantage.netns,
-                    check_child_processes_interval=spec.options.respawn_interval,
-                    profile=spec.options.profile,
-                )
-                for n in spec.nodes
-            ),
-            routers=tuple(
-                Router(
-                    id=r.id,
-                    name=r.name,
-                    project_id=r.project_id,
-                    vrid=r.vrid,
-                    ha_vip=r.ha_vip,
-                    replicas=tuple(Replica(node=rep.node, ha_device=rep.ha_device, ha_ip=rep.ha_ip) for rep in r.replicas),
-                    floating_ips=tuple(
-                        FloatingIP(address=f.address, fixed_ip=f.fixed_ip, echo_port=ECHO_PORT, vm_netns=r.vms[0].netns)
-                        for f in r.floating_ips
-                    ),
-                    gateway_ip=r.gateway_ip,
-                    internal_ip=r.internal_ip,
-                )
-                for r in spec.routers
-            ),
-            vantage=Vantage(netns=spec.vantage.netns, echo_address=spec.vantage.ext_ip, echo_port=spec.vantage.echo_port),
-            bmc_url=self.bmc()[0],
-            bmc_credentials_file=self.dir / "bmc.json",
-            backend=spec.backend,
-            neutron_version=neutron_version(spec),
-        )
-        tmp = self.dir / "inventory.json.tmp"
-        tmp.write_text(topo.model_dump_json(indent=2))
-        tmp.replace(self.dir / "inventory.json")
-        return topo
+        return write_inventory(self.dir, spec)
 
     # ------------------------------------------------------------------ reboot
     def reboot(self, node_name: str, wait: bool = True, timeout: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
@@ -549,20 +524,6 @@ class Lab:
             self.root.rmdir()
         progress(f"lab {self.name} removed ({len(removed)} items)")
         return removed
-
-
-def neutron_version(spec: LabSpec) -> str:
-    """The Neutron a lab's routers meet: Debian's package for the neutron backend; for the
-    emulated one, the release whose formats and state-change script it reproduces."""
-    if spec.backend != "neutron":
-        return f"{NEUTRON_VERSION} (emulated)"
-    try:
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "neutron-common"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    upstream = out.split(":", 1)[-1].split("-", 1)[0] if out else "unknown"
-    return f"{upstream} (Debian {out})" if out else upstream
 
 
 NEIGHBOURS_PER_ROUTER = 6  # vantage->FIP, vantage->gateway, primary->vantage, router<->VM, slack

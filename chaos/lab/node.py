@@ -10,7 +10,9 @@ vanish too. ``power_on`` recreates both, as a server booting again.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -224,3 +226,11 @@ def power_off(spec: LabSpec, lab_dir: Path, node: NodeSpec, timeout: float = 10.
     (d / "agent.json").unlink(missing_ok=True)
     remove_netns(node.netns)
     unplug_node(spec.fabric_netns, node.index)
+
+
+def new_credentials(lab_dir: Path) -> None:
+    """Fresh credentials for the lab's BMCs (the services process asks for them), mode 0600."""
+    path = lab_dir / "bmc.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"user": "admin", "password": secrets.token_urlsafe(24)}, f)

@@ -119,10 +119,10 @@ def remove_replica(lab_dir: Path, router_id: str, node: str, *, notify: bool = T
 
 def refresh_inventory(lab_dir: Path, spec: LabSpec) -> None:
     """Rewrite the lab's inventory.json so that it names the replicas where they now are."""
-    from chaos.lab.manager import Lab
+    from chaos.lab.inventory import write_inventory
 
     try:
-        Lab(lab_dir.parent, lab_dir.name).write_inventory(spec)
+        write_inventory(lab_dir, spec)
     except (OSError, ValueError, KeyError) as exc:  # services.json missing: a lab being torn down
         import structlog
 

@@ -20,18 +20,16 @@ import base64
 import hmac
 import json
 import os
-import secrets
 import socket
 import time
 from pathlib import Path
 
 import structlog
-
-from chaos.log import configure_logging
 from aiohttp import web
 
 from chaos.lab.node import is_powered, power_off, power_on
 from chaos.lab.spec import ECHO_PORT, LabSpec, NodeSpec
+from chaos.log import configure_logging
 from chaos.transport.netns import socket_in_netns
 
 log = structlog.get_logger("lab.services")
@@ -217,18 +215,16 @@ SYNC_INTERVAL = 3.0
 
 async def _sync_placement(lab_dir: Path, api_url: str, stop: asyncio.Event) -> None:
     """The neutron backend: follow replicas that Neutron moves (chaos.lab.real.lab.sync_placement)."""
-    from chaos.lab.manager import Lab
     from chaos.lab.real import build
     from chaos.lab.real.lab import sync_placement
 
-    lab = Lab(lab_dir.parent, lab_dir.name)
     admin = None
     while not stop.is_set():
         try:
             if admin is None:
                 admin = build.connect(api_url + "/identity/v3", build.accounts(lab_dir)[0])
             async with asyncio.timeout(60):
-                if await asyncio.to_thread(sync_placement, lab, admin):
+                if await asyncio.to_thread(sync_placement, lab_dir, admin):
                     log.info("replicas moved; plan and inventory rewritten")
         except Exception as exc:  # noqa: BLE001 - the API may be restarting; next round
             log.info("placement sync failed", error=str(exc)[:200])
@@ -239,13 +235,6 @@ async def _sync_placement(lab_dir: Path, api_url: str, stop: asyncio.Event) -> N
             pass
     if admin is not None:
         admin.close()
-
-
-def new_credentials(lab_dir: Path) -> None:
-    path = lab_dir / "bmc.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"user": "admin", "password": secrets.token_urlsafe(24)}, f)
 
 
 def main() -> None:

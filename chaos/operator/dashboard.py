@@ -16,7 +16,18 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from chaos.operator.http import OPERATOR_KEY, REPORT_CSP, identity, role, static_dir
+from chaos.operator.auth import Identity
+from chaos.operator.http import (
+    OPERATOR_KEY,
+    REPORT_CSP,
+    identify_token,
+    identity,
+    record_audit,
+    role,
+    safe_next,
+    start_session,
+    static_dir,
+)
 from chaos.report.charts import trend_svg
 from chaos.state.store import RunFilter, RunRow
 
@@ -164,8 +175,30 @@ async def static(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(static_dir() / name, headers={"Content-Type": kind, "Cache-Control": "max-age=300"})
 
 
+# ---------------------------------------------------------------------- login
+@role("public")
+async def login_form(request: web.Request) -> web.Response:
+    return render(request, "login.j2", next=safe_next(request.query.get("next")), failed=False)
+
+
+@role("public")
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    who = identify_token(request, str(form.get("token", "")).strip())
+    target = safe_next(str(form.get("next", "/")))
+    if who is None:
+        await record_audit(request, Identity("anonymous", "anonymous"), ok=False, detail="dashboard login refused")
+        return render(request, "login.j2", next=target, failed=True, status=401)
+    response = web.HTTPSeeOther(target)
+    start_session(request, who, response)
+    await record_audit(request, who, ok=True, detail="dashboard login")
+    raise response
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/login", login_form)
+    r.add_post("/login", login)
     r.add_get("/", overview)
     r.add_get("/runs", history)
     r.add_get("/runs/{run_id}", run_page)

@@ -14,10 +14,8 @@ import hashlib
 import json
 import re
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,32 +222,23 @@ async def report_file(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# ---------------------------------------------------------------------- login for the dashboard
-@role("public")
-async def login_form(request: web.Request) -> web.Response:
-    from chaos.operator.dashboard import render
-
-    return render(request, "login.j2", next=_safe_next(request.query.get("next")), failed=False)
+# ---------------------------------------------------------------------- dashboard sessions
+def identify_token(request: web.Request, token: str) -> Identity | None:
+    """Whose token this is (None: nobody's); for the dashboard's login form."""
+    return request.app[BOOK_KEY].identify(token) if token else None
 
 
-@role("public")
-async def login(request: web.Request) -> web.Response:
-    from chaos.operator.dashboard import render
-
-    form = await request.post()
-    token = str(form.get("token", "")).strip()
-    who = request.app[BOOK_KEY].identify(token) if token else None
-    target = _safe_next(str(form.get("next", "/")))
-    if who is None:
-        await _audit(request, Identity("anonymous", "anonymous"), ok=False, detail="dashboard login refused")
-        return render(request, "login.j2", next=target, failed=True, status=401)
+def start_session(request: web.Request, who: Identity, response: web.StreamResponse) -> None:
+    """Open a dashboard session for ``who``: a random cookie on ``response`` (only its hash is kept)."""
     session = secrets.token_urlsafe(32)
     request.app[SESSIONS_KEY][_session_id_hash(session)] = (who, time.time() + SESSION_TTL)
-    response = web.HTTPSeeOther(target)
     response.set_cookie(SESSION_COOKIE, session, max_age=int(SESSION_TTL), httponly=True, samesite="Strict",
                         secure=request.secure, path="/")
-    await _audit(request, who, ok=True, detail="dashboard login")
-    raise response
+
+
+async def record_audit(request: web.Request, who: Identity, *, ok: bool, detail: str) -> None:
+    """An audit record for a call the middleware does not see as mutating (a login)."""
+    await _audit(request, who, ok=ok, detail=detail)
 
 
 @role("public")
@@ -262,64 +251,9 @@ async def logout(request: web.Request) -> web.Response:
     raise response
 
 
-def _safe_next(value: str | None) -> str:
+def safe_next(value: str | None) -> str:
     """Only a local path: a login link must not send anyone elsewhere."""
     return value if value and value.startswith("/") and not value.startswith("//") else "/"
-
-
-# ---------------------------------------------------------------------- the server
-@dataclass
-class Http:
-    runner: web.AppRunner
-    url: str
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
-
-
-def build_app(operator: Operator) -> web.Application:
-    from chaos.operator import api, dashboard
-
-    app = web.Application(middlewares=[errors, security], client_max_size=64 * 1024)
-    app[OPERATOR_KEY] = operator
-    app[BOOK_KEY] = TokenBook(operator.config.tokens)
-    app[SESSIONS_KEY] = {}
-    app[PUBLIC_READ_KEY] = operator.config.public_read
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", role("public" if operator.config.metrics_public else "viewer")(metrics))
-    app.router.add_get("/login", login_form)
-    app.router.add_post("/login", login)
-    app.router.add_post("/logout", logout)
-    app.router.add_get("/reports/{run_id}/{name}", report_file)
-    api.add_routes(app)
-    dashboard.add_routes(app)
-    return app
-
-
-async def start_http(operator: Operator) -> Http:
-    host, port = operator.config.bind()
-    context = None
-    if operator.config.tls_cert is not None and operator.config.tls_key is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(operator.config.tls_cert, operator.config.tls_key)
-        except (ssl.SSLError, OSError) as exc:
-            raise InvalidInput(f"--tls-cert/--tls-key: cannot load them: {exc}") from None
-    runner = web.AppRunner(build_app(operator), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    bound = runner.addresses[0] if runner.addresses else (host, port)
-    scheme = "https" if context else "http"
-    shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-    url = f"{scheme}://{shown}:{bound[1]}"
-    operator.public_url = url
-    return Http(runner, url)
 
 
 def static_dir() -> Path:

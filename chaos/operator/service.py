@@ -46,7 +46,7 @@ log = get_logger("operator")
 
 MISSED_RECORDS = 50  # firings recorded one by one as missed after a long downtime; the rest are counted
 SHUTDOWN_NOTIFY_DRAIN = 5.0
-ATTENTION = frozenset({"deviated", "aborted", "error", "interrupted", "steady-state-broken", "invalid"})
+ATTENTION = frozenset({"deviated", "aborted", "error", "interrupted", "steady-state-broken", "invalid", "left-injected"})
 
 
 @dataclass
@@ -149,7 +149,7 @@ class Operator:
     # ================================================================== life
     async def serve(self, on_listening: Any = None) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code (130 after a signal)."""
-        from chaos.operator.http import start_http
+        from chaos.operator.server import start_http
 
         lock = StateLock(self.config.state_dir)
         lock.acquire()

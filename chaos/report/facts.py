@@ -27,6 +27,8 @@ VERDICT_TEXT: dict[str, str] = {
     "error": "ERROR: the run failed",
     "steady-state-broken": "STEADY STATE BROKEN: the hypothesis failed before injection; nothing was injected",
     "skipped": "SKIPPED: another run held a lease on a router or node of the plan; nothing was injected",
+    "invalid": "INVALID: the experiment or its target could not be used; nothing was injected",
+    "left-injected": "LEFT INJECTED: an undo failed; a fault may still be in place (see below: chaos recover undoes it)",
 }
 
 # The per-router columns every report shows (the rest are in summary.json).

@@ -17,6 +17,7 @@ from html import escape
 from chaos import __version__
 from chaos.analysis.hypothesis import ToleranceResult
 from chaos.analysis.metrics import RouterMetrics
+from chaos.analysis.summary import Summary
 from chaos.report import charts
 from chaos.report.facts import (
     TABLE_METRICS,
@@ -142,6 +143,7 @@ def render_html(run: RunData) -> str:
         f"<style>{CSS}</style></head><body><main>",
         charts.DEFS,
         _header(run, title),
+        _left_injected(s),
         _tolerances(s.tolerances),
         _answers(run),
         _timelines(run),
@@ -176,6 +178,21 @@ def _header(run: RunData, title: str) -> str:
         + f'<div class="verdict {e(s.verdict)}" id="verdict" data-verdict="{e(s.verdict)}">{e(VERDICT_TEXT.get(s.verdict, s.verdict))}'
         f"<small>{e(detail)} · {len(run.targeted)} routers targeted</small></div></header>"
     )
+
+
+def _left_injected(s: Summary) -> str:
+    """The faults that may still be in place, and the command that undoes them, right under
+    the verdict: a reader must never leave the page believing everything was undone."""
+    if not s.left_injected:
+        return ""
+    items = "".join(
+        f"<li><code>{e(x.action_id)}</code> {e(x.fault or '?')} on {e(x.node or '?')}"
+        + (f" (router <code>{e(x.router_id)}</code>)" if x.router_id else "")
+        + f": {e(x.detail or 'never undone (the run stopped before its undo)')}</li>"
+        for x in s.left_injected
+    )
+    return (f'<section id="left-injected"><h2>Still injected</h2><p>{len(s.left_injected)} fault(s) may still be in '
+            f"place; undo them with <code>{e(s.left_injected[0].command)}</code>:</p><ul>{items}</ul></section>")
 
 
 def _fault_types(run: RunData) -> str:

@@ -56,6 +56,17 @@ def render_markdown(run: RunData) -> str:
         + f" · {len(run.targeted)} routers targeted · started {fmt_time(s.run.started)}"
         + (f" · reason: {cell(s.run.reason)}" if s.run.reason else ""),
         "",
+    ]
+    if s.left_injected:
+        # First thing after the verdict: what a reader must act on before anything else.
+        lines += ["## Still injected", "",
+                  f"{len(s.left_injected)} fault(s) may still be in place; undo them with `{code(s.left_injected[0].command)}`:", ""]
+        lines += [f"- `{code(x.action_id)}` {cell(x.fault or '?')} on {cell(x.node or '?')}"
+                  + (f" (router `{code(x.router_id)}`)" if x.router_id else "")
+                  + (f": {cell(x.detail)}" if x.detail else ": never undone (the run stopped before its undo)")
+                  for x in s.left_injected]
+        lines.append("")
+    lines += [
         "## Tolerances",
         "",
     ]

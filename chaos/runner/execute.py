@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos import __version__
 from chaos.analysis.hypothesis import check_hypothesis
-from chaos.analysis.summary import summarize, write_summary
-from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError
+from chaos.analysis.summary import left_injected, summarize, write_summary
+from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError, without_rollback_claim
 from chaos.experiment.load import load_experiment
 from chaos.experiment.registry import registry
 from chaos.experiment.schema import Experiment, RouterSelector, combination_problems, format_loc
@@ -417,6 +417,16 @@ async def run_experiment(
         unsubscribe()
         if sys.stderr.isatty() and on_progress is None:
             print(file=sys.stderr)
+    left = left_injected(read_journal(journal.path), run_id)
+    if left and verdict != "left-injected":
+        # Whatever ended the run (an abort through the API, a bug), the journal is the judge: an
+        # undo recorded and never completed means a fault may still be in place, and the run
+        # must not end with a verdict or a reason that says everything was rolled back.
+        listed = ", ".join(f"{x.action_id} ({x.fault} on {x.node})" for x in left)
+        reason = (f"{len(left)} fault(s) could not be undone and may still be in place: {listed}; "
+                  f"`chaos recover {run_id}` undoes them" + (f"; the run had stopped: {without_rollback_claim(reason)}" if reason else ""))
+        verdict, code = "left-injected", ExitCode.LEFT_INJECTED
+        log.error("run stopped", verdict=verdict, reason=reason)
     if verdict == "held":
         if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
             verdict = "deviated"
@@ -455,6 +465,7 @@ def verdict_for(code: int) -> str:
         ExitCode.INTERRUPTED: "interrupted",
         ExitCode.STEADY_STATE_BROKEN: "steady-state-broken",
         ExitCode.INVALID_INPUT: "invalid",
+        ExitCode.LEFT_INJECTED: "left-injected",
     }.get(code, "error")
 
 
@@ -474,6 +485,12 @@ def print_verdict(run_dir: Path) -> None:
     summary = load_summary(run_dir / "summary.json")
     reason = summary.run.reason or ""
     print(f"verdict: {summary.verdict}" + (f" ({reason})" if reason else ""))
+    if summary.left_injected:
+        print(f"STILL INJECTED: {len(summary.left_injected)} fault(s) may still be in place; "
+              f"`{summary.left_injected[0].command}` undoes them:")
+        for x in summary.left_injected:
+            print(f"  {x.action_id}: {x.fault} on {x.node}" + (f" (router {x.router_id})" if x.router_id else "")
+                  + (f": {x.detail}" if x.detail else ""))
     for tol in summary.tolerances:
         mark = "skip" if tol.skipped else "ok  " if tol.ok else "FAIL"
         print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from chaos.errors import Conflict, InfrastructureError, InvalidInput
+from chaos.errors import Conflict, FaultsLeftInjected, InvalidInput
 from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
 from chaos.model import Topology
 from chaos.journal import Journal, JournalError, read_events
@@ -112,5 +112,28 @@ async def _undo(run_dir: Path, pending: dict[str, list[UndoStep]]) -> list[str]:
                 done.append(f"{action_id}: undone ({len(steps)} step(s))")
                 log.info("recovered", action_id=action_id)
     if failures:
-        raise InfrastructureError("could not undo: " + "; ".join(failures), hint="run `chaos recover` again once the nodes answer")
+        raise FaultsLeftInjected("could not undo: " + "; ".join(failures), actions=sorted(f.split(":")[0] for f in failures),
+                                 hint=f"run `chaos recover {run_dir.name}` again once the nodes answer")
     return done
+
+
+MAX_RUNS = 100_000  # bounded scan of the reports folder
+
+
+def pending_runs(reports_dir: Path) -> tuple[list[tuple[Path, list[str]]], list[tuple[Path, str]]]:
+    """Run folders under ``reports_dir`` with undo steps pending (oldest first, with their action
+    ids), and those whose journal cannot be read (with the reason)."""
+    pending: list[tuple[Path, list[str]]] = []
+    unreadable: list[tuple[Path, str]] = []
+    if not reports_dir.is_dir():
+        return pending, unreadable
+    folders = sorted(p for p in reports_dir.iterdir() if (p / "journal.jsonl").is_file())[:MAX_RUNS]
+    for folder in folders:
+        try:
+            actions = pending_undos(folder / "journal.jsonl")
+        except (InvalidInput, OSError) as exc:
+            unreadable.append((folder, getattr(exc, "message", str(exc))))
+            continue
+        if actions:
+            pending.append((folder, sorted(actions)))
+    return pending, unreadable

@@ -18,7 +18,15 @@ from typing import Any
 
 import structlog
 
-from chaos.errors import ChaosError, InfrastructureError, Interrupted, SafeguardAbort, SteadyStateBroken
+from chaos.errors import (
+    ChaosError,
+    FaultsLeftInjected,
+    InfrastructureError,
+    Interrupted,
+    SafeguardAbort,
+    SteadyStateBroken,
+    without_rollback_claim,
+)
 from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
@@ -100,7 +108,7 @@ class Scheduler:
         """Raises SafeguardAbort, SteadyStateBroken or Interrupted; returns when the run completed.
 
         Whatever ended the run, a fault whose undo (and its replay) failed is still in place:
-        that is raised as an InfrastructureError naming it (exit 5), never hidden behind a
+        that is raised as FaultsLeftInjected naming it (exit 9), never hidden behind a
         verdict or an abort that says everything was rolled back.
         """
         loop = asyncio.get_running_loop()
@@ -131,11 +139,12 @@ class Scheduler:
                 loop.remove_signal_handler(sig)
         if self.active:
             left = ", ".join(f"{a} ({f.type} on {f.node.name})" for a, f in sorted(self.active.items()))
-            raise InfrastructureError(
+            raise FaultsLeftInjected(
                 f"{len(self.active)} fault(s) could not be undone and may still be in place: {left}"
-                + (f"; the run had stopped: {failure.message}" if failure is not None else ""),
+                + (f"; the run had stopped: {without_rollback_claim(failure.message)}" if failure is not None else ""),
                 hint=f"`chaos recover {self.ctx.run_id}` replays their undo once the nodes answer; "
                 "a fault with a duration is also undone by its dead-man on the node when it fires",
+                actions=sorted(self.active),
             ) from failure
         if failure is not None:
             raise failure

@@ -283,13 +283,16 @@ def _cloud_region(cloud: str | None) -> Any:
         ) from None
 
 
+LAB_MEMBER_SUFFIX = "-member"
+"""A lab's clouds.yaml names its member (non-admin) user's cloud ``<lab>-member``."""
+
+
 def lab_clouds_file(cloud: str) -> Path | None:
     """The clouds.yaml ``chaos lab up`` wrote for a lab of that name (``<lab>`` or ``<lab>-member``)."""
-    from chaos.lab.keystone import MEMBER_SUFFIX
     from chaos.settings import Settings
 
     root = Settings().lab_root
-    for lab in (cloud, cloud.removesuffix(MEMBER_SUFFIX)):
+    for lab in (cloud, cloud.removesuffix(LAB_MEMBER_SUFFIX)):
         path = root / lab / "clouds.yaml"
         if path.exists():
             return path

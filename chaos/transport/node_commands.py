@@ -447,13 +447,64 @@ def keepalived_pids(agent: AgentContext, rid: str) -> NodeCommand:
     )
 
 
+DUPLICATE_SETTLE_S = 1  # after a start, how long the other starters (the agent) get to show up
+
+
+def _stat_field(pid_var: str, n: int) -> str:
+    """Shell printing field ``n`` of /proc/<pid>/stat counted after the command name (1: state,
+    2: parent pid, 20: start time), for the process in ``pid_var`` (a shell variable reference)."""
+    return f"sed 's/.*) //' /proc/{pid_var}/stat 2>/dev/null | cut -d' ' -f{n}"
+
+
+def _keepalived_dedupe(layout: NeutronLayout, rid: str) -> str:
+    """Shell that leaves exactly one keepalived instance of the router, named by its pid files,
+    when a start raced another.
+
+    "Start unless one runs" is a check then a start, and the node's L3 agent does the same
+    when it respawns keepalived: started in the same instant (``chaos recover`` replaying an
+    undo just as the agent's process monitor fires), both see none and both start, and two
+    keepalived run one VRID on one node for good (found by the interruption campaign). Each
+    starter also removes the pid files first, as Neutron does, so the survivor's may be gone,
+    and the agent, which watches the pid file, would start yet another. So after its start the
+    tool looks again: it keeps the instance the main pid file names (else the oldest), freezes
+    then kills every other main instance (one whose parent is not this router's keepalived)
+    with its children, as a crash would (no cleanup that would remove the kept one's pid
+    files), and writes the kept instance's pid files. A start a moment ago has not become
+    primary yet (it waits Master_Down_Interval), so nothing the killed one held is lost.
+    """
+    pidfile = q(str(layout.keepalived_pid(rid)))
+    vrrp_pidfile = q(str(layout.keepalived_vrrp_pid(rid)))
+    return "; ".join([
+        f"sleep {DUPLICATE_SETTLE_S}",
+        keepalived_running(layout, rid),
+        f"keep=$(head -n1 {pidfile} 2>/dev/null | tr -cd '0-9'); mains=; n=0",
+        f"for x in $running; do pp=$({_stat_field('$x', 2)}); "
+        'case " $running " in *" $pp "*) ;; *) mains="$mains $x"; n=$((n+1));; esac; done',
+        'ok=; if [ -n "$keep" ]; then case " $mains " in *" $keep "*) ok=1;; esac; fi',
+        'if [ -z "$ok" ] && [ "$n" -gt 0 ]; then best=; for x in $mains; do '
+        f"st=$({_stat_field('$x', 20)}); "
+        'if [ -z "$best" ] || [ "$st" -lt "$best" ]; then best=$st; keep=$x; fi; done; fi',
+        'extra=; for x in $mains; do [ "$x" = "$keep" ] || extra="$extra $x"; done',
+        'for x in $extra; do kill -s STOP "$x" 2>/dev/null; done',
+        'for x in $extra; do for c in $running; do '
+        f'[ "$({_stat_field("$c", 2)})" = "$x" ] && kill -s KILL "$c" 2>/dev/null; done; '
+        'kill -s KILL "$x" 2>/dev/null; done',
+        '[ -n "$extra" ] && echo "removed duplicate keepalived:$extra (kept $keep)"',
+        'if [ "$n" -gt 0 ] && [ -z "$ok" ]; then '
+        f'echo "$keep" > {pidfile}; for c in $running; do '
+        f'[ "$({_stat_field("$c", 2)})" = "$keep" ] && echo "$c" > {vrrp_pidfile}; done; '
+        'echo "pid files name keepalived $keep"; fi',
+        "true",
+    ])
+
+
 def _keepalived_start(layout: NeutronLayout, rid: str) -> str:
     argv = ["ip", "netns", "exec", namespace(rid), *layout.keepalived_argv(rid)]
     stale = " ".join(q(str(p)) for p in (layout.keepalived_pid(rid), layout.keepalived_vrrp_pid(rid)))
     return (
         f"{keepalived_running(layout, rid)}; "
         f'if [ -n "$running" ]; then echo "keepalived already running: $running"; '
-        f"else rm -f {stale} && {shlex.join(argv)} && echo 'started keepalived'; fi"
+        f"else rm -f {stale} && {shlex.join(argv)} && echo 'started keepalived' && {{ {_keepalived_dedupe(layout, rid)}; }}; fi"
     )
 
 

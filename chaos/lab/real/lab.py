@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chaos.errors import InfrastructureError
 from chaos.lab import fabric
+from chaos.lab.inventory import write_inventory
 from chaos.lab.keystone import ensure_config, write_clouds_yaml
-from chaos.lab.node import power_on
+from chaos.lab.node import new_credentials, power_on
+from chaos.lab.placement import locked_plan
 from chaos.lab.real import build, controller, vms
-from chaos.lab.real.config import ensure_secrets, write_controller_files, write_node_files
-from chaos.lab.services import new_credentials
+from chaos.lab.real.config import (
+    ensure_secrets,
+    write_controller_files,
+    write_node_files,
+)
 from chaos.lab.spec import LabSpec
 
 if TYPE_CHECKING:
@@ -153,22 +158,20 @@ def _wait_floating_ips(spec: LabSpec, lab_dir: Path, progress: Callable[[str], N
     progress("every floating IP answers")
 
 
-def sync_placement(lab: Lab, admin: Any) -> bool:
+def sync_placement(lab_dir: Path, admin: Any) -> bool:
     """Rewrite the plan and the inventory when Neutron moved replicas (an evacuation through the
     API, by the tool or by hand): the emulated lab's API does this as it moves them; here the
     lab's services process asks Neutron every few seconds. True when something changed."""
-    from chaos.lab.placement import locked_plan
-
-    if not (lab.dir / BUILT_MARKER).exists():
+    if not (lab_dir / BUILT_MARKER).exists():
         return False
-    spec = lab.spec()
+    spec = LabSpec.load(lab_dir / "lab.json")
     now = build.current_replicas(admin, [r.id for r in spec.routers])
-    with locked_plan(lab.dir) as spec:
+    with locked_plan(lab_dir) as spec:
         changed = [r for r in spec.routers if now.get(r.id) and now[r.id] != r.replicas]
         if not changed:
             return False
         routers = tuple(r.model_copy(update={"replicas": now[r.id]}) if r in changed else r for r in spec.routers)
         spec = spec.model_copy(update={"routers": routers})
-        spec.save(lab.spec_path)
-        lab.write_inventory(spec)
+        spec.save(lab_dir / "lab.json")
+        write_inventory(lab_dir, spec)
     return True
