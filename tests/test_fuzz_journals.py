@@ -267,3 +267,24 @@ def test_recover_with_a_damaged_line_still_undoes_the_rest(
     assert out.count("undone") == 3  # the other three actions
     left = [x for x in net.injected() if "dead-man" not in x]
     assert left and all(x.startswith(f"{victim['node']}:") for x in left), left
+
+
+def test_the_operators_start_scan_reads_past_a_damaged_journal(tmp_path: Path) -> None:
+    """A damaged journal among the run folders must not stop ``chaos serve`` from starting: the
+    scan for runs it left unfinished uses what can be read (the damaged run is then recovered
+    as far as its readable part goes, and stays unfinished if that fails)."""
+    from chaos.journal import Journal
+    from chaos.operator.recovery import unfinished_folders
+
+    for name, damaged, finished in (("a-damaged", True, False), ("b-clean", False, False), ("c-done", False, True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        with Journal(folder / "journal.jsonl") as journal:
+            journal.write("run.started", run_id=name, experiment="x.yaml", trigger={"kind": "schedule", "operator": "op1"})
+            if finished:
+                journal.write("run.finished", verdict="held", exit_code=0, reason="")
+        if damaged:
+            with (folder / "journal.jsonl").open("ab") as f:
+                f.write(b'{"t": 1, "kind": "fault.injected", "action_id": 7}\n{"t": 2, "kind": "run.plan"}\n')
+    assert [f.name for f in unfinished_folders(tmp_path, "op1")] == ["a-damaged", "b-clean"]
+    assert unfinished_folders(tmp_path, "op2") == []

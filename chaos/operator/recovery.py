@@ -16,11 +16,27 @@ from pathlib import Path
 from chaos.errors import ChaosError, ExitCode
 from chaos.log import get_logger
 from chaos.report.render import render_reports
-from chaos.journal import Journal, read_journal
+from chaos.journal import Journal, JournalError, read_journal
 from chaos.runner.recover import recover
 from chaos.state.store import Store
 
 log = get_logger("recovery")
+
+
+def _scan(journal: Path, operator: str) -> tuple[bool, bool]:
+    """(started by ``operator``, finished) as far as the journal can be read: a damaged line
+    ends the reading with a warning instead of stopping the operator's start."""
+    ours = finished = False
+    try:
+        for event in read_journal(journal):
+            if event.get("kind") == "run.started":
+                trigger = event.get("trigger")
+                ours = isinstance(trigger, dict) and trigger.get("operator") == operator
+            elif event.get("kind") == "run.finished":
+                finished = True
+    except JournalError as exc:
+        log.warning("a run's journal is damaged; its readable part is used", journal=str(journal), error=exc.message)
+    return ours, finished
 
 
 def unfinished_folders(runs_dir: Path, operator: str) -> list[Path]:
@@ -32,13 +48,7 @@ def unfinished_folders(runs_dir: Path, operator: str) -> list[Path]:
         journal = folder / "journal.jsonl"
         if not journal.is_file():
             continue
-        ours = finished = False
-        for event in read_journal(journal):
-            if event.get("kind") == "run.started":
-                trigger = event.get("trigger")
-                ours = isinstance(trigger, dict) and trigger.get("operator") == operator
-            elif event.get("kind") == "run.finished":
-                finished = True
+        ours, finished = _scan(journal, operator)
         if ours and not finished:
             found.append(folder)
     return found
@@ -57,7 +67,7 @@ async def recover_unfinished(store: Store, runs_dir: Path, operator: str) -> lis
                                                           "reason": "the operator stopped before the run began"}))
     recovered = []
     for folder in sorted(folders):
-        if any(e.get("kind") == "run.finished" for e in read_journal(folder / "journal.jsonl")):
+        if _scan(folder / "journal.jsonl", operator)[1]:
             await store.index_folder(folder)  # finished after all; the index had not heard of it
             continue
         log.warning("recovering a run the operator left unfinished", run=folder.name)
