@@ -52,6 +52,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -1107,3 +1108,34 @@ def experiment_yaml(
         f"probes:\n  {probes}\n  warmup: {warmup}\n  settle: 0s\n"
         f"steady_state_hypothesis:\n  title: fake\n  tolerances:\n    {tolerances}\n"
     )
+
+
+def crashed_run(net: FakeNetwork, experiment: Path, reports: Path) -> Path:
+    """A run folder as a run killed with kill -9 mid-fault leaves it: the plan made by the real
+    planner, each undo journaled before its injection (with its digest, as the scheduler does),
+    the faults injected by the real fault code, nothing undone. Returns the folder."""
+    from chaos.experiment.load import load_experiment
+    from chaos.faults.base import FaultContext
+    from chaos.journal import Journal
+    from chaos.journal.events import undo_digest
+    from chaos.runner.execute import make_plan
+
+    async def crash() -> Path:
+        exp = load_experiment(experiment)
+        run_dir = reports / "20270101T000000Z-crash-000000"
+        run_dir.mkdir(parents=True)
+        (run_dir / "topology.json").write_text(net.topology.model_dump_json())
+        with Journal(run_dir / "journal.jsonl") as journal:
+            async with net.pool()(net.topology.nodes) as ssh:
+                ctx = FaultContext(topology=net.topology, ssh=ssh, run_id=run_dir.name)
+                plan, faults, _ = await make_plan(exp, net.topology, ssh, ctx)
+                for action in plan.actions:
+                    fault = faults[action.action_id]
+                    undo = [s.model_dump() for s in fault.undo_steps()]
+                    journal.write("fault.undo_recorded", action_id=action.action_id, fault=action.fault,
+                                  router_id=action.router_id, node=action.node, undo=undo, undo_sha256=undo_digest(undo))
+                    journal.write("fault.injected", action_id=action.action_id, fault=action.fault,
+                                  router_id=action.router_id, node=action.node, detail=await fault.inject(), inject_s=0.0)
+        return run_dir
+
+    return asyncio.run(crash())

@@ -6,7 +6,6 @@ these call ``chaos.cli.main``; tests/test_engine.py runs the same paths against 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,8 @@ import pytest
 
 from chaos import cli
 from chaos.errors import ExitCode
-from chaos.experiment.load import load_experiment
-from chaos.faults.base import FaultContext
-from chaos.journal import Journal, read_journal
+from chaos.journal import read_journal
 from chaos.log import configure_logging
-from chaos.runner.execute import make_plan
 from chaos.transport import node_commands as nc
 from tests import fakenode
 from tests.fakenode import FakeNetwork
@@ -195,27 +191,7 @@ def test_a_bug_is_an_internal_error_70_and_still_rolls_back(fake_network: FakeFa
 
 # --------------------------------------------------------------------------- chaos recover
 def crashed_run(net: FakeNetwork, tmp_path: Path, fault: str) -> Path:
-    return asyncio.run(_crashed_run(net, tmp_path, fault))
-
-
-async def _crashed_run(net: FakeNetwork, tmp_path: Path, fault: str) -> Path:
-    """A run folder as a run killed with kill -9 mid-fault leaves it: the undo journaled before
-    the injection (as the scheduler does), the fault injected by the real fault code, no undo."""
-    exp = load_experiment(write(tmp_path, net, fault))
-    run_dir = tmp_path / "reports" / "20270101T000000Z-crash-000000"
-    run_dir.mkdir(parents=True)
-    (run_dir / "topology.json").write_text(net.topology.model_dump_json())
-    with Journal(run_dir / "journal.jsonl") as journal:
-        async with net.pool()(net.topology.nodes) as ssh:
-            ctx = FaultContext(topology=net.topology, ssh=ssh, run_id=run_dir.name)
-            plan, faults, _ = await make_plan(exp, net.topology, ssh, ctx)
-            for action in plan.actions:
-                fault = faults[action.action_id]
-                journal.write("fault.undo_recorded", action_id=action.action_id, fault=action.fault,
-                              router_id=action.router_id, node=action.node, undo=[s.model_dump() for s in fault.undo_steps()])
-                journal.write("fault.injected", action_id=action.action_id, fault=action.fault, router_id=action.router_id,
-                              node=action.node, detail=await fault.inject(), inject_s=0.0)
-    return run_dir
+    return fakenode.crashed_run(net, write(tmp_path, net, fault), tmp_path / "reports")
 
 
 @pytest.mark.parametrize("fault", [
@@ -378,3 +354,32 @@ async def test_an_abort_whose_undo_fails_does_not_claim_a_rollback(
     assert end["verdict"] == "left-injected" and end["exit_code"] == 9
     assert "rolled back" not in end["reason"] and f"chaos recover {run_dir.name}" in end["reason"], end["reason"]
     assert "aborted by ops" in end["reason"]
+
+
+@pytest.mark.parametrize("edit", ["older-journal", "tampered"])
+def test_recover_checks_the_undo_steps_against_their_digest(
+    fake_network: FakeFactory, tmp_path: Path, chaos: Any, edit: str
+) -> None:
+    """recover runs the journaled undo commands as root: a step changed after it was written
+    (still valid JSON) is refused, never run; a journal from before the digest still recovers."""
+    net = fake_network()
+    run_dir = crashed_run(net, tmp_path, "  type: ha-link-down\n  replica: primary\n  duration: 60s")
+    path = run_dir / "journal.jsonl"
+    lines = []
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event["kind"] == "fault.undo_recorded":
+            if edit == "older-journal":
+                del event["undo_sha256"]
+            else:
+                event["undo"][0]["command"] += "; touch /tmp/pwned"
+        lines.append(json.dumps(event))
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = chaos("recover", str(run_dir))
+    if edit == "older-journal":
+        assert code == ExitCode.OK, err
+        assert net.injected() == []
+    else:
+        assert code != ExitCode.OK and "undo_sha256" in err + out, (code, out, err)
+        assert not net.unmodelled, f"the changed command reached a node: {net.unmodelled}"
+        assert net.injected(), "nothing was undone with steps that do not match their digest"

@@ -13,7 +13,6 @@ damaged, and a damaged line (not a torn last one) makes the command exit 3 namin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -29,12 +28,8 @@ from hypothesis import strategies as st
 
 from chaos.cli import main
 from chaos.errors import ExitCode
-from chaos.experiment.load import load_experiment
-from chaos.faults.base import FaultContext
 from chaos.journal import Journal, read_journal
-from chaos.journal.events import undo_digest
 from chaos.log import configure_logging
-from chaos.runner.execute import make_plan
 from tests import fakenode
 from tests.fakenode import FakeNetwork
 
@@ -143,28 +138,10 @@ def test_report_of_a_damaged_journal_renders_or_names_the_line(run: Path, data: 
 
 # --------------------------------------------------------------------------- chaos recover
 def crashed_run(net: FakeNetwork, tmp: Path) -> Path:
-    """A run killed mid-fault (as tests/test_cli_fast.py makes one): undo recorded, fault injected."""
-    async def go() -> Path:
-        (tmp / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
-        (tmp / "exp.yaml").write_text(fakenode.experiment_yaml("inv.yaml", LINK_DOWN))
-        exp = load_experiment(tmp / "exp.yaml")
-        run_dir = tmp / "reports" / "20270101T000000Z-crash-000000"
-        run_dir.mkdir(parents=True)
-        (run_dir / "topology.json").write_text(net.topology.model_dump_json())
-        with Journal(run_dir / "journal.jsonl") as journal:
-            async with net.pool()(net.topology.nodes) as ssh:
-                ctx = FaultContext(topology=net.topology, ssh=ssh, run_id=run_dir.name)
-                plan, faults, _ = await make_plan(exp, net.topology, ssh, ctx)
-                for action in plan.actions:
-                    fault = faults[action.action_id]
-                    undo = [s.model_dump() for s in fault.undo_steps()]
-                    journal.write("fault.undo_recorded", action_id=action.action_id, fault=action.fault,
-                                  router_id=action.router_id, node=action.node, undo=undo, undo_sha256=undo_digest(undo))
-                    journal.write("fault.injected", action_id=action.action_id, fault=action.fault,
-                                  router_id=action.router_id, node=action.node, detail=await fault.inject(), inject_s=0.0)
-        return run_dir
-
-    return asyncio.run(go())
+    """A run killed mid-fault (tests/fakenode.py's crashed_run): undo recorded, fault injected."""
+    (tmp / "inv.yaml").write_text(fakenode.inventory_yaml(net.topology))
+    (tmp / "exp.yaml").write_text(fakenode.experiment_yaml("inv.yaml", LINK_DOWN))
+    return fakenode.crashed_run(net, tmp / "exp.yaml", tmp / "reports")
 
 
 def readable_undos(journal: Path) -> dict[str, tuple[str, str, bytes]]:
