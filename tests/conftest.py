@@ -2,7 +2,8 @@
 
 Two tiers: ``pytest -m "not lab"`` is the quick loop (no root, no lab, no kernel: the fake
 network node of ``tests/fakenode.py`` stands in for the nodes), ``pytest -m lab`` the proof on
-real namespaces. Every test that uses a lab fixture is marked ``lab`` here, whatever its file
+real namespaces and real processes (tests marked ``system`` run chaos serve, PostgreSQL,
+Chromium or Neutron's reference code: they belong to the proof too). Every test that uses a lab fixture is marked ``lab`` here, whatever its file
 says, and so is every test marked ``root`` (it needs root without a lab: a private PostgreSQL
 run as another user, ``chaos lab up`` reaching its checks), so the quick tier never meets a
 test it cannot run. Asked for lab tests (``-m`` selecting any) without root, the session stops
@@ -47,10 +48,13 @@ LAB_FIXTURES = frozenset({"lab", "kolla_lab", "make_lab"})
 
 @pytest.hookimpl(tryfirst=True)  # before the -m selection, which reads the markers added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``lab`` every test that uses a lab (directly or through another fixture) or needs root."""
+    """Mark ``lab`` every test that uses a lab (directly or through another fixture), needs root,
+    or is a ``system`` test (it runs chaos serve, PostgreSQL, Chromium or Neutron's reference
+    code: the proof that the pieces work together, seconds each, not the quick loop's job)."""
     for item in items:
         uses_lab = bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
-        if (uses_lab or item.get_closest_marker("root")) and not item.get_closest_marker("lab"):
+        heavy = item.get_closest_marker("root") or item.get_closest_marker("system")
+        if (uses_lab or heavy) and not item.get_closest_marker("lab"):
             item.add_marker(pytest.mark.lab)
 
 

@@ -48,6 +48,8 @@ from chaos.lab.spec import LabOptions, plan_lab
 from tests.conftest import IN_CI, LabHandle
 from tests.fidelity.reference import neutron_api_reference, require_reference
 
+pytestmark = pytest.mark.system  # see tests/conftest.py: the proof tier
+
 RULES = ["get_l3-agents", "get_l3-routers", "create_l3-router", "delete_l3-router"]
 
 

@@ -31,6 +31,8 @@ from chaos.transport import node_commands as nc
 from tests.conftest import IN_CI, LabHandle, wait_lab_ready
 from tests.fidelity.reference import neutron_reference, require_reference
 
+pytestmark = pytest.mark.system  # see tests/conftest.py: the proof tier
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _reference_installed() -> None:

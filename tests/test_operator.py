@@ -31,6 +31,8 @@ from chaos.state.store import RunRow, Store, index_row
 from tests.conftest import CHAOS_CLI, IN_CI
 from tests.test_operator_lab import Operator, wait_for
 
+pytestmark = pytest.mark.system  # see tests/conftest.py: the proof tier
+
 DATA_RUNS = Path(__file__).resolve().parent / "data" / "runs"
 WEBHOOK_SECRET = "T000/B000/webhook-secret-xyz"
 

@@ -27,6 +27,8 @@ from tests.conftest import IN_CI
 from tests.test_operator import write
 from tests.test_operator_lab import Operator, wait_for
 
+pytestmark = pytest.mark.system  # see tests/conftest.py: the proof tier
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "pg-secret-pw-31337"
 

@@ -20,6 +20,8 @@ from chaos.analysis.summary import load_summary
 from chaos.report.render import render_reports
 from tests.test_report_journals import RouterPlan, synth_run
 
+pytestmark = pytest.mark.system  # see tests/conftest.py: the proof tier
+
 ROOT = Path(__file__).resolve().parent.parent
 
 def _artifacts() -> Path:
