@@ -132,8 +132,9 @@ def make_lab() -> Iterator[Callable[..., LabHandle]]:
     created: list[Lab] = []
     by_options: dict[tuple[str, str], LabHandle] = {}
 
-    def make(suffix: str = "", **options: object) -> LabHandle:
-        """The same suffix and options give the same lab; other options get a lab of their own."""
+    def make(suffix: str = "", *, timeout: float = 180, **options: object) -> LabHandle:
+        """The same suffix and options give the same lab; other options get a lab of their own.
+        ``timeout``: for the bring-up (the neutron backend needs minutes on a loaded machine)."""
         require_lab_prerequisites()
         key = (suffix, repr(sorted(options.items())))
         if key in by_options:
@@ -145,7 +146,7 @@ def make_lab() -> Iterator[Callable[..., LabHandle]]:
             name = lab_name(f"{suffix}{n}")
         lab = Lab(LAB_ROOT, name)
         created.append(lab)
-        spec = lab.up(LabOptions(name=lab.name, **options), timeout=180)
+        spec = lab.up(LabOptions(name=lab.name, **options), timeout=timeout)
         by_options[key] = LabHandle(lab, spec)
         return by_options[key]
 

@@ -45,7 +45,7 @@ def require_neutron_backend() -> None:
 @pytest.fixture(scope="module")
 def nlab(make_lab: Callable[..., LabHandle]) -> LabHandle:
     require_neutron_backend()
-    return make_lab("n", backend="neutron", nodes=3, routers=2, respawn_interval=5.0, boot_delay=2.0)
+    return make_lab("n", timeout=600, backend="neutron", nodes=3, routers=2, respawn_interval=5.0, boot_delay=2.0)
 
 
 def run_experiment(lab: LabHandle, experiment: Path, tmp: Path, *, timeout: float = 420) -> tuple[int, dict[str, Any], str]:

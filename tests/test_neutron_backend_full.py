@@ -31,7 +31,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def flab(make_lab: Callable[..., LabHandle]) -> LabHandle:
     require_neutron_backend()
-    return make_lab("f", backend="neutron", nodes=3, routers=2, respawn_interval=5.0, boot_delay=2.0)
+    return make_lab("f", timeout=600, backend="neutron", nodes=3, routers=2, respawn_interval=5.0, boot_delay=2.0)
 
 
 def placement(lab: LabHandle) -> dict[str, list[str]]:
