@@ -38,6 +38,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHAOS_CLI = (sys.executable, "-m", "chaos")
 
 
+def budget(examples: int) -> int:
+    """A property test's or fuzzer's number of examples: all of them in CI (the same inputs every
+    run: they are derandomized), a third in the quick loop, whose point is seconds."""
+    return examples if IN_CI else max(10, examples // 3)
+
+
 def lab_name(suffix: str = "") -> str:
     """Names unique per test process, so concurrent test runs never share a lab."""
     return f"t{os.getpid() % 100000}{suffix}"[:10]

@@ -28,6 +28,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from chaos.cli import main
 from chaos.errors import ExitCode
+from tests.conftest import budget
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -49,7 +50,7 @@ TEXT_SEEDS = SHIPPED + BROKEN
 # API or node, missing prerequisites, no such lab (docs: README's exit codes, chaos.errors.ExitCode).
 DRY_RUN_CODES = {ExitCode.OK, ExitCode.USAGE, ExitCode.INVALID_INPUT, ExitCode.INFRASTRUCTURE,
                  ExitCode.PREREQUISITES, ExitCode.CONFLICT}
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=budget(120), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -238,7 +239,7 @@ def test_validate_survives_one_mutated_byte_pattern(workdir: Path, seed: Path, d
     check_validate(_write(workdir, f"text-{seed.name}", mutate_text(seed.read_text(), data)))
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=budget(40))
 @given(seed=st.sampled_from(SHIPPED), data=st.data())
 def test_dry_run_survives_one_mutation(workdir: Path, seed: Path, data: st.DataObject) -> None:
     if data.draw(st.booleans(), label="structured"):
@@ -320,7 +321,7 @@ FAKE_FAULTS = [
 ]
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=budget(40))
 @given(fault=st.sampled_from(FAKE_FAULTS), data=st.data())
 def test_dry_run_on_the_fake_network_plans_or_refuses_a_mutated_experiment(fault: str, data: st.DataObject) -> None:
     """Past validation: a mutated experiment that is still valid reaches planning (the fake

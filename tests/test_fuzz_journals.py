@@ -32,6 +32,7 @@ from chaos.journal import Journal, read_journal
 from chaos.log import configure_logging
 from tests import fakenode
 from tests.fakenode import FakeNetwork
+from tests.conftest import budget
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = sorted(p for p in (ROOT / "tests/data/runs").iterdir() if (p / "journal.jsonl").is_file())
@@ -120,7 +121,7 @@ def check_clear_failure(code: int, err: str, journal: Path) -> None:
 
 
 # --------------------------------------------------------------------------- chaos report
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=budget(60))
 @given(run=st.sampled_from(RUNS), data=st.data())
 @example(run=RUNS[0], data=None)  # the untouched journal renders
 def test_report_of_a_damaged_journal_renders_or_names_the_line(run: Path, data: st.DataObject | None) -> None:
@@ -161,7 +162,7 @@ def readable_undos(journal: Path) -> dict[str, tuple[str, str, bytes]]:
     return out
 
 
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=budget(25))
 @given(data=st.data())
 def test_recover_undoes_what_the_readable_part_lists(data: st.DataObject) -> None:
     # a fake network per example, installed for this example only (fakenode.install patches the

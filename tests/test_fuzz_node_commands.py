@@ -27,12 +27,13 @@ from pydantic import ValidationError
 from chaos.deployment import AgentContext
 from chaos.neutron import NeutronLayout
 from chaos.transport import node_commands as nc
+from tests.conftest import budget
 
 RID = "cfff158b-fb81-50e1-abe2-769b312e5ed7"
 HA = "ha-e7dbb7a0-b5"
 MARK = "chaos-run1.a2"
 PH = "PHzq9"  # placeholder that no template contains
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=budget(150), deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 SHELLY = st.sampled_from([
     "; reboot", "$(reboot)", "`id`", "' ; rm -rf / #", '"; id; "', "a\nb", "&& true", "| sh", "> /etc/x", "$HOME",

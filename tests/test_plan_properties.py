@@ -32,8 +32,9 @@ from chaos.runner.plan import (
     select_routers,
 )
 from tests.fakenode import FakeNetwork
+from tests.conftest import budget
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=budget(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -191,7 +192,7 @@ EXPERIMENT = {
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=budget(60), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     topologies(),
     safeguards,

@@ -402,8 +402,9 @@ class OpenStackClient:
                                        kind=kind, detail=detail) from None
                     if isinstance(exc, os_exc.SDKException):
                         raise InfrastructureError(f"OpenStack API ({self.cloud}): {what} failed: {_short(exc)}") from None
-                    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | IndexError):
-                        # the SDK choking on the answer (not JSON, a list where an object belongs):
+                    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | IndexError | RecursionError):
+                        # the SDK choking on the answer (not JSON, a list where an object belongs,
+                        # JSON nested deeper than the decoder's recursion limit):
                         # the API's fault, not a bug here (found by tests/test_fuzz_neutron_api.py)
                         raise InfrastructureError(
                             f"OpenStack API ({self.cloud}): {what}: the answer could not be read "
@@ -616,7 +617,7 @@ async def discover(
     """
     try:
         return await _discover(client, inventory=inventory, name=name, project=project, tags=tags)
-    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:  # ValidationError is a ValueError
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError, RecursionError) as exc:  # ValidationError is a ValueError
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise InfrastructureError(
             f"cloud {client.cloud!r}: the Neutron API answered something discovery cannot read "
