@@ -241,7 +241,7 @@ def test_the_example_plugin_runs_on_the_lab(example_plugin: Path, lab: LabHandle
     lab_is_clean(lab)
 
 
-def test_the_example_plugin_is_dropped_from_a_checkout_that_lacks_it() -> None:
+def test_no_shipped_experiment_needs_a_plugin() -> None:
     """The shipped experiments never depend on a plugin (a fresh install runs them all)."""
     for path in sorted((ROOT / "experiments").glob("*.yaml")):
         assert "floating-ip-drop" not in path.read_text(), path
