@@ -224,6 +224,16 @@ async def first_wave(exp: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def reference_effect(ref: dict[str, Any], wave: list[tuple[str, str, str]], watchers: Watchers,
+                     status: dict[str, Any]) -> None:
+    """The kernel's removal of each old primary's last address after the reference's commands."""
+    wanted = {r["id"]: {r["gateway_ip"].split("/")[0], *(f["address"] for f in r["floating_ips"])} for r in status["routers"]}
+    flips = [f for node, rid, _ in wave
+             if (f := _kernel_flip(watchers.events.get((rid, node), []), wanted[rid], ref["t0"], lost=True)) is not None]
+    ref["effect_spread_s"] = (max(flips) - min(flips)) if flips else None
+    ref["effect_n"] = len(flips)
+
+
 def reference_wave(lab: str, wave: list[tuple[str, str, str]]) -> dict[str, Any]:
     """One OpenSSH command per replica, in sequence, as tobiko / os-faults inject."""
     from chaos.model import Topology
@@ -251,6 +261,7 @@ def reference_wave(lab: str, wave: list[tuple[str, str, str]]) -> dict[str, Any]
         "per_command_p50_s": statistics.median(per),
         "per_command_max_s": max(per),
         "failed": failed,
+        "t0": min(starts),
     }
 
 
@@ -446,6 +457,15 @@ def analyse(journal: Path, watchers: Watchers | None, status: dict[str, Any]) ->
             "duration_s": (max(rec) - min(starts)) if rec else None,
         })
     out["waves"] = rows
+    wanted = {r["id"]: {r["gateway_ip"].split("/")[0], *(f["address"] for f in r["floating_ips"])} for r in status["routers"]}
+    if watchers is not None:
+        # When SIGTERM took effect: the kernel's removal of the old primary's last address.
+        for row, wave in zip(rows, (w for w in waves if any(a in injected for a in w))):
+            flips = [f for a in wave if a in injected and (f := _kernel_flip(
+                watchers.events.get((injected[a]["router_id"], injected[a]["node"]), []),
+                wanted[injected[a]["router_id"]], injected[a]["t"], lost=True)) is not None]
+            row["effect_spread_s"] = (max(flips) - min(flips)) if flips else None
+            row["effect_n"] = len(flips)
     undo_s = [undone[a]["t"] - verified[a]["t"] for a in undone if a in verified]
     out["undo_s"] = {"p50": pct(undo_s, 0.5), "max": max(undo_s, default=float("nan")), "n": len(undo_s)}
     out["restarted_by"] = dict(sorted(
@@ -462,7 +482,6 @@ def analyse(journal: Path, watchers: Watchers | None, status: dict[str, Any]) ->
     for e in by_kind["observe.replica"]:
         obs[(e["router_id"], e["node"])].append(e)
     replicas = {r["id"]: [rep["node"] for rep in r["replicas"]] for r in status["routers"]}
-    wanted = {r["id"]: {r["gateway_ip"].split("/")[0], *(f["address"] for f in r["floating_ips"])} for r in status["routers"]}
     journal_lag, loss_lag, gain_lag, unmatched = [], [], [], 0
     for aid, inj in injected.items():
         rid, node = inj["router_id"], inj["node"]
@@ -550,7 +569,9 @@ def summary_figures(journal: Path) -> dict[str, Any]:
     keep = {}
     for name in ("outage_s", "failover_s", "no_primary_s", "split_brain_s", "tcp_dropped", "tcp_max_stall_s"):
         if name in data.get("aggregates", {}):
-            keep[name] = {k: v for k, v in data["aggregates"][name].items() if k in ("p50", "p95", "max", "count")}
+            agg = data["aggregates"][name]
+            if agg.get("count"):
+                keep[name] = {k: v for k, v in agg.items() if k in ("p50", "p95", "max", "count")}
     return keep
 
 
@@ -573,6 +594,8 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
               f"spread {ms(ref['spread_start_s'])} (first to last start), {ms(ref['spread_landed_s'])} to the last "
               f"command's end; per command p50 {ms(ref['per_command_p50_s'])}, max {ms(ref['per_command_max_s'])}; "
               f"{ref['failed']} failed; settled again after {ref['settle_s']:.0f} s")
+        if ref.get("effect_n"):
+            print(f"  kernel: first to last old primary's address removal {ms(ref['effect_spread_s'])} (n={ref['effect_n']})")
     run = r.get("run")
     if run:
         a = run["analysis"]
@@ -581,7 +604,9 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         for w in a.get("waves", []):
             print(f"  wave {w['wave']}: {w['injected']}/{w['actions']} injected on {w['nodes']} nodes: spread "
                   f"{ms(w['spread_start_s'])} (starts), {ms(w['spread_landed_s'])} (to the last command's end); "
-                  f"inject p50 {ms(w['inject_s_p50'])}; wave done after {w['duration_s'] or 0:.1f} s")
+                  f"inject p50 {ms(w['inject_s_p50'])}; wave done after {w['duration_s'] or 0:.1f} s"
+                  + (f"; kernel: address removals {ms(w['effect_spread_s'])} first to last (n={w['effect_n']})"
+                     if w.get("effect_n") else ""))
         full = [w for w in a.get("waves", []) if w["actions"] == args.wave] or a.get("waves", [])
         if full and ref:
             cs = statistics.median(w["spread_start_s"] for w in full)
@@ -589,6 +614,11 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"  RATIO reference / chaos, spread of a wave of {full[0]['actions']}: starts {ref['spread_start_s'] / max(cs, 1e-6):.0f}x, "
                   f"to the last end {ref['spread_landed_s'] / max(cl, 1e-6):.1f}x (chaos median over {len(full)} full waves: "
                   f"{ms(cs)}, {ms(cl)})")
+            effects = [w["effect_spread_s"] for w in full if w.get("effect_spread_s") is not None]
+            if effects and ref.get("effect_spread_s"):
+                ce = statistics.median(effects)
+                print(f"  RATIO reference / chaos, kernel address removals first to last: {ref['effect_spread_s'] / max(ce, 1e-6):.1f}x "
+                      f"({ms(ref['effect_spread_s'])} vs {ms(ce)})")
         lj = a.get("observer_lag_journal", {})
         print(f"  observer, injection start -> old primary seen without the addresses: p50 {ms(lj.get('p50'))} "
               f"p99 {ms(lj.get('p99'))} max {ms(lj.get('max'))} (n={lj.get('n')}; includes the SSH command and keepalived's SIGTERM handling)")
@@ -665,22 +695,23 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         exp = workdir / "scale.yaml"
         exp.write_text(experiment_yaml(args, name, lab["routers"], lab["nodes"]))
-        if not args.skip_reference:
-            wave = (await first_wave(exp))[: args.wave]
-            print(f"reference: {len(wave)} OpenSSH commands in sequence ...", flush=True)
-            ref = await asyncio.to_thread(reference_wave, name, wave)
-            ref["settle_s"] = await asyncio.to_thread(wait_settled, name, SETTLE_TIMEOUT)
-            result["reference"] = ref
-            await asyncio.sleep(args.advert_int * 2)  # the respawned replicas' first adverts
-
         status = lab_status(name)
         watchers = None
-        if not args.no_kernel_watch:
-            watchers = Watchers()
-            await watchers.start(name, status)
-            print(f"{len(watchers.procs)} local address monitors started", flush=True)
-        arp_run0 = arp_state()
         try:
+            if not args.no_kernel_watch:
+                watchers = Watchers()
+                await watchers.start(name, status)
+                print(f"{len(watchers.procs)} local address monitors started", flush=True)
+            if not args.skip_reference:
+                wave = (await first_wave(exp))[: args.wave]
+                print(f"reference: {len(wave)} OpenSSH commands in sequence ...", flush=True)
+                ref = await asyncio.to_thread(reference_wave, name, wave)
+                ref["settle_s"] = await asyncio.to_thread(wait_settled, name, SETTLE_TIMEOUT)
+                if watchers is not None:
+                    reference_effect(ref, wave, watchers, status)
+                result["reference"] = ref
+                await asyncio.sleep(args.advert_int * 2)  # the respawned replicas' first adverts
+            arp_run0 = arp_state()
             run = await chaos_run(exp, workdir / "run")
         finally:
             if watchers is not None:
