@@ -818,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wave", type=int, default=50, help="routers per wave (safeguards.max_concurrent_routers)")
     parser.add_argument("--icmp-ms", type=int, default=20)
     parser.add_argument("--tcp-sessions", type=int, default=1, help="inbound TCP sessions held per router (0: none)")
-    parser.add_argument("--arp-per-router", type=int, default=8, help="neighbour entries a router takes (measured: 6-8)")
+    parser.add_argument("--arp-per-router", type=int,
+                        help="neighbour entries a router takes (default: the lab's own estimate, NEIGHBOURS_PER_ROUTER)")
     parser.add_argument("--ignore-arp-limit", action="store_true",
                         help="run the size asked for even if the host's ARP table (gc_thresh3) looks too small")
     parser.add_argument("--up-only", action="store_true", help="only bring the lab up and down, timed")
@@ -832,6 +833,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         sys.exit("run as root: the lab needs network, mount and PID namespaces")
     args.routers = max(1, min(args.routers, 2000))
+    if args.arp_per_router is None:
+        from chaos.lab.manager import NEIGHBOURS_PER_ROUTER
+
+        args.arp_per_router = NEIGHBOURS_PER_ROUTER
     args.wave = max(1, args.wave)
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     result = asyncio.run(bench(args))
