@@ -452,6 +452,9 @@ def analyse(journal: Path, watchers: Watchers | None, status: dict[str, Any]) ->
         rows.append({
             "wave": i, "actions": len(wave), "injected": len(inj),
             "nodes": len({actions[a]["node"] for a in wave}),
+            # SshPool runs at most 8 channels per node and the observer's stream holds one for
+            # the whole run: beyond 7 actions on one node, injections wait for a free channel
+            "max_per_node": max(sum(1 for b in wave if actions[b]["node"] == actions[a]["node"]) for a in wave),
             "spread_start_s": max(starts) - min(starts), "spread_landed_s": max(ends) - min(starts),
             "inject_s_p50": statistics.median(e["inject_s"] for e in inj),
             "duration_s": (max(rec) - min(starts)) if rec else None,
@@ -605,7 +608,8 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"chaos run: exit {run['exit']} (verdict {a.get('verdict')}), wall {run['wall_s']:.1f} s, "
               f"time to plan {a.get('plan_s', 0):.2f} s")
         for w in a.get("waves", []):
-            print(f"  wave {w['wave']}: {w['injected']}/{w['actions']} injected on {w['nodes']} nodes: spread "
+            print(f"  wave {w['wave']}: {w['injected']}/{w['actions']} injected on {w['nodes']} nodes "
+                  f"(at most {w['max_per_node']} on one): spread "
                   f"{ms(w['spread_start_s'])} (starts), {ms(w['spread_landed_s'])} (to the last command's end); "
                   f"inject p50 {ms(w['inject_s_p50'])}; wave done after {w['duration_s'] or 0:.1f} s"
                   + (f"; kernel: address removals {ms(w['effect_spread_s'])} first to last (n={w['effect_n']})"
