@@ -123,13 +123,21 @@ def host_busy() -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- lab
 def run_timed(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Run a command, timed; returns (seconds, exit status, its progress log as "+S.s message" lines)."""
     print("$", " ".join(argv), flush=True)
     started = time.monotonic()
+    wall0 = time.time()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     took = time.monotonic() - started
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
-    return took, proc.returncode, proc.stdout
+    phases = []
+    for line in proc.stderr.splitlines():  # structlog's console lines: "2026-12-02T01:27:29.487574Z [info ] message"
+        stamp, _, rest = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0" + stamp[19:-1])
+            phases.append(f"+{t - wall0:5.1f}s {rest.split(']', 1)[-1].strip()}")
+    return took, proc.returncode, "\n".join(phases)
 
 
 def lab_status(name: str) -> dict[str, Any]:
@@ -589,6 +597,8 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
     if lab.get("up_s") is not None:
         print(f"  bring-up {lab['up_s']:.1f} s (goal for 200 routers: <= 60 s); host MemAvailable dropped by "
               f"{lab['mem_mb']:.0f} MB; ARP entries +{lab['arp_added']} ({lab['arp_added'] / max(1, lab['routers']):.1f} per router)")
+    if lab.get("status_s") is not None:
+        print(f"  `chaos lab status --json` took {lab['status_s']:.1f} s")
     if lab.get("arp_after_run") is not None:
         print(f"  ARP entries after the run: +{lab['arp_after_run']} since the bench started "
               f"({lab['arp_after_run'] / max(1, lab['routers']):.1f} per router; other labs' entries move this too)")
@@ -718,7 +728,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if own_lab:
             mem0 = mem_available_mb()
-            up_s, rc, _ = await asyncio.to_thread(run_timed, [
+            up_s, rc, phases = await asyncio.to_thread(run_timed, [
                 *chaos_cmd(), "lab", "up", "--name", name, "--nodes", str(args.nodes), "--routers", str(args.routers),
                 "--replicas", "2", "--projects", str(args.projects or max(1, args.routers // 10)),
                 "--advert-int", str(args.advert_int), "--respawn-interval", f"{args.respawn_interval:g}",
@@ -727,9 +737,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if rc != 0:
                 raise SystemExit(f"chaos lab up failed (exit {rc})")
             lab["up_s"] = up_s
+            lab["up_phases"] = phases
+            print(phases, flush=True)
             lab["mem_mb"] = mem0 - mem_available_mb()
             print(f"lab up in {up_s:.1f} s", flush=True)
+        t_status = time.monotonic()
         status = lab_status(name)
+        lab["status_s"] = time.monotonic() - t_status
         lab["arp_added"] = arp_state()["entries"] - arp0["entries"]
         if args.up_only:
             lab["routers"] = len(status["routers"])
@@ -788,8 +802,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(wait_settled, name, SETTLE_TIMEOUT)
     finally:
         if own_lab and not args.keep:
-            down_s, rc, _ = await asyncio.to_thread(run_timed, [*chaos_cmd(), "lab", "down", "--name", name], 300)
+            down_s, rc, phases = await asyncio.to_thread(run_timed, [*chaos_cmd(), "lab", "down", "--name", name], 300)
             lab["down_s"] = down_s
+            print(phases, flush=True)
         if not args.keep_files:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
