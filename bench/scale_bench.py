@@ -363,11 +363,19 @@ class Sampler:
                 best = max(best, (s[i]["cpu"] - s[j]["cpu"]) / (s[i]["t"] - s[j]["t"]))
         return best
 
-    def host_busy_share(self) -> float:
-        if len(self.samples) < 2:
+    def host_busy_share(self, since: float | None = None, until: float | None = None) -> float:
+        """The host's busy share of CPU between two times (default: the whole run)."""
+        inside = [x for x in self.samples if (since is None or x["t"] >= since) and (until is None or x["t"] <= until)]
+        if len(inside) < 2:
             return float("nan")
-        a, b = self.samples[0], self.samples[-1]
+        a, b = inside[0], inside[-1]
         return (b["host_busy"] - a["host_busy"]) / max(1, b["host_total"] - a["host_total"])
+
+    def runner_cores(self, since: float, until: float) -> float:
+        inside = [x for x in self.samples if since <= x["t"] <= until]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1]["cpu"] - inside[0]["cpu"]) / max(1e-6, inside[-1]["t"] - inside[0]["t"])
 
 
 async def chaos_run(exp: Path, workdir: Path, *, sigterm_after_wave: int | None = None) -> dict[str, Any]:
@@ -663,6 +671,10 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
               f"{run['peak_cores']:.2f} cores; {run['cpu_s'] / (routers * run['wall_s'] / 60):.3f} CPU s per router-minute")
         print(f"  runner peak RSS {run['maxrss_mb']:.0f} MB, descriptors peak {run['fds_peak']}; host CPU busy "
               f"{run['host_busy']:.0%} during the run; ARP table overflows during the run: {run['arp_table_fulls']}")
+        if run.get("host_busy_waves") is not None:
+            print(f"  host CPU busy before the first injection (probes running) {run['host_busy_before']:.0%}, "
+                  f"during the waves {run['host_busy_waves']:.0%}; runner {run['runner_cores_before']:.2f} cores before, "
+                  f"{run['runner_cores_waves']:.2f} during the waves")
         if run.get("summary"):
             print("  from summary.json: " + "; ".join(
                 f"{k} " + ", ".join(f"{q} {v:.2f}" if isinstance(v, float) else f"{q} {v}" for q, v in d.items())
@@ -788,6 +800,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(run["output"], file=sys.stderr)
             raise SystemExit("the run wrote no journal")
         run["analysis"] = analyse(run["journal"], watchers, status)
+        first_inj, last_rec = run["analysis"].get("window", (None, None))
+        if first_inj is not None and last_rec is not None:
+            run["host_busy_before"] = s.host_busy_share(until=first_inj)
+            run["host_busy_waves"] = s.host_busy_share(first_inj, last_rec)
+            run["runner_cores_before"] = s.runner_cores(s.samples[0]["t"], first_inj) if s.samples else float("nan")
+            run["runner_cores_waves"] = s.runner_cores(first_inj, last_rec)
         run["summary"] = summary_figures(run["journal"])
         result["run"] = run
         if run["exit"] not in (0, 1):
@@ -869,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Sampler):
-        return {"samples": len(value.samples)}
+        return {"samples": value.samples}
     return str(value)
 
 
