@@ -664,7 +664,6 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
         u = a.get("undo_s", {})
         print(f"  undo per fault (verified -> undone, waits for the L3 agent's respawn): p50 {u.get('p50', 0):.1f} s, "
               f"max {u.get('max', 0):.1f} s; restarted by {a.get('restarted_by')}; undo failed {a.get('undo_failed')}")
-        s = run["sampler"]
         routers = lab["routers"]
         print(f"  runner CPU {run['cpu_s']:.1f} s (user {run['cpu_user_s']:.1f}, sys {run['cpu_sys_s']:.1f}) over "
               f"{run['wall_s']:.0f} s = {run['cpu_s'] / run['wall_s']:.2f} cores average, peak 5 s window "
