@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos.lab.node import init_pid, is_powered
+from chaos.lab.procs import pids_in_pidns
 from chaos.lab.spec import LabSpec
 
 CHAOS = [sys.executable, "-m", "chaos"]
@@ -123,17 +124,9 @@ class Inspector:
     # ------------------------------------------------------------------ per node
     def node_processes(self, init: int) -> list[NodeProcess]:
         """Every process of the node's PID namespace, from the host's /proc."""
-        try:
-            pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
-        except OSError:
-            return []
         found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for entry in pids_in_pidns(init):
             try:
-                if os.stat(f"/proc/{entry}/ns/pid").st_ino != pidns:
-                    continue
                 argv = [a.decode(errors="replace") for a in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0") if a]
                 fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):

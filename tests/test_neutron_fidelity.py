@@ -151,17 +151,13 @@ def test_node_commands_start_keepalived_with_neutrons_command_line() -> None:
 def node_cmdlines(lab: LabHandle, node: str) -> list[list[str]]:
     """Every process command line inside the node (its own PID namespace)."""
     from chaos.lab.node import init_pid
+    from chaos.lab.procs import pids_in_pidns
 
     init = init_pid(lab.dir, node)
     assert init is not None
-    pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
     lines = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in pids_in_pidns(init):
         try:
-            if os.stat(f"/proc/{entry}/ns/pid").st_ino != pidns:
-                continue
             raw = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue

@@ -36,6 +36,7 @@ from chaos.lab.node import (
     sshd_config,
 )
 from chaos.lab.procs import (
+    pids_in_pidns,
     kill,
     pid_alive,
     pids_in_netns,
@@ -358,18 +359,9 @@ class Lab:
         init = init_pid(self.dir, node)
         if init is None:
             return []
-        try:
-            pidns = os.stat(f"/proc/{init}/ns/pid").st_ino
-        except OSError:
-            return []
-        found = []
-        for pid in pids_matching(f"ha_confs/{router.id}/keepalived.conf"):
-            try:
-                if os.stat(f"/proc/{pid}/ns/pid").st_ino == pidns and pid_alive(pid, "keepalived"):
-                    found.append(pid)
-            except OSError:
-                continue
-        return found
+        on_node = set(pids_in_pidns(init))
+        return [pid for pid in pids_matching(f"ha_confs/{router.id}/keepalived.conf")
+                if pid in on_node and pid_alive(pid, "keepalived")]
 
     def status(self) -> dict[str, Any]:
         spec = self.spec()

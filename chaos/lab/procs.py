@@ -67,6 +67,23 @@ def pids_matching(fragment: str) -> list[int]:
     return [pid for pid in all_pids() if pid != me and fragment in cmdline(pid)]
 
 
+def pids_in_pidns(init: int) -> list[int]:
+    """Processes of the PID namespace whose init is host pid ``init`` (a lab node's), from the
+    host's /proc; empty when that init is gone."""
+    try:
+        target = os.stat(f"/proc/{init}/ns/pid").st_ino
+    except OSError:
+        return []
+    found = []
+    for pid in all_pids():
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino == target:
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def pids_in_netns(ns_path: Path) -> list[int]:
     """Processes whose network namespace is the one bound at ``ns_path``."""
     try:

@@ -21,7 +21,6 @@ import structlog
 from chaos.errors import (
     ChaosError,
     FaultsLeftInjected,
-    InfrastructureError,
     Interrupted,
     SafeguardAbort,
     SteadyStateBroken,
