@@ -267,3 +267,51 @@ async def test_one_failed_observation_is_tolerated(fake_network: FakeFactory, tm
     assert error is None, error
     assert scheduler_module.OBSERVE_FAILURES_TO_ABORT == 3
     assert net.injected() == []
+
+
+async def test_a_recovery_that_never_comes_is_journaled_with_the_faults_own_reason(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault whose ``recovered()`` polls for its whole recovery deadline (gateway-reboot waits
+    its boot_timeout) must be let to answer: the journal says what it waited for, not that the
+    scheduler's own bound cut it off ("no answer in time" hid the cause of a flaky run)."""
+    from chaos.faults.ha_link_down import HaLinkDown
+
+    monkeypatch.setattr(HaLinkDown, "recover_timeout", 0.6)  # the fault's poll takes the whole deadline
+    net = fake_network()
+    undone = False
+
+    def after_the_undo(intent: nc.Intent) -> bool:  # the replica's state cannot be read once the link is back
+        nonlocal undone
+        if isinstance(intent, nc.HaLinkSet):
+            undone = undone or intent.action == nc.LinkAction.UP
+            return False
+        return undone and isinstance(intent, nc.GroundTruth) and len(intent.replicas) == 1
+
+    net.fail(intent=(nc.GroundTruth, nc.HaLinkSet), when=after_the_undo, times=None, status=3,
+             stderr="replica state unreadable")
+    error, events = await run_scheduler(net, experiment(tmp_path, net, LINK_DOWN, mode="one"), tmp_path,
+                                        recovery_timeout=0.6)
+    assert error is None
+    (recovered,) = kinds(events, "fault.recovered")
+    assert not recovered["ok"]
+    assert recovered["detail"].startswith("not recovered within 0.6s: ") and "replica state unreadable" in recovered["detail"]
+    assert "no answer" not in recovered["detail"], recovered["detail"]
+    assert net.injected() == []
+
+
+async def test_a_poll_that_times_out_names_each_answer_it_got_and_when() -> None:
+    from chaos.faults.base import poll
+
+    answers = iter(["node does not answer yet"] * 3 + ["2 replica(s) not yet running"] * 2)
+
+    async def check() -> tuple[bool, str]:
+        return False, next(answers, "1 router without exactly one primary")
+
+    ok, detail = await poll(check, 0.35, interval=0.05)
+    assert not ok
+    last, before = detail.split("; before: ")
+    assert last.startswith("1 router without exactly one primary (from ")
+    assert before.startswith("2 replica(s) not yet running (from ") and "; node does not answer yet (from 0.0s)" in before
+    answers = iter([(False, "booting"), (True, "back")])
+    assert await poll(lambda: asyncio.sleep(0, next(answers)), 1, interval=0.01) == (True, "back")

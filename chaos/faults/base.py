@@ -93,10 +93,15 @@ async def poll(
 ) -> tuple[bool, str]:
     """Call ``check`` until it says yes or ``timeout`` passes; the last answer is returned.
 
-    A check that raises InfrastructureError counts as "not yet" with the error as detail.
+    A check that raises InfrastructureError counts as "not yet" with the error as detail. When
+    the check never says yes, the answer also names the earlier, different answers and when each
+    was first seen: a wait that ends on "no answer" after two minutes of "no primary yet" must
+    say both, or the journal cannot tell what held recovery back.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     detail = "not checked"
+    seen: list[tuple[float, str]] = []
     while True:
         try:
             async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
@@ -105,9 +110,24 @@ async def poll(
             ok, detail = False, exc.message
         except TimeoutError:
             ok, detail = False, f"no answer within {timeout:g}s"
-        if ok or time.monotonic() >= deadline:
+        if ok:
             return ok, detail
+        if not seen or seen[-1][1] != detail:
+            seen.append((time.monotonic() - started, detail))
+        if time.monotonic() >= deadline:
+            return False, _answers(seen)
         await asyncio.sleep(interval)
+
+
+def _answers(seen: list[tuple[float, str]], keep: int = 4) -> str:
+    """The last answer, then the ones before it (newest first, at most ``keep``) with the second
+    each was first given."""
+    last = seen[-1][1]
+    earlier = [f"{detail} (from {at:.1f}s)" for at, detail in reversed(seen[:-1])][:keep]
+    more = len(seen) - 1 - len(earlier)
+    if not earlier:
+        return last
+    return f"{last} (from {seen[-1][0]:.1f}s); before: " + "; ".join(earlier) + (f"; {more} more" if more else "")
 
 
 class Fault(ABC):

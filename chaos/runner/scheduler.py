@@ -40,6 +40,7 @@ log = structlog.get_logger("runner")
 
 OBSERVE_TIMEOUT = 15.0
 UNDO_TIMEOUT = 60.0
+RECOVERED_GRACE = 15.0  # beyond a fault's recovery deadline, for its own poll to answer why not
 OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: the safeguards are blind
 
 
@@ -260,22 +261,28 @@ class Scheduler:
             self.progress.undone += 1
 
     async def _wait_recovered(self, fault: Fault) -> tuple[bool, str]:
-        """Ask the fault until it says recovered, within its ``recovery_deadline`` in all (each
-        ``recovered()`` polls for a bounded time of its own)."""
+        """Ask the fault until it says recovered, within its ``recovery_deadline`` in all.
+
+        Each ``recovered()`` polls for a bounded time of its own, which may be the whole
+        deadline (gateway-reboot waits its boot_timeout). The bound around a call is therefore
+        the time left plus ``RECOVERED_GRACE``: the fault's own poll ends first and says what it
+        was waiting for, instead of this timeout cutting it off with "no answer in time".
+        """
         deadline = time.monotonic() + fault.recovery_deadline
         why = "not checked"
-        while time.monotonic() < deadline:
+        while True:
             try:
-                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                async with asyncio.timeout(max(0.5, deadline - time.monotonic()) + RECOVERED_GRACE):
                     ok, why = await fault.recovered()
             except TimeoutError:
-                ok, why = False, "no answer in time"
+                ok, why = False, f"recovered() gave no answer within {fault.recovery_deadline + RECOVERED_GRACE:g}s"
             except Exception as exc:  # a node still booting, say
                 ok, why = False, str(exc) or type(exc).__name__
             if ok:
                 return True, why
+            if time.monotonic() >= deadline:
+                return False, f"not recovered within {fault.recovery_deadline:g}s: {why}"
             await asyncio.sleep(0.5)
-        return False, f"not recovered within {fault.recovery_deadline:g}s: {why}"
 
     async def _rollback_uncancellable(self) -> None:
         if not self.active:
