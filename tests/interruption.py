@@ -226,6 +226,19 @@ class Inspector:
                 problems.append(f"{node}: a process left by an SSH session: pid {p.pid} ({p.state}): {p.text[:160]}")
         return problems
 
+    def fabric_leftovers(self, spec: LabSpec) -> list[str]:
+        """Ports of the lab's switch (the fabric namespace) left shut: a management network cut
+        for a test and never restored leaves a node that no run can reach."""
+        out = subprocess.run(["ip", "-n", spec.fabric_netns, "-o", "link", "show"], capture_output=True, text=True,
+                             timeout=30).stdout
+        problems = []
+        for line in out.splitlines():
+            name = line.split(":", 2)[1].strip().split("@")[0] if line.count(":") >= 2 else ""
+            flags = line.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in line else []
+            if name.startswith("mgmt-") and "UP" not in flags:
+                problems.append(f"fabric: management port {name} is down")
+        return problems
+
     def api_leftovers(self, spec: LabSpec) -> list[str]:
         try:
             state = json.loads((self.dir / "neutron_api.json").read_text())
@@ -250,6 +263,7 @@ class Inspector:
         problems: list[str] = []
         for node in spec.nodes:
             problems += self.node_leftovers(spec, node.name, grace_processes=grace_processes)
+        problems += self.fabric_leftovers(spec)
         problems += self.api_leftovers(spec)
         if placement is not None:
             problems += self.placement_leftovers(spec, placement)
@@ -316,7 +330,8 @@ class Trial:
                 + (f"; TRIAL ERROR: {self.error}" if self.error else ""))
 
 
-IMMEDIATE = ("is down in", "iptables rule", "stopped (state T)", "dead-man", "disabled in the lab API", "powered off")
+IMMEDIATE = ("is down in", "iptables rule", "stopped (state T)", "dead-man", "disabled in the lab API", "powered off",
+             "management port")
 
 
 def immediate_kind(problem: str) -> bool:
@@ -384,6 +399,62 @@ def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.01) 
     return check()
 
 
+@dataclass
+class LiveRun:
+    """``chaos run`` started as a user starts it, and its journal read as it grows (by the
+    campaign's trials and by the tests that act on the lab at a moment of a run)."""
+
+    proc: subprocess.Popen[str]
+    reports: Path
+    log_path: Path
+    before: set[str]
+    folder: Path | None = None
+
+    @classmethod
+    def start(cls, v: Variant, *, lab: str, reports: Path, env: dict[str, str] | None = None,
+              extra: tuple[str, ...] = ()) -> LiveRun:
+        """``extra``: more ``chaos run`` arguments (``--router ID``, say)."""
+        reports.mkdir(parents=True, exist_ok=True)
+        exp = reports / f"{v.name}.yaml"
+        exp.write_text(experiment_text(v, lab))
+        before = {p.name for p in reports.iterdir() if p.is_dir()}
+        argv = [*CHAOS, "run", "--reports-dir", str(reports), *extra, str(exp)]
+        if not v.openstack:
+            argv[4:4] = ["--lab", lab]
+        log_path = reports / f"{v.name}.log"
+        with open(log_path, "w") as log:  # the child holds its own descriptor
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        return cls(proc, reports, log_path, before)
+
+    def events(self) -> list[dict]:
+        if self.folder is None:
+            new = [p for p in self.reports.iterdir() if p.is_dir() and p.name not in self.before]
+            self.folder = new[0] if new else None
+        return journal_kinds(self.folder)
+
+    def wait_event(self, kind: str, timeout: float) -> dict | None:
+        """The first journal event of ``kind``, waiting at most ``timeout`` s (None: not written,
+        or the run ended without it)."""
+        found: list[dict] = []
+
+        def seen() -> bool:
+            found[:] = [e for e in self.events() if e.get("kind") == kind][:1]
+            return bool(found) or self.proc.poll() is not None
+
+        wait_for(seen, timeout)
+        seen()
+        return found[0] if found else None
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        """Make sure the run is gone (SIGKILL if it still runs)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
 def run_trial(
     v: Variant, phase: str, *, lab: str, lab_dir: Path, reports: Path, rng: random.Random,
     placement: dict[str, list[str]], env: dict[str, str] | None = None, settle_timeout: float = 60.0,
@@ -395,24 +466,13 @@ def run_trial(
     (a run killed while its fault holds must leave something it can see)."""
     started = time.monotonic()
     trial = Trial(variant=v.name, phase=phase, delay=kill_delay(phase, v, rng) if delay is None else delay)
-    reports.mkdir(parents=True, exist_ok=True)
-    exp = reports / f"{v.name}.yaml"
-    exp.write_text(experiment_text(v, lab))
-    before = {p.name for p in reports.iterdir() if p.is_dir()}
-    argv = [*CHAOS, "run", "--reports-dir", str(reports), str(exp)]
-    if not v.openstack:
-        argv[4:4] = ["--lab", lab]
-    log = open(reports / f"{v.name}.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    folder: Path | None = None
+    live = LiveRun.start(v, lab=lab, reports=reports, env=env)
+    proc = live.proc
     try:
         deadline = time.monotonic() + 150
         kill_at: float | None = None
         while proc.poll() is None and time.monotonic() < deadline:
-            if folder is None:
-                new = [p for p in reports.iterdir() if p.is_dir() and p.name not in before]
-                folder = new[0] if new else None
-            events = journal_kinds(folder)
+            events = live.events()
             if kill_at is None:
                 t = _trigger(phase, events, v)
                 if t is not None:
@@ -422,7 +482,7 @@ def run_trial(
                     proc.send_signal(signal.SIGTERM)
                     trial.sigterm = True
                     wait_for(lambda: any(e.get("kind") in ("fault.undone", "run.finished")
-                                         for e in journal_kinds(folder)) or proc.poll() is not None,
+                                         for e in live.events()) or proc.poll() is not None,
                              timeout=rng.uniform(0.0, 0.5))
                     if proc.poll() is None:
                         time.sleep(rng.uniform(0.0, 0.3))
@@ -436,19 +496,15 @@ def run_trial(
             trial.killed = True
         trial.run_rc = proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
-    if folder is None:
-        new = [p for p in reports.iterdir() if p.is_dir() and p.name not in before]
-        folder = new[0] if new else None
+        live.stop()
+    live.events()
+    folder = live.folder
     trial.timing["run"] = time.monotonic() - started
     trial.landed = landed_phase(journal_kinds(folder))
     if trial.sigterm and trial.landed in ("holding", "undo"):
         trial.landed = "rollback"  # the signal handler starts the rollback at once
     if not trial.killed and trial.run_rc not in (0, 1, 130):
-        tail = (reports / f"{v.name}.log").read_text()[-600:]
+        tail = live.output()[-600:]
         trial.error = f"the run ended by itself with exit code {trial.run_rc} before the kill: {tail}"
     if folder is not None:
         trial.folder = str(folder)

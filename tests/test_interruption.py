@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import LabHandle, wait_lab_ready
-from tests.interruption import CHAOS, PHASES, VARIANTS, Variant, placement_of, run_trial
+from tests.interruption import CHAOS, PHASES, VARIANTS, Variant, placement_of, run_trial, wait_for
 
 SEED = int(os.environ.get("CHAOS_INTERRUPTION_SEED", "1402"))
 TRIALS = int(os.environ.get("CHAOS_INTERRUPTION_TRIALS", "1"))  # per fault type; CI: 1 (the phases rotate over the types)
@@ -125,3 +126,194 @@ async def test_two_keepalived_starts_at_once_leave_one(campaign_lab: LabHandle) 
         print([o.stdout.strip() for o in outs])
         left = await asyncio.to_thread(Inspector(campaign_lab.dir).wait_clean, placement, 30)
         assert not left, left
+
+
+# --------------------------------------------------------------------------- the management network cut
+CUT_BOUND = 2.0
+"""Seconds after its deadline (injection + duration) by which a dead-man's undo must show from
+outside while the runner cannot reach the node: the timer's own slack (a ``sleep`` in a shell)
+plus the Inspector's polling (about 0.2 s a look)."""
+LOSS_SEEN = 20.0
+"""How long the runner may take to notice a node it cannot reach (its observer journals the
+replica unreachable): a poll's 10 s bound, or the SSH keepalive (2 s x 3) ending the connection."""
+
+
+def test_mgmt_cut_dead_man_undoes_ha_link_down(campaign_lab: LabHandle, tmp_path: Path) -> None:
+    """Issue 14: cut a node's management network while its fault holds (the runner loses SSH);
+    the node's dead-man must undo the fault within its deadline on its own, and once the network
+    is back the run must end honestly: its undo reaches the node after reconnecting (exit 0,
+    the undo journaled ok), nothing left per the Inspector.
+
+    Why this is the right ending and not exit 9: every undo step is idempotent and the runner
+    retries the undo (the journaled steps again, then the final rollback) for as long as its
+    bounds allow; a node that answers again within them gets its undo confirmed. Only a node
+    still silent after them leaves the fault reported as possibly in place (exit 9), which
+    ``chaos recover`` then clears; that path is the campaign's (a run killed while holding)."""
+    from tests.interruption import Inspector, LiveRun
+
+    v = Variant("ha-link-down", "  type: ha-link-down\n  replica: primary\n  duration: 3s", hold=3.0)
+    wait_lab_ready(campaign_lab, timeout=90)
+    placement = placement_of(campaign_lab.lab.spec())
+    spec = campaign_lab.lab.spec()
+    router = spec.routers[0]
+    inspector = Inspector(campaign_lab.dir)
+    live = LiveRun.start(v, lab=campaign_lab.name, reports=tmp_path, extra=("--router", router.id))
+    cut: str | None = None
+    try:
+        verified = live.wait_event("fault.verified", 60)
+        assert verified is not None and verified["took"], live.output()
+        injected = next(e for e in live.events() if e["kind"] == "fault.injected")
+        node = injected["node"]
+        campaign_lab.lab.set_management(node, False)
+        cut, t_cut = node, time.time()
+        deadline = injected["t"] + v.hold  # the dead-man is scheduled first thing in inject()
+
+        def link_down() -> bool:
+            return any("is down in" in p for p in inspector.node_leftovers(spec, node, grace_processes=False))
+
+        assert link_down(), "the fault was verified but the Inspector does not see its link down"
+        assert wait_for(lambda: not link_down(), timeout=v.hold + CUT_BOUND + 5, interval=0.1)
+        t_undone = time.time()
+        late = t_undone - deadline
+        print(f"cut {t_cut - injected['t']:.2f}s after injection; undone from outside {late:+.2f}s after the "
+              f"dead-man's deadline ({v.hold:g}s)")
+        assert late <= CUT_BOUND, f"undone {late:.2f}s after the deadline (bound {CUT_BOUND:g}s)"
+        assert not any(e["kind"] == "fault.undone" for e in live.events()), "the runner undid it through a cut?"
+        # Keep the cut until the runner has seen the node go silent: its observer journals the
+        # replica unreachable (it cannot have reached the node for the undo either).
+        assert wait_for(lambda: any(e["kind"] == "observe.replica" and e["node"] == node and not e.get("reachable", True)
+                                    for e in live.events()), timeout=LOSS_SEEN, interval=0.1), live.output()
+        print(f"the runner saw {node} unreachable; network back {time.time() - t_cut:.1f}s after the cut")
+    finally:
+        if cut is not None:
+            campaign_lab.lab.set_management(cut, True)
+        t_restored = time.time()
+    try:
+        rc = live.proc.wait(timeout=150)
+    finally:
+        live.stop()
+    events = live.events()
+    undone = [e for e in events if e["kind"] == "fault.undone"]
+    timeline = [(round(e["t"] - t_cut, 2), e["kind"], e.get("ok"), e.get("detail", "")[:120]) for e in events
+                if e["kind"].startswith(("fault.", "run.")) and e.get("t")]
+    print("\n".join(map(str, timeline)))
+    assert rc == 0, f"exit {rc}: {live.output()[-1500:]}"
+    assert undone and undone[-1]["ok"], undone
+    assert undone[-1]["t"] >= t_restored, "the runner's undo was journaled done before the network was back"
+    print(f"the runner's undo reached {cut} {undone[-1]['t'] - t_restored:.1f}s after the network was back")
+    left = inspector.wait_clean(placement, 60)
+    assert not left, left
+
+
+# --------------------------------------------------------------------------- SSH dropped mid-command
+HELD = 1.0
+"""Seconds the relay holds back what the node sends once armed: the observer outside the tool
+must see the command's effect on the node within it (it looks every ~50 ms)."""
+REFUSED = 1.5
+"""Seconds the node refuses new connections after the drop: the window in which the observer
+counts what is on the node with nothing of the runner reaching it (the runner's reconnects
+back off 0.5 s, 1 s, 2 s: it gets through afterwards, for its rollback)."""
+
+
+@pytest.mark.parametrize("after", ["dead-man", "fault"])
+def test_ssh_drop_mid_command_injects_once_vrrp_partition(
+    campaign_lab: LabHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    after: str,
+) -> None:
+    """Issue 14: drop the SSH connection after an injection command ran on the node and before
+    its result arrived (``after``: the dead-man's scheduling, or the fault's ``iptables -I``).
+    Neither is idempotent, so a transport that re-sent a command after a broken connection
+    would leave two dead-men or two copies of the rules. The node must show exactly one
+    injection for the whole run (one dead-man; one VRRP rule per chain, or none when the drop
+    came before the fault's command), the run must say the outcome is unknown (exit 5, the
+    command "may have run") and roll back, and nothing may be left per the Inspector.
+
+    The run is ``chaos run`` in-process (``chaos.cli.main``) so that its SSH sockets go through
+    the test's relay (tests/sshdrop.py); sshd and asyncssh are the real ones."""
+    import threading
+
+    import chaos.transport.ssh as ssh_module
+    from chaos.cli import main
+    from chaos.lab.node import init_pid
+    from tests.interruption import Inspector, experiment_text, journal_kinds
+    from tests.sshdrop import DroppingRelay
+
+    v = Variant("vrrp-partition", "  type: vrrp-partition\n  replica: backup\n  duration: 20s", hold=20.0)
+    wait_lab_ready(campaign_lab, timeout=90)
+    placement = placement_of(campaign_lab.lab.spec())
+    spec = campaign_lab.lab.spec()
+    router = spec.routers[0]
+    status = next(r for r in campaign_lab.status()["routers"] if r["id"] == router.id)
+    node = next(rep["node"] for rep in status["replicas"] if rep["state"] == "backup")
+    address = spec.node(node).mgmt_ip
+    init = init_pid(campaign_lab.dir, node)
+    assert init is not None
+    inspector = Inspector(campaign_lab.dir)
+    relay = DroppingRelay(ssh_module.open_socket)
+    monkeypatch.setattr(ssh_module, "open_socket", relay.open_socket)
+
+    def rules() -> int:
+        """The most copies of one chaos rule in the replica's namespace (one injection: 1 per
+        chain; the connection may drop between its two ``iptables -I``, so INPUT's alone)."""
+        out = inspector.nsenter(init, f"ip netns exec qrouter-{router.id} iptables-save")
+        marked = [line.split()[1] for line in out.splitlines() if "--comment" in line and "chaos-" in line]
+        return max((marked.count(chain) for chain in set(marked)), default=0)
+
+    def dead_men() -> int:
+        return sum(1 for p in inspector.node_processes(init)
+                   if len(p.argv) >= 3 and p.argv[2].startswith(": chaos-deadman"))
+
+    seen = {"rules": 0, "dead_men": 0}
+    facts: dict[str, object] = {}
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            folder: Path | None = None
+            while folder is None and not stop.is_set():
+                found = [p for p in tmp_path.iterdir() if p.is_dir()]
+                folder = found[0] if found else None
+                time.sleep(0.01)
+            while not stop.is_set() and not any(e.get("kind") == "run.preflight" for e in journal_kinds(folder)):
+                time.sleep(0.01)
+            relay.arm(address, HELD)  # from here on, what the node says arrives HELD s late
+            while not stop.is_set() and "cut" not in facts:
+                n_dead, n_rules = dead_men(), rules()
+                if (after == "fault" and n_rules) or (after == "dead-man" and n_dead):
+                    facts["cut"] = relay.cut(address, refuse_for=REFUSED)
+                    facts["at_cut"] = (n_rules, n_dead)
+                    seen.update(rules=n_rules, dead_men=n_dead)
+                time.sleep(0.02)
+            while not stop.is_set():  # to the end of the run: never more than one injection
+                seen["rules"] = max(seen["rules"], rules())
+                seen["dead_men"] = max(seen["dead_men"], dead_men())
+                time.sleep(0.05)
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+
+    exp = tmp_path.parent / f"{tmp_path.name}-{v.name}.yaml"
+    exp.write_text(experiment_text(v, campaign_lab.name))
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        rc = main(["run", "--lab", campaign_lab.name, "--reports-dir", str(tmp_path), "--router", router.id, str(exp)])
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    err = capsys.readouterr().err
+    assert not failure, failure
+    folder = next(p for p in tmp_path.iterdir() if p.is_dir())
+    events = journal_kinds(folder)
+    kinds = [e["kind"] for e in events]
+    print(f"drop after the {after}: legs cut {facts.get('cut')}, on the node at the cut (rules, dead-men) "
+          f"{facts.get('at_cut')}, most seen afterwards {seen}; exit {rc}")
+    assert facts.get("cut"), f"the relay never cut (the effect never showed on the node): {kinds}\n{err[-1500:]}"
+    assert seen == {"rules": 1 if after == "fault" else 0, "dead_men": 1}, seen
+    assert rc == 5, f"exit {rc}: {err[-1500:]}"
+    assert "may have run" in err, err[-1500:]
+    assert "fault.inject_failed" in kinds and "fault.injected" not in kinds, kinds
+    undone = [e for e in events if e["kind"] == "fault.undone"]
+    assert undone and all(e["ok"] for e in undone), undone
+    left = inspector.wait_clean(placement, 60)
+    assert not left, left

@@ -108,6 +108,28 @@ def unplug_node(fabric_ns: str, node_index: int) -> int:
     return run_netlink(fabric_ns, work)
 
 
+def set_port_state(fabric_ns: str, port: str, up: bool) -> bool:
+    """Switch a fabric port on or off, as a switch port is shut (``up=False``) or opened again.
+
+    The node keeps its NIC, addresses and processes; only the wire goes silent (its end reports
+    NO-CARRIER), so nothing on the node learns of it but through the silence. Returns whether
+    the port was up before. Only ports of the fabric namespace: never anything elsewhere.
+    """
+
+    def work(fab: IPRoute) -> bool:
+        idx = link_index(fab, port)
+        was_up = bool(fab.get_links(idx)[0]["flags"] & 1)  # IFF_UP
+        fab.link("set", index=idx, state="up" if up else "down")
+        return was_up
+
+    return run_netlink(fabric_ns, work)
+
+
+def port_is_up(fabric_ns: str, port: str) -> bool:
+    """Whether a fabric port is switched on (``set_port_state``)."""
+    return run_netlink(fabric_ns, lambda fab: bool(fab.get_links(link_index(fab, port))[0]["flags"] & 1))
+
+
 def attach(spec: LabSpec, ns: str, ifname: str, peer: str, bridge: str, cidr: str | None, mac: str | None = None) -> None:
     """A device ``ifname`` in lab namespace ``ns``, plugged into fabric bridge ``bridge``."""
     plug_into_fabric(spec.fabric_netns, peer, bridge, f"/run/netns/{ns}", ifname)

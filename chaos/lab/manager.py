@@ -478,6 +478,18 @@ class Lab:
             time.sleep(0.2)
         raise InfrastructureError(f"{node_name} did not come back within {timeout:.0f}s")
 
+    # ------------------------------------------------------------------ management network
+    def set_management(self, node_name: str, up: bool) -> bool:
+        """Cut (``up=False``) or restore a node's management network: its port on the fabric's
+        ``br-mgmt`` is shut, as a switch port or a pulled cable. The node keeps running (its
+        replicas, their HA network and its detached processes, a dead-man among them), but
+        nothing reaches its sshd: the runner loses SSH without the node knowing. Returns whether
+        the port was up before. Nothing outside the lab's fabric namespace is touched; a power
+        cycle plugs a new port in, up."""
+        spec = self.spec()
+        node = spec.node(node_name)
+        return fabric.set_port_state(spec.fabric_netns, fabric.mgmt_port(node.index), up)
+
     # ------------------------------------------------------------------ down
     def down(self, progress: Callable[[str], None] = lambda _: None) -> list[str]:
         """Remove everything of the lab; works from the name alone after a crash."""

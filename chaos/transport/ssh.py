@@ -313,6 +313,13 @@ class SshPool:
         Raises InfrastructureError when the node cannot be reached, the command outlives
         ``timeout`` (its channel is closed), the connection breaks, or, with ``check``, the
         command exits non-zero (the message carries the tail of stderr).
+
+        A command is sent once and never again: only the connection and the channel's opening
+        are retried, both before the command exists on the node. Once the channel is open the
+        command may have run even when its result never comes back (the connection broke in
+        between), and the commands that inject a fault are not idempotent (``iptables -I``, a
+        dead-man's scheduling, a signal): re-sending one would inject twice. The error then says
+        the command may have run; the caller's undo (idempotent) is what deals with it.
         """
         limit = self.command_timeout if timeout is None else timeout
         started = time.monotonic()
@@ -332,7 +339,10 @@ class SshPool:
         except (OSError, asyncssh.Error) as exc:
             if not conn.usable:
                 self._conns.pop(node, None)
-            raise InfrastructureError(f"{node}: SSH failed while running {_short(command)}: {exc}") from None
+            # A refused channel never carried the command; any later failure may have come
+            # after the exec request reached sshd (its reply is the first thing awaited).
+            sent = "" if isinstance(exc, asyncssh.ChannelOpenError) else "; it was sent and may have run on the node"
+            raise InfrastructureError(f"{node}: SSH failed while running {_short(command)}: {exc or type(exc).__name__}{sent}") from None
         status = completed.exit_status
         if status is None:  # ended by a signal
             status = 128 + _signal_number(completed.exit_signal)
