@@ -383,3 +383,58 @@ def test_recover_checks_the_undo_steps_against_their_digest(
         assert code != ExitCode.OK and "undo_sha256" in err + out, (code, out, err)
         assert not net.unmodelled, f"the changed command reached a node: {net.unmodelled}"
         assert net.injected(), "nothing was undone with steps that do not match their digest"
+
+
+def test_recover_pending_finds_a_killed_run_written_outside_the_reports_folder(
+    fake_network: FakeFactory, tmp_path: Path, chaos: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run history knows every CLI run from its start (status running, its folder), so a
+    run written with --reports-dir elsewhere and killed is still found by --pending."""
+    import asyncio
+    import os
+
+    from chaos.faults.keepalived_kill import KeepalivedKill
+    from chaos.settings import Settings
+    from chaos.state.store import Store
+
+    async def history() -> list[Any]:
+        store = await Store.open(Path(os.environ["CHAOS_STATE_DIR"]))
+        try:
+            return await store.list_runs(limit=1000)
+        finally:
+            await store.close()
+
+    seen: list[Any] = []
+    took = KeepalivedKill.took
+
+    async def took_while_looking_at_the_history(self: KeepalivedKill) -> tuple[bool, str]:
+        seen.extend(r for r in await history() if r.run_id == self.ctx.run_id)
+        return await took(self)
+
+    monkeypatch.setattr(KeepalivedKill, "took", took_while_looking_at_the_history)
+    net = fake_network(fakenode.topology(check_interval=0.3))
+    elsewhere = tmp_path / "elsewhere"
+    code, out, err = chaos("run", "--reports-dir", str(elsewhere), str(write(tmp_path, net, TERM, mode="one")))
+    assert code == ExitCode.OK, out + err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert seen and seen[0].status == "running" and Path(seen[0].report_dir) == run_dir.resolve()  # during the run
+    (row,) = [r for r in asyncio.run(history()) if r.run_id == run_dir.name]
+    assert row.status == "finished" and row.verdict == "held"  # indexed when it ended
+
+    # A run killed outright leaves its row running; its folder is outside the reports folder.
+    killed = fakenode.crashed_run(net, write(tmp_path, net, LINK_DOWN), elsewhere)
+    async def mark_running() -> None:
+        store = await Store.open(Path(os.environ["CHAOS_STATE_DIR"]))
+        try:
+            await store.upsert_run(row.model_copy(update={"run_id": killed.name, "status": "running", "verdict": None,
+                                                          "report_dir": str(killed.resolve())}))
+        finally:
+            await store.close()
+
+    asyncio.run(mark_running())
+    os.utime(killed / "journal.jsonl", (0, 0))  # long quiet: not a run still going
+    assert Settings().reports_dir.resolve() != elsewhere.resolve()
+    code, out, err = chaos("recover", "--pending")
+    assert code == ExitCode.OK, out + err
+    assert f"{killed.name}: 4 action(s) pending" in out and out.count("undone") == 4 and run_dir.name not in out
+    assert net.injected() == []

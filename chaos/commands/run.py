@@ -66,15 +66,23 @@ async def run_recorded(
     """A run from a terminal: leases through the state database (shared with any operator on
     it), the run indexed in its history, its metrics pushed when asked. A state database that
     cannot be opened stops the run before anything is injected: leases fail closed."""
+    import time
+
     from chaos.runner.control import RunTrigger
-    from chaos.runner.execute import run_experiment
-    from chaos.state.store import Store
+    from chaos.runner.execute import new_run_id, run_experiment
+    from chaos.state.store import RunRow, Store
 
     store = await Store.open(settings.state_dir, settings.database_url)
     try:
         trigger = RunTrigger(kind="cli", by=f"{getpass.getuser()}@{socket.gethostname()}")
-        code, run_dir = await run_experiment(path, settings, trigger=trigger, leases=store.leases, lease_wait=wait_lease,
-                                             overrides=overrides)
+        run_id = new_run_id(path)
+        # In the history as running from the start: a run killed outright is then found by
+        # `chaos recover --pending` wherever its folder is (the index below replaces this row).
+        await store.upsert_run(RunRow(
+            run_id=run_id, experiment=path.stem, trigger="cli", triggered_by=trigger.by, started_at=time.time(),
+            status="running", report_dir=str((settings.reports_dir / run_id).resolve())))
+        code, run_dir = await run_experiment(path, settings, run_id=run_id, trigger=trigger, leases=store.leases,
+                                             lease_wait=wait_lease, overrides=overrides)
         row = None
         if run_dir is not None:
             try:
@@ -114,7 +122,8 @@ LIVE_QUIET_S = 30.0  # a run without run.finished whose journal moved this recen
 
 
 async def recover_pending(settings: Settings) -> int:
-    """List every run folder under the reports folder with undo steps pending, and undo them.
+    """List every run with undo steps pending, under the reports folder or wherever the run history
+    (the state database) says a run that may hold faults wrote its folder, and undo them.
 
     A run still going holds its leases (renewed every few seconds) and writes its journal: it
     is listed and left alone, never undone under its feet; ``chaos recover RUN`` names one
@@ -126,21 +135,24 @@ async def recover_pending(settings: Settings) -> int:
     from chaos.runner.recover import pending_runs
     from chaos.state.store import Store
 
-    pending, unreadable = pending_runs(settings.reports_dir)
-    for folder, why in unreadable:
-        print(f"{folder.name}: journal unreadable, not recovered: {why}")
-    if not pending:
-        print(f"{settings.reports_dir}: no run has undo steps pending")
-        return ExitCode.OK if not unreadable else ExitCode.INVALID_INPUT
     live: set[str] = set()
+    elsewhere: list[Path] = []
     try:
         store = await Store.open(settings.state_dir, settings.database_url)
         try:
             live = {str(row["holder"]) for row in await store.leases.held()}
+            elsewhere = await store.folders_to_recover()
         finally:
             await store.close()
     except ChaosError as exc:
-        log.warning("leases not readable: runs are judged live by their journal alone", error=exc.message)
+        log.warning("run history and leases not readable: only the reports folder is searched, and runs are judged "
+                    "live by their journal alone", error=exc.message)
+    pending, unreadable = pending_runs(settings.reports_dir, also=elsewhere)
+    for folder, why in unreadable:
+        print(f"{folder.name}: journal unreadable, not recovered: {why}")
+    if not pending:
+        print(f"{settings.reports_dir} and the run history: no run has undo steps pending")
+        return ExitCode.OK if not unreadable else ExitCode.INVALID_INPUT
     failed: list[str] = []
     recovered = 0
     for folder, actions in pending:
@@ -245,7 +257,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r = sub.add_parser("recover", help="undo whatever an interrupted or killed run left injected")
     r.add_argument("run", nargs="?", help="run id (folder under reports/) or path of the run folder")
     r.add_argument("--pending", action="store_true",
-                   help="list every run under the reports folder with undo steps pending and undo them "
+                   help="list every run with undo steps pending (under the reports folder, and wherever the run "
+                   "history says a killed or left-injected run wrote its folder) and undo them "
                    "(runs still going are left alone)")
     r.add_argument("--reports-dir", help="where run ids are looked up (default: CHAOS_REPORTS_DIR or reports/)")
     r.set_defaults(handler=cmd_recover)

@@ -8,6 +8,7 @@ replaying its steps (idempotent shell commands over SSH, or a BMC power-on).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -120,14 +121,18 @@ async def _undo(run_dir: Path, pending: dict[str, list[UndoStep]]) -> list[str]:
 MAX_RUNS = 100_000  # bounded scan of the reports folder
 
 
-def pending_runs(reports_dir: Path) -> tuple[list[tuple[Path, list[str]]], list[tuple[Path, str]]]:
-    """Run folders under ``reports_dir`` with undo steps pending (oldest first, with their action
-    ids), and those whose journal cannot be read (with the reason)."""
+def pending_runs(
+    reports_dir: Path, also: Sequence[Path] = ()
+) -> tuple[list[tuple[Path, list[str]]], list[tuple[Path, str]]]:
+    """Run folders under ``reports_dir``, and the folders ``also`` names (the run history's, which
+    may lie elsewhere), with undo steps pending (oldest first by run id, with their action ids),
+    and those whose journal cannot be read (with the reason). A folder is read once however it
+    was found."""
     pending: list[tuple[Path, list[str]]] = []
     unreadable: list[tuple[Path, str]] = []
-    if not reports_dir.is_dir():
-        return pending, unreadable
-    folders = sorted(p for p in reports_dir.iterdir() if (p / "journal.jsonl").is_file())[:MAX_RUNS]
+    found = {p.resolve() for p in reports_dir.iterdir()} if reports_dir.is_dir() else set()
+    found |= {p.resolve() for p in also}
+    folders = sorted((p for p in found if (p / "journal.jsonl").is_file()), key=lambda p: (p.name, str(p)))[:MAX_RUNS]
     for folder in folders:
         try:
             actions = pending_undos(folder / "journal.jsonl")

@@ -164,6 +164,16 @@ class Store:
             rows = [RunRow.from_db(r._mapping) for r in await conn.execute(query)]
         return rows[::-1]
 
+    async def folders_to_recover(self, limit: int = 10_000) -> list[Path]:
+        """The folders of runs the history says may hold faults: still ``running`` (a run killed
+        before it was indexed as finished) or ended ``left-injected``; newest first. ``chaos
+        recover --pending`` reads them beside the reports folder, so a run written elsewhere (the
+        operator's runs folder, a ``--reports-dir``) is not missed."""
+        query = (select(runs.c.report_dir).where(or_(runs.c.status == "running", runs.c.verdict == "left-injected"))
+                 .order_by(runs.c.started_at.desc()).limit(limit))
+        async with self.db.transaction(write=False) as conn:
+            return [Path(r.report_dir) for r in await conn.execute(query) if r.report_dir]
+
     async def unfinished_runs(self, operator: str) -> list[RunRow]:
         query = select(runs).where(runs.c.operator == operator, runs.c.status == "running")
         async with self.db.transaction(write=False) as conn:
