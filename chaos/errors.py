@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     CONFLICT = 7  # the state does not allow it: a lab exists already, no lab is running, ...
     STEADY_STATE_BROKEN = 8  # the hypothesis did not hold before injection: nothing injected
     LEFT_INJECTED = 9  # an undo failed: a fault may still be in place; `chaos recover RUN` undoes it
+    INCONCLUSIVE = 10  # a tolerance failed, but only where the tool or the lab was saturated (see Run health)
     INTERNAL = 70  # a bug in the tool (EX_SOFTWARE); the message says where to look
     INTERRUPTED = 130  # SIGINT or SIGTERM; everything was rolled back
 

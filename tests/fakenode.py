@@ -863,7 +863,7 @@ class FakeNetwork:
                 present[rid] = now_lines
             if time.monotonic() - beat >= intent.heartbeat:
                 beat = time.monotonic()
-                lines.append("H")
+                lines.append(f"H {time.time():.6f}")  # the node stamps its heartbeat with its clock
             for line in lines:
                 yield line
             await asyncio.sleep(intent.state_every)

@@ -438,3 +438,40 @@ def test_recover_pending_finds_a_killed_run_written_outside_the_reports_folder(
     assert code == ExitCode.OK, out + err
     assert f"{killed.name}: 4 action(s) pending" in out and out.count("undone") == 4 and run_dir.name not in out
     assert net.injected() == []
+
+
+def test_a_deviation_measured_while_the_runner_was_saturated_is_inconclusive_exit_10(
+    fake_network: FakeFactory, tmp_path: Path, chaos: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, part 6, end to end: the runner's event loop is really blocked while the fault
+    acts (as a saturated host would), the run's health sampler sees it, and a tolerance that fails
+    only then makes the run inconclusive (exit 10), never the cloud's deviation; the reports say
+    what was saturated."""
+    import time as clock
+
+    from chaos.faults.ha_link_down import HaLinkDown
+
+    took = HaLinkDown.took
+
+    async def blocked_then_took(self: HaLinkDown) -> tuple[bool, str]:
+        clock.sleep(0.4)  # nothing else on the loop runs meanwhile: not the probes, not the observer
+        return await took(self)
+
+    monkeypatch.setattr(HaLinkDown, "took", blocked_then_took)
+    net = fake_network()
+    path = write(tmp_path, net, LINK_DOWN, mode="one", tolerances="primaries_after: {equals: 1}\n    failover_s: {max: 0}")
+    code, out, err = chaos("run", str(path))
+    assert code == ExitCode.INCONCLUSIVE, out + err
+    assert "verdict: inconclusive" in out
+    events = journal_of(out)
+    assert finished(events)["verdict"] == "inconclusive" and finished(events)["exit_code"] == 10
+    assert any((e.get("loop_lag_max") or 0) >= 0.3 for e in events if e["kind"] == "run.health")
+    run_dir = Path(out.strip().splitlines()[-1])
+    md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
+    assert "## Run health" in md and "⚠ measured while saturated" in md and "event loop woke up to" in md
+    assert 'id="health"' in html and 'data-saturated="true"' in html
+    assert net.injected() == []
+    # Without the blocked loop the same failure is the cloud's: deviated, exit 1.
+    monkeypatch.setattr(HaLinkDown, "took", took)
+    code, out, err = chaos("run", str(path))
+    assert code == ExitCode.DEVIATED and "verdict: deviated" in out, out + err

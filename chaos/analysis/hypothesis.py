@@ -185,6 +185,9 @@ class ToleranceResult(BaseModel):
     reason: str | None = None
     skipped: bool = False  # the probe could not run on this target for any targeted router
     skipped_routers: dict[str, str] = {}  # router -> why the probe could not run for it (left out of the check)
+    # Failing routers (run scope: targeted routers) whose figures were measured while the tool or
+    # the lab was saturated (RouterMetrics.saturated): the failure may be the measurement's.
+    saturated_routers: list[str] = []
 
     def describe(self) -> str:
         """One line for people: ``outage_s <= 2 [after]: 3.1 (failing: <router>, ...)``."""

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from chaos.experiment.metric_refs import METRICS
 from chaos.experiment.registry import registry
 from chaos.experiment.metrics_catalog import BUILTIN_METRICS, Metric, Phase
+from chaos.probes.health import worst as worst_saturation
 
 Value = float | int | None
 
@@ -126,6 +127,9 @@ class RouterMetrics(_Model):
     tcp_events: list[TcpEvent]
     faults: list[FaultRecord]
     resets_seen: list[ResetSeen] = []  # TCP resets from its addresses at the vantage point, with their sender
+    # What was saturated (chaos.probes.health: reason -> worst figure) while this router's faults
+    # acted and it recovered: its figures may be the measurement's, not the cloud's.
+    saturated: dict[str, float] = {}
 
 
 class Distribution(_Model):
@@ -201,6 +205,8 @@ class RunRecord:
         self.plan_routers: list[str] | None = None
         self.injections: list[dict[str, Any]] = []
         self.undos: list[dict[str, Any]] = []
+        self.recoveries: dict[str, float] = {}  # action id -> when the runner saw it recovered (or gave up)
+        self.health: list[dict[str, Any]] = []  # run.health samples
         self.routers: dict[str, _RouterEvents] = defaultdict(_RouterEvents)
         self.garp_watched = False
         # (probe, router id or None for all, direction or None for both) -> why the probe could not run
@@ -233,6 +239,10 @@ class RunRecord:
                 self.routers[router_id].injections.append(e)
         elif kind == "fault.undone":
             self.undos.append(e)
+        elif kind == "fault.recovered" and isinstance(e.get("action_id"), str):
+            self.recoveries[e["action_id"]] = t
+        elif kind == "run.health":
+            self.health.append(e)
         elif kind == "probe.icmp" and router_id:
             samples = self.routers[router_id].icmp[str(e.get("address"))]
             samples.extend((float(s), None if r is None else float(r)) for s, r in zip(e.get("sent") or [], e.get("rtt") or []))
@@ -316,6 +326,24 @@ class RunRecord:
             last_undo = max((float(u["t"]) for u in self.undos), default=self.end)
             return Window("during", first, max(last_undo, first))
         return Window("after", self.start, self.end)
+
+    def saturated_while(self, start: float, end: float) -> dict[str, float]:
+        """What was saturated (reason -> worst figure) in the run.health samples overlapping
+        [start, end]: each sample covers the ``window`` seconds before its ``t``."""
+        return worst_saturation([
+            h for h in self.health
+            if float(h["t"]) >= start and float(h["t"]) - float(h.get("window") or 0.0) <= end
+        ])
+
+    def measured_span(self, router_id: str, w: Window) -> tuple[float, float]:
+        """When this router's figures were measured: from the first fault that acted on it to
+        when the last of them was seen recovered (or undone; the end of the window if neither),
+        inside ``w``; the whole window for a router no fault acted on."""
+        faults = [f for f in self.faults_of(router_id) if f.injected is not None and w.contains(f.injected)]
+        if not faults:
+            return w.start, w.end
+        ends = [self.recoveries.get(f.action_id or "", f.undone if f.undone is not None else w.end) for f in faults]
+        return min(f.injected for f in faults if f.injected is not None), min(w.end, max(ends))
 
     def faults_of(self, router_id: str) -> list[FaultRecord]:
         undone = {u.get("action_id"): u for u in self.undos}
@@ -528,6 +556,7 @@ def router_metrics(record: RunRecord, router_id: str, window: Window | None = No
     return RouterMetrics(
         router_id=router_id,
         targeted=router_id in record.targeted,
+        saturated=record.saturated_while(*record.measured_span(router_id, w)),
         metrics=res.values,
         missing=res.missing,
         skipped=res.skipped,

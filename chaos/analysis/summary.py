@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from chaos.analysis.hypothesis import ToleranceResult, evaluate_all, parse_tolerances
 from chaos.analysis.metrics import Distribution, ResetSeen, RouterMetrics, RunRecord, aggregates, run_metrics
 from chaos.errors import InvalidInput
+from chaos.probes.health import describe as describe_saturation
+from chaos.probes.health import saturation
 
 SCHEMA_VERSION = 1
-Verdict = Literal["held", "deviated", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
+Verdict = Literal["held", "deviated", "inconclusive", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
                   "left-injected"]
 _VERDICTS: frozenset[str] = frozenset(Verdict.__args__)  # type: ignore[attr-defined]
 
@@ -55,6 +57,36 @@ class LeftInjected(BaseModel):
     command: str  # what undoes it: chaos recover RUN
 
 
+class SaturatedPeriod(BaseModel):
+    """A stretch of consecutive run.health samples with something past its limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float
+    end: float
+    reasons: dict[str, float]  # chaos.probes.health reason -> worst figure in the period
+
+
+class RunHealthSummary(BaseModel):
+    """The run's own health over the whole run (from its run.health samples), so a reader can
+    tell a cloud's deviation from a measurement that could not keep up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int
+    saturated_samples: int
+    loop_lag_max: float | None = None  # seconds
+    runner_cpu_max: float | None = None  # cores
+    runner_cpu_mean: float | None = None
+    host_cpu_max: float | None = None  # share of all CPUs
+    cpu_pressure_max: float | None = None
+    probe_sends: int | None = None
+    probe_skipped: int | None = None
+    probe_late_share_max: float | None = None  # p99 send lateness / interval, worst second
+    observer_lag_max: float | None = None  # seconds
+    periods: list[SaturatedPeriod] = []
+
+
 class Summary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +100,8 @@ class Summary(BaseModel):
     # Faults that may still be in place when the summary was written (an undo failed, or the
     # run was killed before undoing): a report must never let a reader think all was undone.
     left_injected: list[LeftInjected] = []
+    # The run's own health (None: a journal from before run.health, or no sample was taken).
+    health: RunHealthSummary | None = None
 
 
 def _run_info(record: RunRecord) -> RunInfo:
@@ -93,24 +127,56 @@ def _str(v: Any) -> str | None:
 
 
 def _verdict(record: RunRecord, results: list[ToleranceResult], notes: list[str]) -> Verdict:
-    """run.finished's verdict; a failed tolerance turns "held" into "deviated"; no run.finished
-    means the run was cut short (killed, or still going)."""
+    """run.finished's verdict; a failed tolerance turns "held" into "deviated" (or "inconclusive"
+    when every failure was measured while the tool or the lab was saturated: ``judge``); no
+    run.finished means the run was cut short (killed, or still going)."""
     failed = [r.name for r in results if not r.ok]
     written = (record.finished or {}).get("verdict")
     if written in _VERDICTS:
         if written == "held" and failed:
             notes.append(f"the journal says held but these tolerances fail when recomputed: {', '.join(failed)}")
-            return "deviated"
-        if written == "deviated" and not failed:
-            notes.append("the journal says deviated though every tolerance holds when recomputed")
+            return judge(results)
+        if written in ("deviated", "inconclusive") and not failed:
+            notes.append(f"the journal says {written} though every tolerance holds when recomputed")
         return written  # type: ignore[return-value]
     if record.finished is not None:
         notes.append(f"run.finished has an unknown verdict {written!r}")
         return "error"
     if failed:
-        return "deviated"
+        return judge(results)
     notes.append("the journal has no run.finished event: the run did not finish (killed, or still running)")
     return "interrupted"
+
+
+def judge(results: list[ToleranceResult]) -> Literal["held", "deviated", "inconclusive"]:
+    """held when no tolerance failed; inconclusive when every failed tolerance failed only on
+    routers measured while the tool or the lab was saturated (a deviation the measurement may
+    have made, never reported as the cloud's); else deviated."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return "held"
+    if all(_only_saturated(r) for r in failed):
+        return "inconclusive"
+    return "deviated"
+
+
+def _only_saturated(result: ToleranceResult) -> bool:
+    if not result.saturated_routers:
+        return False
+    return result.scope == "run" or set(result.failing_routers) <= set(result.saturated_routers)
+
+
+def _with_saturation(results: list[ToleranceResult], routers: Mapping[str, RouterMetrics]) -> list[ToleranceResult]:
+    """Each failed tolerance with the routers it concerns that were measured while saturated:
+    its failing routers (router scope) or every targeted router (a run-scope aggregate)."""
+    out = []
+    for r in results:
+        if not r.ok and not r.skipped:
+            concerned = r.failing_routers if r.scope == "router" else [m.router_id for m in routers.values() if m.targeted]
+            hit = sorted(rid for rid in concerned if rid in routers and routers[rid].saturated)
+            r = r.model_copy(update={"saturated_routers": hit})
+        out.append(r)
+    return out
 
 
 def left_injected(events: Iterable[Mapping[str, Any]], run_id: str | None) -> list[LeftInjected]:
@@ -143,7 +209,7 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
     record = RunRecord(events)
     parsed = parse_tolerances(tolerances)
     routers = run_metrics(record, "after")
-    results = evaluate_all(record, parsed)
+    results = _with_saturation(evaluate_all(record, parsed), routers)
     notes: list[str] = []
     if not record.events:
         notes.append("the journal is empty")
@@ -160,6 +226,8 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
         notes.append("every tolerance was skipped (no probe they need could run on this target): nothing was judged")
     elif skipped:
         notes.append(f"skipped tolerances (their probe could not run on this target): {', '.join(skipped)}")
+    health = summarize_health(record.health)
+    notes.extend(_saturation_notes(results, routers, health))
     verdict = _verdict(record, results, notes)
     run = _run_info(record)
     left = left_injected(record.events, run.id)
@@ -174,7 +242,81 @@ def summarize(events: Iterable[Mapping[str, Any]], tolerances: Mapping[str, Any]
         aggregates=aggregates(routers),
         notes=notes,
         left_injected=left,
+        health=health,
     )
+
+
+def summarize_health(samples: list[Mapping[str, Any]]) -> RunHealthSummary | None:
+    """The run's health figures over all its samples, and its saturated periods."""
+    if not samples:
+        return None
+
+    def values(key: str) -> list[float]:
+        return [float(v) for h in samples if isinstance(v := h.get(key), (int, float)) and not isinstance(v, bool)]
+
+    def top(key: str) -> float | None:
+        found = values(key)
+        return max(found) if found else None
+
+    periods: list[SaturatedPeriod] = []
+    for h in samples:
+        found = saturation(h)
+        if not found:
+            continue
+        t, start = float(h["t"]), float(h["t"]) - float(h.get("window") or 0.0)
+        last = periods[-1] if periods else None
+        if last is not None and start <= last.end + 0.5:  # the next second: the same period
+            last.end = t
+            for key, value in found.items():
+                last.reasons[key] = max(value, last.reasons.get(key, value))
+        else:
+            periods.append(SaturatedPeriod(start=start, end=t, reasons=found))
+    cpu = values("runner_cpu")
+    sends, skipped = values("probe_sends"), values("probe_skipped")
+    return RunHealthSummary(
+        samples=len(samples),
+        saturated_samples=sum(1 for h in samples if saturation(h)),
+        loop_lag_max=top("loop_lag_max"),
+        runner_cpu_max=max(cpu) if cpu else None,
+        runner_cpu_mean=round(sum(cpu) / len(cpu), 3) if cpu else None,
+        host_cpu_max=top("host_cpu"),
+        cpu_pressure_max=top("cpu_pressure"),
+        probe_sends=int(sum(sends)) if sends else None,
+        probe_skipped=int(sum(skipped)) if skipped else None,
+        probe_late_share_max=top("probe_late_share"),
+        observer_lag_max=top("observer_lag_max"),
+        periods=periods,
+    )
+
+
+def _saturation_notes(
+    results: list[ToleranceResult], routers: Mapping[str, RouterMetrics], health: RunHealthSummary | None
+) -> list[str]:
+    """What a reader must know before trusting the figures: which failures and which routers
+    were measured while the tool or the lab was saturated, and by what."""
+    notes = []
+    for r in results:
+        if r.saturated_routers:
+            all_of_it = _only_saturated(r)
+            notes.append(
+                f"tolerance {r.name} failed " + ("only " if all_of_it else "") +
+                f"where the measurement was saturated on {len(r.saturated_routers)} router(s) "
+                f"({', '.join(r.saturated_routers[:5])}{', ...' if len(r.saturated_routers) > 5 else ''})"
+                + (": the deviation may be the tool's or the lab's, not the cloud's" if all_of_it else "")
+            )
+    hit = [m for m in routers.values() if m.targeted and m.saturated]
+    if hit and health is not None:
+        worst: dict[str, float] = {}
+        for m in hit:
+            for key, value in m.saturated.items():
+                worst[key] = max(value, worst.get(key, value))
+        targeted = sum(1 for m in routers.values() if m.targeted)
+        notes.append(
+            f"{len(hit)} of {targeted} router(s) were measured while the tool or the lab was saturated: "
+            + "; ".join(describe_saturation(k, v) for k, v in sorted(worst.items()))
+            + " (see Run health)"
+        )
+    return notes
 
 
 def describe_reset(x: ResetSeen) -> str:

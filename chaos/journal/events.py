@@ -109,11 +109,27 @@ class RunPreflight(Event):
 
 class RunFinished(Event):
     kind: Literal["run.finished"] = "run.finished"
-    verdict: Literal["held", "deviated", "aborted", "interrupted", "steady-state-broken", "skipped", "invalid", "error",
-                     "left-injected"]
+    verdict: Literal["held", "deviated", "inconclusive", "aborted", "interrupted", "steady-state-broken", "skipped",
+                     "invalid", "error", "left-injected"]
     exit_code: int
     reason: str = ""
     by: str | None = None
+
+
+class RunHealth(Event):
+    """The run's own health over the ``window`` seconds before ``t`` (chaos.probes.health)."""
+
+    kind: Literal["run.health"] = "run.health"
+    window: Seconds
+    loop_lag_max: Seconds | None = None  # how late the event loop woke (max, p99)
+    loop_lag_p99: Seconds | None = None
+    runner_cpu: float | None = None  # cores this process used
+    host_cpu: float | None = None  # share of all the host's CPUs busy
+    cpu_pressure: float | None = None  # share of the window some runnable task waited for a CPU (PSI)
+    probe_sends: int | None = None  # ICMP sends in the window, skipped ones, p99 lateness / interval
+    probe_skipped: int | None = None
+    probe_late_share: float | None = None
+    observer_lag_max: Seconds | None = None  # the replica stream's heartbeat, arrival minus the node's stamp
 
 
 # --------------------------------------------------------------------------- faults
@@ -300,7 +316,7 @@ class HypothesisCheck(Event):
 
 
 BUILTIN_EVENTS: tuple[type[Event], ...] = (
-    JournalHeader, RunStarted, RunAbortRequested, RunPlan, RunPreflight, RunFinished,
+    JournalHeader, RunStarted, RunAbortRequested, RunPlan, RunPreflight, RunFinished, RunHealth,
     FaultUndoRecorded, FaultInjected, FaultInjectFailed, FaultVerified, FaultUndone, FaultRecovered,
     ProbeIcmp, ProbeTcp, ProbeNewconn, ProbeSkipped, ObserveReplica, ConntrackSnapshot, ArpGarp,
     TcpResetSeen, ApiHaState, HypothesisCheck,

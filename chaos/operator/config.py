@@ -20,7 +20,7 @@ from chaos.experiment.durations import Duration
 from chaos.experiment.schedule import Blackout
 from chaos.yamlfile import FileKind, invalid_input, read_yaml, validate
 
-NotifyOn = Literal["deviated", "aborted", "error", "interrupted", "steady-state-broken", "skipped", "held", "missed",
+NotifyOn = Literal["deviated", "inconclusive", "aborted", "error", "interrupted", "steady-state-broken", "skipped", "held", "missed",
                    "left-injected"]
 _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})$")
 _SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -34,7 +34,7 @@ class Webhook(_Model):
     """A Slack-compatible incoming webhook (``{"text": ..., "blocks": [...]}``)."""
 
     url: SecretStr
-    on: tuple[NotifyOn, ...] = ("deviated", "aborted", "error", "interrupted", "steady-state-broken", "left-injected")
+    on: tuple[NotifyOn, ...] = ("deviated", "inconclusive", "aborted", "error", "interrupted", "steady-state-broken", "left-injected")
     timeout: Duration = 5.0
     retries: Annotated[int, Strict(), Field(ge=0, le=10)] = 3
 

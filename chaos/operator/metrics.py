@@ -29,7 +29,7 @@ from chaos.state.store import RunRow
 
 log = get_logger("metrics")
 
-VERDICTS = ("held", "deviated", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
+VERDICTS = ("held", "deviated", "inconclusive", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
             "left-injected")
 SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 60.0)
 RUN_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)

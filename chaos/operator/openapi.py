@@ -34,7 +34,7 @@ def _p(name: str) -> dict[str, Any]:
 DENIED = {"401": "no or unknown token", "403": "the token's role is viewer"}
 RUN_FILTERS = [
     _q("experiment", "string", "experiment name (file name without .yaml)"),
-    _q("verdict", "string", "held, deviated, aborted, interrupted, error, steady-state-broken, skipped, invalid, left-injected"),
+    _q("verdict", "string", "held, deviated, inconclusive, aborted, interrupted, error, steady-state-broken, skipped, invalid, left-injected"),
     _q("trigger", "string", "schedule, manual or cli"),
     _q("status", "string", "running or finished"),
     _q("since", "number", "started at or after (unix seconds)"),

@@ -46,7 +46,7 @@ log = get_logger("operator")
 
 MISSED_RECORDS = 50  # firings recorded one by one as missed after a long downtime; the rest are counted
 SHUTDOWN_NOTIFY_DRAIN = 5.0
-ATTENTION = frozenset({"deviated", "aborted", "error", "interrupted", "steady-state-broken", "invalid", "left-injected"})
+ATTENTION = frozenset({"deviated", "inconclusive", "aborted", "error", "interrupted", "steady-state-broken", "invalid", "left-injected"})
 
 
 @dataclass

@@ -494,6 +494,11 @@ class IcmpProbe:
             },
         )
 
+    def send_counts(self) -> tuple[int, Sequence[int], float]:
+        """(sends skipped so far, the send-lateness histogram so far, its bin width in seconds):
+        the run's health sampler diffs two of these to judge one second of sending."""
+        return self._skipped, self._lateness, LATENESS_BIN
+
     def _lateness_percentiles(self, quantiles: Sequence[float]) -> list[float]:
         """Send lateness against the schedule (seconds, upper edge of the histogram bin)."""
         total = sum(self._lateness)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,7 @@ log = get_logger("primary")
 HEARTBEAT = 1.0  # the node prints "H" this often
 HEARTBEAT_TIMEOUT = 5.0  # silence this long means the channel (or the node) is gone (a loaded 2-core host stalls for seconds)
 RECONNECT_BACKOFF = (0.2, 0.5, 1.0, 2.0)  # then every 2 s until the run ends
+MAX_LAGS = 100_000  # heartbeat lags kept until the health sampler drains them (it does every second)
 _STATE_RE = re.compile(r"^[A-Za-z]{1,20}$")
 
 
@@ -108,6 +110,7 @@ class PrimaryObserver:
         self._snapshotted: dict[str, set[str]] = {n: set() for n in self._by_node}
         self.ready = asyncio.Event()  # every node's first snapshot is complete
         self.reconnects: dict[str, int] = dict.fromkeys(self._by_node, 0)
+        self._lags: list[float] = []  # heartbeat arrival minus the node's stamp, until drained
 
     # ------------------------------------------------------------------ live state (safeguards)
     def holders(self, router_id: str) -> set[str]:
@@ -120,6 +123,12 @@ class PrimaryObserver:
 
     def state(self, router_id: str, node: str) -> str | None:
         return self._replicas[(router_id, node)].state
+
+    def drain_lags(self) -> list[float]:
+        """How far behind the nodes the stream ran (seconds, one per heartbeat) since the last
+        call: a heartbeat waits in the same SSH channel and event loop as the address events."""
+        lags, self._lags = self._lags, []
+        return lags
 
     # ------------------------------------------------------------------ run
     async def run(self, stop: asyncio.Event, max_duration: float) -> None:
@@ -187,6 +196,11 @@ class PrimaryObserver:
         """Apply one line of the node's stream; True when it completed a router's snapshot."""
         tag, _, rest = line.partition(" ")
         if tag == "H":
+            # "H <the node's clock>": how far behind the node this stream runs (run.health)
+            with contextlib.suppress(ValueError):
+                stamp = float(rest)
+                if len(self._lags) < MAX_LAGS and math.isfinite(stamp):
+                    self._lags.append(max(0.0, now - stamp))
             return False
         rid, _, payload = rest.partition(" ")
         rep = self._replicas.get((rid, node))

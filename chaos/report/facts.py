@@ -16,12 +16,14 @@ from typing import Literal
 from chaos.analysis.hypothesis import ToleranceResult
 from chaos.analysis.metrics import CATALOG, RouterMetrics, Value
 from chaos.analysis.summary import Summary
+from chaos.probes.health import LIMITS, describe
 
 Status = Literal["good", "bad", "unknown"]
 
 VERDICT_TEXT: dict[str, str] = {
     "held": "HELD: the steady-state hypothesis held",
     "deviated": "DEVIATED: a tolerance of the hypothesis failed",
+    "inconclusive": "INCONCLUSIVE: a tolerance failed, but only where the tool or the lab was saturated (see Run health)",
     "aborted": "ABORTED: a safeguard stopped the run (everything was rolled back)",
     "interrupted": "INTERRUPTED: the run was stopped before it finished",
     "error": "ERROR: the run failed",
@@ -209,3 +211,60 @@ def keepalived_restarts(summary: Summary) -> Answer | None:
 def label_of(router_id: str, names: dict[str, str]) -> str:
     name = names.get(router_id)
     return f"{name} ({router_id[:8]})" if name else router_id
+
+
+@dataclass(frozen=True)
+class HealthFacts:
+    """The run's own health in a report's words: one headline, figures with their limits, and
+    the saturated periods (each with what was past its limit)."""
+
+    headline: str
+    rows: list[tuple[str, str, bool]]  # (what, figure, past its limit)
+    periods: list[str]
+
+
+def run_health(summary: Summary) -> HealthFacts | None:
+    """None for a run without health samples (an older journal)."""
+    h = summary.health
+    if h is None:
+        return None
+    hit = [r for r in summary.routers if r.targeted and r.saturated]
+    if h.saturated_samples:
+        headline = (f"The measurement was saturated for {h.saturated_samples} of {h.samples} seconds; "
+                    f"{len(hit)} targeted router(s) were measured then (flagged ⚠ below): their figures may be the "
+                    "tool's or the lab's, not the cloud's.")
+    else:
+        headline = f"The measurement kept up for all {h.samples} seconds sampled: no figure was measured while saturated."
+
+    def secs(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f} s"
+
+    def share(v: float | None) -> str:
+        return "—" if v is None else f"{v:.0%}"
+
+    def past(v: float | None, key: str) -> bool:
+        return v is not None and v > LIMITS[key]
+
+    skipped_share = (h.probe_skipped / max(1, (h.probe_sends or 0) + h.probe_skipped)) if h.probe_skipped is not None else None
+    rows = [
+        ("event loop, latest wake-up", f"{secs(h.loop_lag_max)} (limit {LIMITS['loop_lag_max']:g} s)", past(h.loop_lag_max, "loop_lag_max")),
+        ("runner CPU, mean / peak", f"{'—' if h.runner_cpu_mean is None else f'{h.runner_cpu_mean:.2f}'} / "
+         f"{'—' if h.runner_cpu_max is None else f'{h.runner_cpu_max:.2f}'} cores (limit {LIMITS['runner_cpu']:g})",
+         past(h.runner_cpu_max, "runner_cpu")),
+        ("host CPU busy, peak (on the lab: the lab's)", share(h.host_cpu_max), False),
+        ("CPU pressure, peak (runnable tasks waiting)", f"{share(h.cpu_pressure_max)} (limit {LIMITS['cpu_pressure']:.0%})",
+         past(h.cpu_pressure_max, "cpu_pressure")),
+        ("ICMP sends / skipped", "—" if h.probe_sends is None else f"{h.probe_sends} / {h.probe_skipped or 0}"
+         + ("" if skipped_share is None else f" ({skipped_share:.1%}; limit {LIMITS['probe_skipped']:.0%})"),
+         skipped_share is not None and skipped_share > LIMITS["probe_skipped"]),
+        ("ICMP send lateness p99, worst second", "—" if h.probe_late_share_max is None else
+         f"{h.probe_late_share_max:.0%} of the interval (limit {LIMITS['probe_late']:.0%})", past(h.probe_late_share_max, "probe_late")),
+        ("replica stream behind the nodes, worst", f"{secs(h.observer_lag_max)} (limit {LIMITS['observer_lag_max']:g} s)",
+         past(h.observer_lag_max, "observer_lag_max")),
+    ]
+    periods = [
+        f"{fmt_time(p.start)} to {fmt_time(p.end)} ({p.end - p.start:.0f} s): "
+        + "; ".join(describe(k, v) for k, v in sorted(p.reasons.items()))
+        for p in h.periods
+    ]
+    return HealthFacts(headline, rows, periods)

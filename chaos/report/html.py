@@ -18,12 +18,14 @@ from chaos import __version__
 from chaos.analysis.hypothesis import ToleranceResult
 from chaos.analysis.metrics import RouterMetrics
 from chaos.analysis.summary import Summary
+from chaos.probes.health import describe
 from chaos.report import charts
 from chaos.report.facts import (
     TABLE_METRICS,
     VERDICT_TEXT,
     Answer,
     failures_by_router,
+    run_health,
     fmt,
     fmt_bound,
     fmt_time,
@@ -69,6 +71,7 @@ td.num, th.num { text-align: right; } td.num { white-space: nowrap; }
 tr.fail td { background: #fff6f1; }
 span.pass { color: #00694f; font-weight: 700; white-space: nowrap; }
 span.fail { color: #a33f00; font-weight: 700; white-space: nowrap; }
+span.warn { color: #8a6100; white-space: nowrap; }
 span.skip { color: #6b5200; font-weight: 700; white-space: nowrap; }
 .scroll { overflow-x: auto; }
 .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(280px, 1fr)); gap: 12px; }
@@ -149,6 +152,7 @@ def render_html(run: RunData) -> str:
         _timelines(run),
         _distribution(run),
         _router_table(run),
+        _health(s),
         _how(run),
         _notes(s.notes),
         f'<footer>Rendered by chaos {e(__version__)} from <code>journal.jsonl</code>; every figure can be recomputed with '
@@ -207,6 +211,8 @@ def _tolerances(results: list[ToleranceResult]) -> str:
     for t in sorted(results, key=lambda t: (t.ok, t.skipped)):
         mark = ('<span class="skip">– skipped</span>' if t.skipped else '<span class="pass">✓ pass</span>' if t.ok
                 else '<span class="fail">✗ FAIL</span>')
+        if t.saturated_routers:
+            mark += f' <span class="warn" title="see Run health">⚠ {len(t.saturated_routers)} measured while saturated</span>'
         failing = ""
         if t.failing_routers:
             items = ", ".join(f'<a href="#r-{e(r)}">{e(r[:8])}</a>' for r in t.failing_routers[:FOLD_LIST])
@@ -324,7 +330,7 @@ def _router_table(run: RunData) -> str:
         after = "—" if r.holders_after is None else (", ".join(r.holders_after) or "none")
         return (f'<tr class="{"fail" if fails else "ok"}" data-router-id="{e(r.router_id)}"><td><a href="#r-{e(r.router_id)}">'
                 f"{e(label_of(r.router_id, run.router_names))}</a></td><td>{'yes' if r.targeted else 'no'}</td><td>{e(after)}</td>"
-                f"{cells}<td>{e(', '.join(fails)) if fails else PASS_MARK}</td></tr>")
+                f"{cells}<td>{e(', '.join(fails)) if fails else PASS_MARK}{_saturated_mark(r)}</td></tr>")
 
     first = "".join(row(r) for r in routers[:TABLE_PAGE])
     table = f'<div class="scroll"><table class="routers">{head}<tbody>{first}</tbody></table></div>'
@@ -335,6 +341,27 @@ def _router_table(run: RunData) -> str:
     note = (f"<p class='muted'>Not measured in this run (no column): {e(', '.join(hidden))}.</p>" if hidden else "")
     return (f'<section id="routers"><h2>Per-router figures</h2><p class="muted">Whole run; routers that failed a tolerance first. '
             f"Seconds to the millisecond; — = no value (see the notes).</p>{table}{note}</section>")
+
+
+def _saturated_mark(r: RouterMetrics) -> str:
+    if not r.saturated:
+        return ""
+    why = "; ".join(describe(k, v) for k, v in sorted(r.saturated.items()))
+    return f' <span class="warn" data-saturated="true" title="{e(why)}">⚠ measured while saturated</span>'
+
+
+def _health(s: Summary) -> str:
+    health = run_health(s)
+    if health is None:
+        return ""
+    over_row, plain_row = ' class="fail"', ""
+    rows = "".join(f"<tr{over_row if over else plain_row}><td>{e(what)}</td><td class='num'>{e(value)}{' ⚠' if over else ''}</td></tr>"
+                   for what, value, over in health.rows)
+    periods = "".join(f"<li>{e(p)}</li>" for p in health.periods[:FOLD_LIST])
+    more = f"<p class='muted'>… and {len(health.periods) - FOLD_LIST} more periods (summary.json)</p>" if len(health.periods) > FOLD_LIST else ""
+    return (f'<section id="health"><h2>Run health</h2><p>{e(health.headline)}</p><div class="scroll"><table class="health">'
+            f"<thead><tr><th>figure</th><th class='num'>value</th></tr></thead><tbody>{rows}</tbody></table></div>"
+            + (f"<h3>Saturated periods</h3><ul class='compact'>{periods}</ul>{more}" if periods else "") + "</section>")
 
 
 def _how(run: RunData) -> str:

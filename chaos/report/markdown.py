@@ -15,6 +15,7 @@ from chaos.report.facts import (
     TABLE_METRICS,
     VERDICT_TEXT,
     failures_by_router,
+    run_health,
     fmt,
     fmt_bound,
     fmt_time,
@@ -79,6 +80,8 @@ def render_markdown(run: RunData) -> str:
             if t.skipped_routers and not t.skipped:
                 failing += f"{'; ' if failing else ''}skipped on {len(t.skipped_routers)} router(s)"
             result = "⏭ skipped" if t.skipped else "✅ pass" if t.ok else "❌ FAIL"
+            if t.saturated_routers:
+                result += f" ⚠ {len(t.saturated_routers)} measured while saturated"
             lines.append(f"| `{code(t.name)}` | {t.phase} | {cell(fmt_bound(t))} | {cell(tolerance_value(t))} | "
                          f"{result} | {cell(failing)} |")
     else:
@@ -99,8 +102,9 @@ def render_markdown(run: RunData) -> str:
         def row(r: RouterMetrics) -> str:
             after = "—" if r.holders_after is None else (", ".join(r.holders_after) or "none")
             vals = " | ".join(cell(fmt(r.metrics.get(m), m)) for m in columns)
+            flag = " ⚠ measured while saturated" if r.saturated else ""
             return (f"| {cell(label_of(r.router_id, run.router_names))} | {'yes' if r.targeted else 'no'} | {cell(after)} | {vals} | "
-                    f"{cell(', '.join(failing.get(r.router_id, [])) or '✓')} |")
+                    f"{cell((', '.join(failing.get(r.router_id, [])) or '✓') + flag)} |")
 
         lines += head + [row(r) for r in routers[:TABLE_PAGE]]
         if len(routers) > TABLE_PAGE:
@@ -109,6 +113,14 @@ def render_markdown(run: RunData) -> str:
             lines += ["", "</details>"]
     else:
         lines.append("No router appears in the journal.")
+    health = run_health(s)
+    if health is not None:
+        lines += ["", "## Run health", "", cell(health.headline), "", "| figure | value |", "|---|---|"]
+        lines += [f"| {cell(what)} | {cell(value)}{' ⚠' if over else ''} |" for what, value, over in health.rows]
+        if health.periods:
+            lines += ["", "Saturated periods:", ""] + [f"- {cell(p)}" for p in health.periods[:20]]
+            if len(health.periods) > 20:
+                lines.append(f"- … and {len(health.periods) - 20} more (see summary.json)")
     if s.notes:
         lines += ["", "## Notes", ""] + [f"- {cell(n)}" for n in s.notes[:50]]
         if len(s.notes) > 50:

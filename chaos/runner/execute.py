@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos import __version__
 from chaos.analysis.hypothesis import check_hypothesis
-from chaos.analysis.summary import left_injected, summarize, write_summary
+from chaos.analysis.summary import judge, left_injected, summarize, write_summary
 from chaos.errors import ChaosError, ExitCode, InvalidInput, Prerequisites, UsageError, without_rollback_claim
 from chaos.experiment.load import load_experiment
 from chaos.experiment.registry import registry
@@ -32,6 +32,7 @@ from chaos.experiment.schema import Experiment, RouterSelector, combination_prob
 from chaos.faults.base import Fault, FaultContext
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
+from chaos.probes.health import RunHealth
 from chaos.probes.primary import PrimaryObserver
 from chaos.probes.base import ProbeRun
 from chaos.probes.replicas import observe
@@ -377,12 +378,16 @@ async def run_experiment(
             observer = next((p for p in built if isinstance(p, PrimaryObserver)), None)
             conntrack = next((p for p in built if isinstance(p, ConntrackProbe)), None)
             probes = [p for p in built if p is not observer and p is not conntrack]
+            # The run's own health beside the figures, so a saturated measurement is never
+            # reported as the cloud's deviation.
+            health = RunHealth(journal, senders=[p for p in probes if hasattr(p, "send_counts")],
+                               lag_sources=[observer] if observer is not None else [])
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
                 warmup=experiment.probes.warmup, settle=experiment.probes.settle,
                 observe_interval=0.5,
-                probes=[probe.run for probe in probes],
+                probes=[*(probe.run for probe in probes), health.run],
                 steady_state_check=steady,
                 on_progress=_progress_printer(probes, experiment.safeguards.max_run_duration, on_progress),
                 observer=observer,
@@ -428,9 +433,8 @@ async def run_experiment(
         verdict, code = "left-injected", ExitCode.LEFT_INJECTED
         log.error("run stopped", verdict=verdict, reason=reason)
     if verdict == "held":
-        if summarize(read_journal(journal.path), tolerances).verdict == "deviated":
-            verdict = "deviated"
-        code = ExitCode.DEVIATED if verdict == "deviated" else ExitCode.OK
+        verdict = judge(summarize(read_journal(journal.path), tolerances).tolerances)
+        code = {"deviated": ExitCode.DEVIATED, "inconclusive": ExitCode.INCONCLUSIVE}.get(verdict, ExitCode.OK)
     journal.write("run.finished", verdict=verdict, exit_code=int(code), reason=reason)
     journal.close()
     # CPU-bound analysis off the event loop: an operator's other runs and its API keep going

@@ -721,7 +721,7 @@ def follow_replicas(agent: AgentContext, router_ids: Sequence[str], *, heartbeat
     sweep = "; ".join(f"st {i} {q(r)}" for i, r in enumerate(rids))
     loop = (
         f"n=0\nwhile :; do\n  {sweep}\n  n=$((n+1))\n"
-        f"  if [ \"$n\" -ge {beats} ]; then n=0; echo H || {{ kill 0; exit 1; }}; fi\n"
+        f"  if [ \"$n\" -ge {beats} ]; then n=0; echo \"H $(date +%s.%N)\" || {{ kill 0; exit 1; }}; fi\n"
         f"  sleep {seconds(every)}\ndone"
     )
     return NodeCommand(
