@@ -341,7 +341,7 @@ def test_sigkill_runs_never_leave_two_keepalived(request: pytest.FixtureRequest,
     with KeepalivedWatcher(lab) as watcher:
         proc = run_cli(lab, tmp_path, str(path))
         time.sleep(2 * max(lab.spec.options.respawn_interval, 1.0) + 1)  # the agent's next checks, after the run
-    assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED), proc.stdout + proc.stderr
+    assert proc.returncode in (ExitCode.OK, ExitCode.DEVIATED, ExitCode.INCONCLUSIVE), proc.stdout + proc.stderr
     assert len(watcher.most) == sum(len(r.replicas) for r in lab.spec.routers), watcher.most
     assert max(watcher.most.values()) == 1, {k: v for k, v in watcher.most.items() if v > 1}
     assert all(v == 1 for v in watcher.instances().values())

@@ -237,7 +237,7 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
         mine = journal(state / "runs" / f["run_id"])
         peer = next(x for x in firings["b-link"] if x["scheduled_for"] == f["scheduled_for"])
         theirs = journal(state / "runs" / peer["run_id"])
-        assert next(e for e in mine if e["kind"] == "run.finished")["verdict"] in ("held", "deviated")
+        assert next(e for e in mine if e["kind"] == "run.finished")["verdict"] in ("held", "deviated", "inconclusive")
         last_undo = max(e["t"] for e in theirs if e["kind"] == "fault.undone")
         assert min(e["t"] for e in mine if e["kind"] == "fault.injected") > last_undo
 
@@ -245,7 +245,7 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     by_exp: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_exp.setdefault(r["experiment"], []).append(r)
-    assert all(r["verdict"] in ("held", "deviated") and r["trigger"] == "schedule" for r in by_exp["a-term"])
+    assert all(r["verdict"] in ("held", "deviated", "inconclusive") and r["trigger"] == "schedule" for r in by_exp["a-term"])
     assert all(r["verdict"] == "skipped" and r["faults_injected"] == 0 for r in by_exp["c-overlap"])
     manual = next(r for r in runs if r["run_id"] == started["run_id"])
     assert manual["trigger"] == "manual" and manual["triggered_by"] == "alice" and manual["aborted_by"] == "alice"
@@ -257,7 +257,7 @@ def test_schedules_overlap_trigger_abort_history_dashboard_metrics(
     assert {(a["who"], a["ok"]) for a in audit} >= {("alice", True), ("bob", False), ("anonymous", False)}
 
     metrics = op.request("GET", "/metrics")[1]
-    held = sum(float(v) for v in re.findall(r'chaos_runs_total\{experiment="a-term",trigger="schedule",verdict="(?:held|deviated)"\} (\S+)', metrics))
+    held = sum(float(v) for v in re.findall(r'chaos_runs_total\{experiment="a-term",trigger="schedule",verdict="(?:held|deviated|inconclusive)"\} (\S+)', metrics))
     assert held == len(by_exp["a-term"]) >= 3, metrics
     assert re.search(r'chaos_firings_total\{experiment="c-overlap",outcome="skipped"\} ([3-9]|\d\d)', metrics)
     assert 'chaos_runs_total{experiment="d-long",trigger="manual",verdict="aborted"} 1.0' in metrics

@@ -46,16 +46,21 @@ class Stream:
         return lags
 
 
+def test_host_cpu_pressure_counts_only_where_the_lab_runs_on_the_host() -> None:
+    assert saturation({"cpu_pressure": 0.9}) == {} and saturation({"cpu_pressure": 0.9, "lab_on_host": False}) == {}
+    assert saturation({"cpu_pressure": 0.9, "lab_on_host": True}) == {"cpu_pressure": 0.9}
+
+
 @pytest.mark.parametrize(("key", "field", "limit"), [
     ("loop_lag_max", "loop_lag_max", LIMITS["loop_lag_max"]),
     ("observer_lag_max", "observer_lag_max", LIMITS["observer_lag_max"]),
-    ("cpu_pressure", "cpu_pressure", LIMITS["cpu_pressure"]),
     ("runner_cpu", "runner_cpu", LIMITS["runner_cpu"]),
     ("probe_late", "probe_late_share", LIMITS["probe_late"]),
 ])
 def test_each_limit_marks_a_sample_saturated_only_past_it(key: str, field: str, limit: float) -> None:
     assert saturation({field: limit}) == {}
     assert saturation({field: limit * 1.01 + 0.001}) == {key: pytest.approx(limit * 1.01 + 0.001)}
+    assert saturation({field: limit * 1.01 + 0.001, "lab_on_host": True}) == {key: pytest.approx(limit * 1.01 + 0.001)}
     assert saturation({field: None}) == {} and saturation({field: True}) == {}
     assert describe(key, 0.5)  # in words
 

@@ -126,6 +126,7 @@ class RunHealth(Event):
     runner_cpu: float | None = None  # cores this process used
     host_cpu: float | None = None  # share of all the host's CPUs busy
     cpu_pressure: float | None = None  # share of the window some runnable task waited for a CPU (PSI)
+    lab_on_host: bool | None = None  # the routers run on this host (the lab): its CPU pressure is the lab's
     probe_sends: int | None = None  # ICMP sends in the window, skipped ones, p99 lateness / interval
     probe_skipped: int | None = None
     probe_late_share: float | None = None

@@ -381,7 +381,8 @@ async def run_experiment(
             # The run's own health beside the figures, so a saturated measurement is never
             # reported as the cloud's deviation.
             health = RunHealth(journal, senders=[p for p in probes if hasattr(p, "send_counts")],
-                               lag_sources=[observer] if observer is not None else [])
+                               lag_sources=[observer] if observer is not None else [],
+                               lab_on_host=experiment.target.source == "lab")
             scheduler = Scheduler(
                 topology=topology, plan=plan, faults=faults, ctx=ctx, journal=journal,
                 safeguards=experiment.safeguards,
