@@ -388,3 +388,22 @@ async def test_keepalived_kill_deadman_restarts_keepalived_when_the_runner_never
         details = await run_undo_steps(ctx, [UndoStep.model_validate(s) for s in journaled])
         assert "already running" in details[0] and not details[1]
         assert net.injected() == []
+
+
+async def test_an_old_journals_keepalived_kill_steps_without_disarm_still_recover(fake_network) -> None:  # type: ignore[no-untyped-def]
+    """A run written before TERM/KILL armed a dead-man journaled the revert alone: ``chaos
+    recover`` replays it as it is (plain text, as read back from the journal) and keepalived
+    runs again; there is no dead-man to cancel."""
+    from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
+    from tests import fakenode
+
+    net = fake_network(fakenode.topology(check_interval=0))
+    router = net.topology.routers[0]
+    node = net.topology.node(router.replicas[0].node)
+    old_steps = [{"via": "ssh", "node": node.name, "command": str(nc.keepalived_ensure_running(node.agent, router.id))}]
+    async with net.pool()(net.topology.nodes) as ssh:
+        await ssh.run(node.name, nc.keepalived_signal(node.agent, router.id, nc.Signal.KILL))  # as the old run did
+        assert any("not running" in x for x in net.injected())
+        details = await run_undo_steps(FaultContext(net.topology, ssh, "old-run"), [UndoStep.model_validate(s) for s in old_steps])
+    assert "started keepalived" in details[0]
+    assert net.injected() == []
