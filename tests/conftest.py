@@ -49,7 +49,7 @@ def lab_name(suffix: str = "") -> str:
     return f"t{os.getpid() % 100000}{suffix}"[:10]
 
 
-LAB_FIXTURES = frozenset({"lab", "kolla_lab", "make_lab"})
+LAB_FIXTURES = frozenset({"lab", "kolla_lab", "still_lab", "make_lab"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before the -m selection, which reads the markers added here
@@ -173,6 +173,13 @@ def kolla_lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
     keepalived in per-router sidecars, reached with `docker exec` (chaos.deployment)."""
     return make_lab("k", nodes=3, routers=2, replicas=2, advert_int=1, respawn_interval=2.0, boot_delay=2.0,
                     profile="kolla")
+
+
+@pytest.fixture(scope="session")
+def still_lab(make_lab: Callable[..., LabHandle]) -> LabHandle:
+    """A lab whose agents never respawn keepalived (check_child_processes_interval 0): whatever
+    brings a dead keepalived back there is the tool (its undo, its node-side dead-man)."""
+    return make_lab("n", routers=2, nodes=2, advert_int=1, respawn_interval=0)
 
 
 def wait_lab_ready(handle: LabHandle, timeout: float = 60.0, *, data_plane: bool = True) -> None:

@@ -18,6 +18,7 @@ import pytest
 from chaos.errors import ExitCode
 from chaos.journal import JournalHeader, read_events, read_journal
 from tests.conftest import CHAOS_CLI, LabHandle, wait_lab_ready
+from tests.interruption import Inspector, placement_of
 
 CHAOS = list(CHAOS_CLI)
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -318,12 +319,6 @@ class KeepalivedWatcher:
         return counts
 
 
-@pytest.fixture(scope="module")
-def still_lab(make_lab) -> LabHandle:  # type: ignore[no-untyped-def]
-    """A lab whose agents never respawn keepalived (check_child_processes_interval 0)."""
-    return make_lab("n", routers=2, nodes=2, advert_int=1, respawn_interval=0)
-
-
 @pytest.mark.lab  # its lab comes through request.getfixturevalue, which the automatic marking cannot see
 @pytest.mark.parametrize("lab_fixture, respawn_wait, restarted_by", [("still_lab", "0s", "tool"), ("lab", "20s", "agent")])
 def test_sigkill_runs_never_leave_two_keepalived(request: pytest.FixtureRequest, tmp_path: Path, lab_fixture: str,
@@ -345,9 +340,86 @@ def test_sigkill_runs_never_leave_two_keepalived(request: pytest.FixtureRequest,
     assert len(watcher.most) == sum(len(r.replicas) for r in lab.spec.routers), watcher.most
     assert max(watcher.most.values()) == 1, {k: v for k, v in watcher.most.items() if v > 1}
     assert all(v == 1 for v in watcher.instances().values())
-    undone = events(run_folder(proc), "fault.undone")
+    folder = run_folder(proc)
+    undone = events(folder, "fault.undone")
     assert len(undone) == len(lab.spec.routers)
     assert {e.get("restarted_by") for e in undone} == {restarted_by}, undone
+    # Each kill armed a dead-man (no duration, yet a deadline), and the completed run cancelled it.
+    assert all("dead-man pid" in e["detail"] for e in events(folder, "fault.injected"))
+    left = [p for p in Inspector(lab.dir).leftovers() if "dead-man" in p]
+    assert not left, left
+    lab_is_clean(lab)
+
+
+DEADMAN_BOUND = 3.0  # seconds past its deadline by which the dead-man's keepalived must run (sh, SSH-free start)
+
+
+def test_a_sigkilled_runs_keepalived_kill_is_undone_by_its_dead_man(still_lab: LabHandle, tmp_path: Path) -> None:
+    """Issue 14: a fault without a duration gets a node-side deadline too. The runner of a
+    SIGKILL experiment is killed right after the injection, nobody runs ``chaos recover``, and
+    this lab's agents never respawn keepalived: the dead-man alone brings it back, at
+    respawn_wait + its margin after the kill (not before: nothing else would), exactly one
+    instance with its VRRP child, and then no dead-man is left. Looked at from outside the tool
+    (/proc and nsenter, tests/interruption.py's Inspector). ``chaos recover`` afterwards has
+    nothing left to do but free the leases."""
+    from chaos.faults.keepalived_kill import REVERT_GRACE, KeepalivedKill
+    from chaos.lab.node import init_pid
+
+    lab = still_lab
+    wait_lab_ready(lab)
+    placement = placement_of(lab.lab.spec())
+    deadline = 2 + KeepalivedKill.took_timeout + REVERT_GRACE
+    path = write_experiment(tmp_path, "kill-no-runner",
+                            "  type: keepalived-kill\n  replica: primary\n  params: {signal: KILL, respawn_wait: 2s}",
+                            mode="one", probes="primary: {}\n  warmup: 1s\n  settle: 1s")
+    proc = subprocess.Popen([*CHAOS, "run", "--lab", lab.name, "--reports-dir", str(tmp_path), str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    injected: dict | None = None
+    try:
+        limit = time.monotonic() + 60
+        while injected is None and time.monotonic() < limit and proc.poll() is None:
+            journal = next(tmp_path.glob("*/journal.jsonl"), None)
+            found = [e for e in read_journal(journal) if e["kind"] == "fault.injected"] if journal else []
+            injected = found[0] if found else None
+            time.sleep(0.05)
+        assert injected is not None, "the run never injected"
+        os.killpg(proc.pid, signal.SIGKILL)  # during took() or the respawn wait: no undo has run
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    folder = journal.parent  # type: ignore[union-attr]
+    assert f"undoes it after {deadline:g}s" in injected["detail"], injected["detail"]
+    inspector = Inspector(lab.dir)
+    init = init_pid(lab.dir, injected["node"])
+    assert init is not None
+
+    def instances() -> tuple[int, int, bool]:
+        """(main keepalived of the router, their VRRP children, a dead-man of this run armed)."""
+        procs = inspector.node_processes(init)
+        ours = [p for p in procs if os.path.basename(p.argv[0]) == "keepalived"
+                and f"/{injected['router_id']}/keepalived.conf" in p.text]
+        mains = [p for p in ours if p.ppid not in {q.pid for q in ours}]
+        armed = any(f"chaos-deadman chaos-{folder.name}-" in p.text for p in procs)
+        return len(mains), len(ours) - len(mains), armed
+
+    back = None
+    while time.time() - injected["t"] < deadline + DEADMAN_BOUND:
+        mains, children, armed = instances()
+        if mains:
+            back = time.time() - injected["t"]
+            break
+        assert armed, "the dead-man must outlive the runner until it fires"
+        time.sleep(0.05)
+    print(f"keepalived back {back}s after the kill (dead-man deadline {deadline:g}s)")
+    assert back is not None, f"keepalived not back {deadline + DEADMAN_BOUND:g}s after the kill"
+    assert back >= deadline - 0.5, f"keepalived back after {back:.1f}s: before the dead-man's deadline ({deadline:g}s)"
+    left = inspector.wait_clean(placement, 30)  # its VRRP child, the dead-man's shell gone, one primary per router
+    assert not left, left
+    assert instances() == (1, 1, False)
+    rec = subprocess.run([*CHAOS, "recover", str(folder)], capture_output=True, text=True, timeout=120)
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert instances() == (1, 1, False)
     lab_is_clean(lab)
 
 

@@ -259,3 +259,151 @@ def test_deadman_cancel_by_pid_leaves_foreign_processes_alone() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------- keepalived-kill's dead-man
+def _kill_fault(signal: str, *, respawn_wait: float | None = None, duration: float | None = None,
+                check_interval: float = 60.0, profile: str = "upstream"):  # type: ignore[no-untyped-def]
+    """A keepalived-kill action on the fake topology's first router, built as the planner builds it
+    (no node is reached: building commands needs none)."""
+    from chaos.faults.base import FaultContext
+    from chaos.faults.keepalived_kill import KeepalivedKill
+    from chaos.model import Topology
+    from tests import fakenode
+
+    topo = fakenode.topology(check_interval=check_interval)
+    nodes = tuple(n.model_copy(update={"profile": profile}) for n in topo.nodes)
+    topo = Topology(source=topo.source, nodes=nodes, routers=topo.routers)
+    router = topo.routers[0]
+    params = {"signal": signal} | ({"respawn_wait": respawn_wait} if respawn_wait is not None else {})
+    ctx = FaultContext(topo, None, "run-1")  # type: ignore[arg-type]
+    return KeepalivedKill(ctx, router=router, node=topo.node(router.replicas[0].node), params=params,
+                          duration=duration, action_id="a1")
+
+
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_keepalived_term_and_kill_arm_a_deadman_after_respawn_wait_and_the_live_undo(signal: str) -> None:
+    """Without a duration, TERM and KILL still get a node-side deadline: the dead-man goes first,
+    fires respawn_wait + the margin after the kill, runs exactly the undo's revert, and the undo
+    ends by cancelling it (a disarm step, after the revert)."""
+    from chaos.faults.keepalived_kill import REVERT_GRACE, KeepalivedKill
+
+    fault = _kill_fault(signal, respawn_wait=2)
+    margin = KeepalivedKill.took_timeout + REVERT_GRACE
+    assert fault.deadman_after() == fault.deadman_deadline() == 2 + margin
+    deadman, kill = fault.inject_commands()
+    intent = nc.intent_of(deadman)
+    assert isinstance(intent, nc.DeadmanSchedule)
+    assert intent.after == 2 + margin and intent.marker == fault.marker == "chaos-run-1-a1"
+    assert list(intent.undo) == fault.revert_commands() and isinstance(intent.undo_intents[0], nc.KeepalivedEnsureRunning)
+    assert isinstance(nc.intent_of(kill), nc.KeepalivedSignal) and nc.intent_of(kill).signal == signal  # type: ignore[union-attr]
+    revert, disarm = fault.undo_steps()
+    assert revert.command == fault.revert_commands()[0] and not revert.disarm
+    assert disarm.disarm and disarm.command == nc.deadman_cancel(fault.marker)
+    # One shell word each: the timer's script is the quoted argument of `sh -c`, holding the
+    # revert byte for byte after `sleep <deadline>;`.
+    words = shlex.split(deadman)
+    assert words[:4] == ["nohup", "setsid", "sh", "-c"] and words[5:] == ["3>&1", "</dev/null", ">/dev/null", "2>&1", "&"]
+    assert words[4].startswith(f": {nc.DEADMAN_TAG} chaos-run-1-a1; ")
+    assert f"; sleep {2 + margin:g}; {fault.revert_commands()[0]}" in words[4]
+    for text in (deadman, words[4]):
+        assert sh(f"sh -n -c {shlex.quote(text)}").returncode == 0, text
+
+
+@pytest.mark.parametrize("check_interval, respawn_wait, deadline", [
+    (60.0, None, 60 + 15 + 15),  # Neutron's default interval: the agent's chance, then the margin
+    (0.0, None, 15),  # an agent that never respawns: no chance to give it, the margin only
+    (60.0, 0, 15),
+])
+def test_keepalived_kill_deadline_follows_respawn_wait(check_interval: float, respawn_wait: float | None,
+                                                       deadline: float) -> None:
+    fault = _kill_fault("KILL", respawn_wait=respawn_wait, check_interval=check_interval)
+    assert fault.deadman_deadline() == deadline
+    assert f"sleep {deadline:g};" in fault.inject_commands()[0]
+
+
+def test_keepalived_stop_keeps_its_duration_as_the_deadline() -> None:
+    fault = _kill_fault("STOP", duration=3)
+    assert fault.deadman_deadline() == 3 and "sleep 3;" in fault.inject_commands()[0]
+    assert [s.disarm for s in fault.undo_steps()] == [False, True]
+
+
+def test_keepalived_kill_deadman_in_a_container_profile_runs_the_revert_in_the_agents_context() -> None:
+    """kolla: the timer runs on the host (it must outlive any container exec), its revert goes
+    through `docker exec ... sh -c '...'`, quoted inside the timer's own quoted script."""
+    fault = _kill_fault("TERM", respawn_wait=1, profile="kolla")
+    script = shlex.split(fault.inject_commands()[0])[4]
+    revert = fault.revert_commands()[0]
+    assert revert.startswith("docker exec -u root neutron_l3_agent sh -c ") and script.endswith(f"; {revert}")
+    assert sh(f"sh -n -c {shlex.quote(script)}").returncode == 0
+
+
+def test_keepalived_kill_describes_its_deadline() -> None:
+    """`chaos validate` and the dry run say when the dead-man would restart keepalived."""
+    from chaos.experiment.registry import registry
+    from chaos.experiment.schema import FAULT_SPECS
+    from chaos.runner.plan import Plan, PlannedAction, describe
+
+    cls = registry().fault("keepalived-kill")
+    spec = FAULT_SPECS["keepalived-kill"].model_validate({"type": "keepalived-kill", "params": {"signal": "TERM", "respawn_wait": "2s"}})
+    assert "dead-man restarts keepalived 17s (respawn_wait + 15s) after the kill" in cls.describe_spec(spec)
+    spec = FAULT_SPECS["keepalived-kill"].model_validate({"type": "keepalived-kill"})
+    assert "respawn_wait + 15s (respawn_wait: the node's check_child_processes_interval + 15s" in cls.describe_spec(spec)
+    fault = _kill_fault("KILL", respawn_wait=2)
+    action = PlannedAction(action_id="a1", fault="keepalived-kill", node=fault.node.name, router_id=fault.router_id,
+                           router_name=None, replica_role="primary", affected_routers=[fault.router_id],
+                           inject=fault.inject_commands(), undo=[s.model_dump() for s in fault.undo_steps()])
+    plan = Plan(fault="keepalived-kill", routers=[fault.router_id], actions=[action], waves=[["a1"]])
+    text = describe(plan, fault.ctx.topology, {"a1": fault.deadman_deadline()})
+    assert f"dead-man on {fault.node.name}: undoes it by itself 17s after the injection" in text
+
+
+async def test_keepalived_kill_deadman_restarts_keepalived_when_the_runner_never_undoes(fake_network) -> None:  # type: ignore[no-untyped-def]
+    """On the modelled node whose agent never respawns: a KILL whose runner dies (no undo) is
+    undone by the dead-man at its deadline, and nothing else does it before; ``chaos recover``'s
+    replay afterwards changes nothing (one keepalived, no dead-man left)."""
+    from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
+    from chaos.faults.keepalived_kill import KeepalivedKill
+    from tests import fakenode
+
+    net = fake_network(fakenode.topology(check_interval=0))
+    offset = [0.0]
+    net.clock = lambda: time.monotonic() + offset[0]  # the model's time, moved on by hand below
+    router = net.topology.routers[0]
+    node = net.topology.node(router.replicas[0].node)
+    async with net.pool()(net.topology.nodes) as ssh:
+        ctx = FaultContext(net.topology, ssh, "run-1")
+        fault = KeepalivedKill(ctx, router=router, node=node, params={"signal": "KILL", "respawn_wait": 1},
+                               duration=None, action_id="a1")
+        journaled = [s.model_dump() for s in fault.undo_steps()]
+        assert "dead-man pid" in await fault.inject() and (await fault.took())[0]
+        deadline = fault.deadman_deadline()
+        assert deadline is not None
+        offset[0] += deadline - 1
+        assert any("not running" in x for x in net.injected()), "nothing but the dead-man may restart it"
+        assert any("dead-man" in x for x in net.injected())
+        offset[0] += 1.5
+        assert net.injected() == []
+        assert len([p for p in net.nodes[node.name].keepalived_of(router.id) if p.kind == "keepalived"]) == 1
+        details = await run_undo_steps(ctx, [UndoStep.model_validate(s) for s in journaled])
+        assert "already running" in details[0] and not details[1]
+        assert net.injected() == []
+
+
+async def test_an_old_journals_keepalived_kill_steps_without_disarm_still_recover(fake_network) -> None:  # type: ignore[no-untyped-def]
+    """A run written before TERM/KILL armed a dead-man journaled the revert alone: ``chaos
+    recover`` replays it as it is (plain text, as read back from the journal) and keepalived
+    runs again; there is no dead-man to cancel."""
+    from chaos.faults.base import FaultContext, UndoStep, run_undo_steps
+    from tests import fakenode
+
+    net = fake_network(fakenode.topology(check_interval=0))
+    router = net.topology.routers[0]
+    node = net.topology.node(router.replicas[0].node)
+    old_steps = [{"via": "ssh", "node": node.name, "command": str(nc.keepalived_ensure_running(node.agent, router.id))}]
+    async with net.pool()(net.topology.nodes) as ssh:
+        await ssh.run(node.name, nc.keepalived_signal(node.agent, router.id, nc.Signal.KILL))  # as the old run did
+        assert any("not running" in x for x in net.injected())
+        details = await run_undo_steps(FaultContext(net.topology, ssh, "old-run"), [UndoStep.model_validate(s) for s in old_steps])
+    assert "started keepalived" in details[0]
+    assert net.injected() == []

@@ -12,11 +12,14 @@ tell it took, how to undo and how to tell the replica (or node) is healthy again
   so ``chaos recover`` can replay them with ``run_undo_steps`` after a crash. Every step is
   idempotent: replaying it on a healthy node changes nothing. A live undo runs the same steps
   through the same function, so the two paths behave the same on failure.
-- A fault with a duration schedules a dead-man on the node together with the injection: a
-  detached ``sleep <duration>; <undo>`` that survives the SSH session, the connection and the
-  runner, so a runner that dies (or hangs) mid-fault cannot leave the fault in place. The step
-  that cancels it is a ``disarm`` step: it runs only when every undo step before it succeeded,
-  so a failed undo leaves the dead-man armed to finish the job.
+- A fault schedules a dead-man on the node together with the injection: a detached
+  ``sleep <deadline>; <undo>`` that survives the SSH session, the connection and the runner, so
+  a runner that dies (or hangs) mid-fault cannot leave the fault in place. The deadline is
+  ``deadman_after()``: the duration for a fault that holds one; a fault without a duration that
+  still leaves something in place (keepalived-kill's TERM/KILL: keepalived stays dead) says a
+  deadline of its own, later than its live undo would act. The step that cancels it is a
+  ``disarm`` step: it runs only when every undo step before it succeeded, so a failed undo
+  leaves the dead-man armed to finish the job.
 - Markers (iptables comments, the dead-man's tag) are ``chaos-<run_id>-<action_id>``, unique to
   one action of one run, so an undo removes only what that action added.
 """
@@ -262,10 +265,23 @@ class Fault(ABC):
         return detail
 
     # ------------------------------------------------------------------ lifecycle
+    def deadman_after(self) -> float | None:
+        """Seconds from the injection until the node-side dead-man runs ``revert_commands`` by
+        itself (None: no dead-man). The duration by default: the live undo acts then too, and the
+        revert is idempotent, so whichever comes first is harmless to the other. A fault without
+        a duration that leaves something in place overrides it with a deadline after the moment
+        its live undo would act, so the dead-man only ever finishes what a dead runner left."""
+        return self.duration
+
     def deadman_command(self) -> str | None:
-        if self.duration is None or not self.revert_commands():
+        after = self.deadman_after()
+        if after is None or not self.revert_commands():
             return None
-        return nc.deadman_schedule(self.marker, self.duration, self.revert_commands())
+        return nc.deadman_schedule(self.marker, after, self.revert_commands())
+
+    def deadman_deadline(self) -> float | None:
+        """The dead-man's deadline when this action arms one (for plans and messages)."""
+        return self.deadman_after() if self.deadman_command() is not None else None
 
     def inject_commands(self) -> list[str]:
         """Exactly what ``inject`` runs on the node, in order: the dead-man first, then the fault.
@@ -295,7 +311,7 @@ class Fault(ABC):
                 outputs.append(result.stdout.strip())
         detail = self.describe("; ".join(o for o in outputs if o))
         if self.deadman_pid is not None:
-            detail += f" (dead-man pid {self.deadman_pid} undoes it after {self.duration:g}s)"
+            detail += f" (dead-man pid {self.deadman_pid} undoes it after {self.deadman_after():g}s)"
         log.info("fault injected", fault=self.type, node=self.node.name, router=self.router.id if self.router else None)
         return detail.strip()
 

@@ -9,6 +9,12 @@ On a real cloud Neutron's process monitor respawns a dead keepalived at its next
 experiment measures. So the undo waits that long (plus a margin) for the agent, and only then
 starts keepalived itself, the way the agent would, and only if no keepalived runs the router's
 config: never a second one beside the agent's. Who restarted it is journaled.
+
+That undo runs in the runner. Should the runner die after the signal and nobody run ``chaos
+recover``, nothing but the agent would ever bring keepalived back, and an agent whose process
+monitor is off (``check_child_processes_interval`` 0) never does. So every signal arms a
+node-side dead-man before it is sent: STOP's after the duration, TERM's and KILL's after
+``respawn_wait`` plus ``DEADMAN_MARGIN``, which runs the same revert as the undo.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
+from chaos.experiment.durations import format_duration
 from chaos.experiment.params import NonNegativeDuration, Params
 from chaos.faults.base import Fault, Loc, poll
 from chaos.transport import node_commands as nc
@@ -25,6 +32,14 @@ from chaos.transport import node_commands as nc
 # Neutron's monitor sleeps the interval, then checks; keepalived's respawn is also throttled to
 # 1.5 x advert_int after its last spawn. Real Zed respawned 17-50 s after a kill at 60 s.
 RESPAWN_MARGIN = 15.0
+# TERM/KILL: how much later than respawn_wait the dead-man fires. The live undo starts when
+# took() returns (at most Fault.took_timeout, 5 s, after the injection), waits respawn_wait for
+# the agent, then runs the revert (an SSH round, keepalived's start, DUPLICATE_SETTLE_S for the
+# duplicate check) and the disarm (another round): REVERT_GRACE bounds those two rounds with room
+# for a loaded node behind a bastion. Firing earlier would not break anything (the revert starts
+# keepalived only when none runs and resolves a race with any other starter), but it would cut
+# the agent's chance short and the journal would credit the agent with the dead-man's restart.
+REVERT_GRACE = 10.0
 
 
 def _signal(value: object) -> object:
@@ -61,6 +76,24 @@ class KeepalivedKill(Fault):
                                     "(see params.respawn_wait)")]
         return []
 
+    @classmethod
+    def describe_spec(cls, spec: Any) -> str:
+        """The base line plus, for TERM/KILL, the dead-man's deadline (STOP's is its duration,
+        which the base line says already)."""
+        line = super().describe_spec(spec)
+        if spec.params.signal == "STOP":
+            return line
+        wait, margin = spec.params.respawn_wait, format_duration(cls.deadman_margin())
+        when = (f"{format_duration(wait + cls.deadman_margin())} (respawn_wait + {margin})" if wait is not None else
+                f"respawn_wait + {margin} (respawn_wait: the node's check_child_processes_interval + "
+                f"{format_duration(RESPAWN_MARGIN)}, 0 where it is 0)")
+        return f"{line}; should the run die, a node-side dead-man restarts keepalived {when} after the kill"
+
+    @classmethod
+    def deadman_margin(cls) -> float:
+        """How much later than ``respawn_wait`` a TERM/KILL dead-man fires (see REVERT_GRACE)."""
+        return cls.took_timeout + REVERT_GRACE
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.signalled: list[int] = []
@@ -77,6 +110,14 @@ class KeepalivedKill(Fault):
             return self.params.respawn_wait
         interval = self.node.check_child_processes_interval
         return interval + RESPAWN_MARGIN if interval > 0 else 0.0
+
+    def deadman_after(self) -> float | None:
+        """STOP: the duration (CONT then). TERM/KILL: after the live undo would have restarted
+        keepalived (``respawn_wait`` plus ``deadman_margin``), so the dead-man acts only when the
+        runner died, and restarts it the way the undo does."""
+        if self.signal == nc.Signal.STOP:
+            return self.duration
+        return self.respawn_wait + self.deadman_margin()
 
     def fault_commands(self) -> list[str]:
         # TERM goes to the main process only, as a service stop does; it stops its VRRP child.

@@ -324,11 +324,12 @@ async def run_experiment(
     if dry_run:
         async with SshPool(topology.nodes) as ssh:
             ctx = FaultContext(topology=topology, ssh=ssh, run_id=run_id)
-            plan, _, holders = await make_plan(experiment, topology, ssh, ctx)
+            plan, faults, holders = await make_plan(experiment, topology, ssh, ctx)
+        deadlines = {aid: d for aid, f in faults.items() if (d := f.deadman_deadline()) is not None}
         if changed:
             print("target overridden on the command line:\n" + "\n".join(describe_overrides(changed)))
         print(f"target {topology.source}: {experiment.target.describe()}")
-        print(describe(plan, topology))
+        print(describe(plan, topology, deadlines))
         print(describe_reach(topology, plan))
         return ExitCode.OK, None
     run_dir.mkdir(parents=True, exist_ok=False)

@@ -148,8 +148,11 @@ def affected_by_node(topology: Topology, node: str) -> list[str]:
     return sorted(r.id for r in topology.routers if any(rep.node == node for rep in r.replicas))
 
 
-def describe(plan: Plan, topology: Topology) -> str:
-    """The plan as a person reads it, with the exact commands per node (for --dry-run)."""
+def describe(plan: Plan, topology: Topology, deadlines: Mapping[str, float] | None = None) -> str:
+    """The plan as a person reads it, with the exact commands per node (for --dry-run), and per
+    action with a dead-man (``deadlines``: action id to seconds) when it would undo the action by
+    itself: the one figure the commands hold that a reader needs without parsing them."""
+    deadlines = deadlines or {}
     names = {r.id: r.name or r.id for r in topology.routers}
     lines = [f"fault {plan.fault} on {len(plan.routers)} router(s), {len(plan.actions)} action(s) in {len(plan.waves)} wave(s)"]
     for i, wave in enumerate(plan.waves, start=1):
@@ -160,6 +163,9 @@ def describe(plan: Plan, topology: Topology) -> str:
             lines.append(f"  {a.action_id}: {a.fault} on {a.node}: {target}; disturbs {len(a.affected_routers)} router(s)")
             lines += [f"    inject  [{a.node}]$ {cmd}" for cmd in a.inject]
             lines += [f"    undo    [{s['node']} via {s['via']}]$ {s['command']}" for s in a.undo]
+            if a.action_id in deadlines:
+                lines.append(f"    dead-man on {a.node}: undoes it by itself {deadlines[a.action_id]:g}s after the "
+                             "injection unless the undo has cancelled it")
     return "\n".join(lines)
 
 

@@ -143,7 +143,8 @@ class Scheduler:
                 f"{len(self.active)} fault(s) could not be undone and may still be in place: {left}"
                 + (f"; the run had stopped: {without_rollback_claim(failure.message)}" if failure is not None else ""),
                 hint=f"`chaos recover {self.ctx.run_id}` replays their undo once the nodes answer; "
-                "a fault with a duration is also undone by its dead-man on the node when it fires",
+                "a fault that armed a dead-man on its node (fault.injected in the journal names it) is also undone "
+                "by it at its deadline",
                 actions=sorted(self.active),
             ) from failure
         if failure is not None:
