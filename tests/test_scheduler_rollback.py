@@ -315,3 +315,22 @@ async def test_a_poll_that_times_out_names_each_answer_it_got_and_when() -> None
     assert before.startswith("2 replica(s) not yet running (from ") and "; node does not answer yet (from 0.0s)" in before
     answers = iter([(False, "booting"), (True, "back")])
     assert await poll(lambda: asyncio.sleep(0, next(answers)), 1, interval=0.01) == (True, "back")
+
+
+async def test_the_undo_of_keepalived_kill_gets_its_respawn_wait_beyond_the_usual_undo_bound(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's bound on an undo (60 s) was shorter than keepalived-kill's default
+    respawn_wait (the agent's 60 s interval + 15 s): the live undo was cut off before the agent's
+    respawn, its steps replayed, and who restarted keepalived was lost. Scaled down here: a 0.4 s
+    bound, a 1 s respawn_wait, an agent that respawns within 0.7 s."""
+    from chaos.faults.base import Fault
+
+    monkeypatch.setattr(Fault, "undo_timeout", 0.4)
+    net = fake_network(fakenode.topology(check_interval=0.7))
+    term = "  type: keepalived-kill\n  replica: primary\n  params: {signal: TERM, respawn_wait: 1s}"
+    error, events = await run_scheduler(net, experiment(tmp_path, net, term, mode="one"), tmp_path)
+    assert error is None
+    (undone,) = kinds(events, "fault.undone")
+    assert undone["ok"] and undone["restarted_by"] == "agent", undone
+    assert net.injected() == []

@@ -159,6 +159,9 @@ class Fault(ABC):
     recover_timeout: ClassVar[float] = 30.0
     recovery_deadline: ClassVar[float] = 120.0
     """How long the runner waits, in all, for ``recovered()`` after the undo."""
+    undo_timeout: ClassVar[float] = 60.0
+    """How long the runner lets ``undo()`` run before it replays the journaled steps instead; a
+    fault whose undo waits on purpose (for the L3 agent's respawn) says so by raising it."""
 
     # ------------------------------------------------------------------ what the class says
     @classmethod
@@ -180,7 +183,7 @@ class Fault(ABC):
     @classmethod
     def describe_spec(cls, spec: Any) -> str:
         """One line for ``chaos validate`` and the plan: what is injected where, for how long."""
-        params = ", ".join(f"{k} {_plain(v)}" for k, v in spec.params.model_dump().items())
+        params = ", ".join(f"{k} {_plain(v)}" for k, v in spec.params.model_dump().items() if v is not None)
         hold = f" for {format_duration(spec.duration)}" if spec.duration else ""
         replica = "any replica" if spec.replica == "any" else f"the {spec.replica} replica"
         where = f"the node of {replica}" if cls.scope == "node" else replica

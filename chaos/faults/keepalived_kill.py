@@ -119,6 +119,13 @@ class KeepalivedKill(Fault):
             return self.duration
         return self.respawn_wait + self.deadman_margin()
 
+    @property
+    def undo_timeout(self) -> float:  # type: ignore[override]
+        """The agent's ``respawn_wait`` and then the restart's own time: with Neutron's default
+        interval (60 s) the wait alone is 75 s, past the runner's usual 60 s bound, which cut the
+        agent's chance short and lost who restarted keepalived."""
+        return self.respawn_wait + Fault.undo_timeout
+
     def fault_commands(self) -> list[str]:
         # TERM goes to the main process only, as a service stop does; it stops its VRRP child.
         # KILL and STOP must reach the VRRP child itself, which is what holds the addresses.

@@ -39,7 +39,7 @@ from chaos.runner.plan import Plan, PlannedAction
 log = structlog.get_logger("runner")
 
 OBSERVE_TIMEOUT = 15.0
-UNDO_TIMEOUT = 60.0
+UNDO_TIMEOUT = 60.0  # the replay of a failed undo's journaled steps
 RECOVERED_GRACE = 15.0  # beyond a fault's recovery deadline, for its own poll to answer why not
 OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: the safeguards are blind
 
@@ -245,7 +245,7 @@ class Scheduler:
         if fault is None:
             return
         try:
-            async with asyncio.timeout(UNDO_TIMEOUT):
+            async with asyncio.timeout(fault.undo_timeout):
                 detail = await fault.undo()
             ok = True
         except Exception as exc:  # fall back to the journaled steps
