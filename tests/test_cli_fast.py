@@ -255,6 +255,13 @@ def test_an_undo_that_keeps_failing_exits_9_and_every_output_says_what_is_left(
     assert summary.left_injected[0].command == f"chaos recover {run_dir.name}"
     md, html = (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()
     assert "## Still injected" in md and f"chaos recover {run_dir.name}" in md and "replay failed" in md
+    # The fault's dead-man is armed: every output says when the node undoes it by itself.
+    injected = next(e for e in journal_of(out) if e["kind"] == "fault.injected")
+    assert injected["deadman_at"] == pytest.approx(injected["t"] + injected["inject_s"] + 0.3, abs=0.01)
+    assert summary.left_injected[0].deadman_at == injected["deadman_at"]
+    promise = summary.left_injected[0].deadman()
+    assert promise.startswith("a dead-man on network-") and promise.endswith("UTC if the node is up")
+    assert promise in out and promise in md and promise in html
     assert 'id="left-injected"' in html and f"chaos recover {run_dir.name}" in html
     # (the fake's dead-man, armed for the fault's duration, may have undone it meanwhile: the
     # tool cannot know that, so it still says left injected; recover's replay is idempotent)

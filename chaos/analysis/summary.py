@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -55,6 +56,15 @@ class LeftInjected(BaseModel):
     router_id: str | None = None
     detail: str = ""  # why the last undo failed; "" when no undo was tried (the run was killed)
     command: str  # what undoes it: chaos recover RUN
+    deadman_at: float | None = None  # when its node-side dead-man undoes it by itself (fault.injected)
+
+    def deadman(self) -> str:
+        """The dead-man's promise in a report's words ("" without one): the node undoes it by
+        itself then, if the node runs; ``chaos recover`` is still the way to be sure."""
+        if self.deadman_at is None:
+            return ""
+        when = datetime.fromtimestamp(self.deadman_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"a dead-man on {self.node or 'the node'} undoes it by itself at {when} if the node is up"
 
 
 class SaturatedPeriod(BaseModel):
@@ -184,6 +194,7 @@ def left_injected(events: Iterable[Mapping[str, Any]], run_id: str | None) -> li
     ``fault.undone`` with ok), in journal order: the same rule ``chaos recover`` applies."""
     recorded: dict[str, Mapping[str, Any]] = {}
     failed: dict[str, str] = {}
+    deadmen: dict[str, float] = {}
     done: set[str] = set()
     for e in events:
         aid = e.get("action_id")
@@ -191,6 +202,8 @@ def left_injected(events: Iterable[Mapping[str, Any]], run_id: str | None) -> li
             continue
         if e.get("kind") == "fault.undo_recorded":
             recorded[aid] = e
+        elif e.get("kind") == "fault.injected" and isinstance(e.get("deadman_at"), (int, float)):
+            deadmen[aid] = float(e["deadman_at"])
         elif e.get("kind") == "fault.undone":
             if e.get("ok"):
                 done.add(aid)
@@ -199,7 +212,7 @@ def left_injected(events: Iterable[Mapping[str, Any]], run_id: str | None) -> li
     command = f"chaos recover {run_id}" if run_id else "chaos recover RUN_FOLDER"
     return [
         LeftInjected(action_id=aid, fault=_str(e.get("fault")), node=_str(e.get("node")), router_id=_str(e.get("router_id")),
-                     detail=failed.get(aid, ""), command=command)
+                     detail=failed.get(aid, ""), command=command, deadman_at=deadmen.get(aid))
         for aid, e in recorded.items() if aid not in done
     ]
 

@@ -171,6 +171,7 @@ class FaultInjected(_FaultAction):
     kind: Literal["fault.injected"] = "fault.injected"
     detail: str = ""
     inject_s: Seconds | None = None
+    deadman_at: float | None = None  # when the node-side dead-man undoes it by itself, unless cancelled
 
 
 class FaultInjectFailed(_FaultAction):

@@ -192,7 +192,8 @@ def _left_injected(s: Summary) -> str:
     items = "".join(
         f"<li><code>{e(x.action_id)}</code> {e(x.fault or '?')} on {e(x.node or '?')}"
         + (f" (router <code>{e(x.router_id)}</code>)" if x.router_id else "")
-        + f": {e(x.detail or 'never undone (the run stopped before its undo)')}</li>"
+        + f": {e(x.detail or 'never undone (the run stopped before its undo)')}"
+        + (f"; {e(x.deadman())}" if x.deadman_at is not None else "") + "</li>"
         for x in s.left_injected
     )
     return (f'<section id="left-injected"><h2>Still injected</h2><p>{len(s.left_injected)} fault(s) may still be in '

@@ -65,6 +65,7 @@ def render_markdown(run: RunData) -> str:
         lines += [f"- `{code(x.action_id)}` {cell(x.fault or '?')} on {cell(x.node or '?')}"
                   + (f" (router `{code(x.router_id)}`)" if x.router_id else "")
                   + (f": {cell(x.detail)}" if x.detail else ": never undone (the run stopped before its undo)")
+                  + (f"; {cell(x.deadman())}" if x.deadman_at is not None else "")
                   for x in s.left_injected]
         lines.append("")
     lines += [

@@ -496,7 +496,7 @@ def print_verdict(run_dir: Path) -> None:
               f"`{summary.left_injected[0].command}` undoes them:")
         for x in summary.left_injected:
             print(f"  {x.action_id}: {x.fault} on {x.node}" + (f" (router {x.router_id})" if x.router_id else "")
-                  + (f": {x.detail}" if x.detail else ""))
+                  + (f": {x.detail}" if x.detail else "") + (f"; {x.deadman()}" if x.deadman_at is not None else ""))
     for tol in summary.tolerances:
         mark = "skip" if tol.skipped else "ok  " if tol.ok else "FAIL"
         print(f"  {mark} {tol.describe() if hasattr(tol, 'describe') else tol}")

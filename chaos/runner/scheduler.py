@@ -226,7 +226,10 @@ class Scheduler:
             # error's own exit code. The action stays active, so its idempotent undo still runs.
             self.journal.write("fault.inject_failed", t=started, **common, error=exc.message)
             raise type(exc)(f"injecting {action.fault} on {action.node} failed: {exc.message}", hint=exc.hint) from None
-        self.journal.write("fault.injected", t=started, **common, detail=detail, inject_s=round(time.time() - started, 6))
+        injected = time.time()
+        deadline = fault.deadman_deadline()  # armed within the injection: no earlier than its end plus the deadline
+        self.journal.write("fault.injected", t=started, **common, detail=detail, inject_s=round(injected - started, 6),
+                           **({"deadman_at": round(injected + deadline, 3)} if deadline is not None else {}))
         self.progress.injected += 1
         self._report()
         took, why = await fault.took()
