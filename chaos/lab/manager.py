@@ -36,7 +36,7 @@ from chaos.lab.node import (
     sshd_config,
 )
 from chaos.lab.procs import (
-    pids_in_pidns,
+    ProcTable,
     kill,
     pid_alive,
     pids_in_netns,
@@ -312,7 +312,7 @@ class Lab:
         return problems
 
     # ------------------------------------------------------------------ live state
-    def agent_status(self, node: str) -> dict[str, Any] | None:
+    def agent_status(self, node: str, procs: ProcTable | None = None) -> dict[str, Any] | None:
         """The node's agent as the lab sees it: its boot id and the replicas it runs. With the
         neutron backend: the routers whose keepalived runs in the node (Neutron's L3 agent
         started it), and the boot id the node's init wrote."""
@@ -324,7 +324,8 @@ class Lab:
                 boot_id = (node_dir(self.dir, node) / "boot_id").read_text().strip()
             except OSError:
                 return None
-            running = [r.id for r, _ in spec.replicas_on(node) if self.keepalived_pids(node, r)]
+            procs = procs or ProcTable.scan()
+            running = [r.id for r, _ in spec.replicas_on(node) if self.keepalived_pids(node, r, procs)]
             return {"node": node, "boot_id": boot_id, "replicas": running}
         try:
             return json.loads((node_dir(self.dir, node) / "agent.json").read_text())
@@ -340,9 +341,9 @@ class Lab:
         except OSError:
             return None
 
-    def replica_addresses(self, node: str, router: RouterSpec) -> list[str] | None:
+    def replica_addresses(self, node: str, router: RouterSpec, procs: ProcTable | None = None) -> list[str] | None:
         """IPv4 addresses configured in the replica's qrouter namespace (None: no such namespace)."""
-        init = init_pid(self.dir, node)
+        init = init_pid(self.dir, node, procs)
         if init is None:
             return None
         path = f"/proc/{init}/root/run/netns/{router.namespace}"
@@ -354,17 +355,22 @@ class Lab:
             return None
         return sorted(a for a in addrs if a != "127.0.0.1")
 
-    def keepalived_pids(self, node: str, router: RouterSpec) -> list[int]:
-        """Host pids of the replica's keepalived processes (the node's PID namespace only)."""
-        init = init_pid(self.dir, node)
+    def keepalived_pids(self, node: str, router: RouterSpec, procs: ProcTable | None = None) -> list[int]:
+        """Host pids of the replica's keepalived processes (the node's PID namespace only).
+
+        ``procs``: a /proc snapshot shared by every replica of one call (``status``), so that a
+        status reads /proc once, not once per replica; without it, a fresh one."""
+        procs = procs or ProcTable.scan()
+        init = init_pid(self.dir, node, procs)
         if init is None:
             return []
-        on_node = set(pids_in_pidns(init))
-        return [pid for pid in pids_matching(f"ha_confs/{router.id}/keepalived.conf")
-                if pid in on_node and pid_alive(pid, "keepalived")]
+        conf = f"ha_confs/{router.id}/keepalived.conf"
+        return [pid for pid in procs.in_pidns(init)
+                if conf in procs.cmdlines[pid] and "keepalived" in procs.cmdlines[pid] and pid_alive(pid)]
 
     def status(self) -> dict[str, Any]:
         spec = self.spec()
+        procs = ProcTable.scan()  # one look at /proc for every node and replica below
         ssh_dir = self.dir / "ssh"
         services = None
         try:
@@ -374,7 +380,7 @@ class Lab:
             pass
         nodes = []
         for node in spec.nodes:
-            agent = self.agent_status(node.name)
+            agent = self.agent_status(node.name, procs)
             host_key = (node_dir(self.dir, node.name) / "ssh_host_ed25519_key.pub").read_text().strip()
             nodes.append(
                 {
@@ -396,7 +402,7 @@ class Lab:
         for router in spec.routers:
             replicas = []
             for rep in router.replicas:
-                addrs = self.replica_addresses(rep.node, router)
+                addrs = self.replica_addresses(rep.node, router, procs)
                 replicas.append(
                     {
                         "node": rep.node,
@@ -406,7 +412,7 @@ class Lab:
                         # as the tool's ground truth reads it: the gateway or a floating IP is here
                         "holds_addresses": bool(addrs)
                         and any(a in addrs for a in [router.gateway_ip, *(f.address for f in router.floating_ips)]),
-                        "keepalived_pids": self.keepalived_pids(rep.node, router),
+                        "keepalived_pids": self.keepalived_pids(rep.node, router, procs),
                     }
                 )
             routers.append(
