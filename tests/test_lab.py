@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 from chaos.errors import ExitCode, InvalidInput
 from chaos.lab.manager import Lab
 from chaos.lab.netlink import list_netns
+from chaos.lab.netlink import drop_netns
 from chaos.lab.node import init_pid, node_dir
 from chaos.lab.procs import ProcTable, pids_matching
 from chaos.lab.spec import LabOptions, plan_lab
@@ -282,6 +284,59 @@ def test_down_removes_everything_even_after_a_crash() -> None:
     assert not leftover.strip()
 
 
+@pytest.mark.root  # brings up a lab of its own
+def test_down_leaves_nothing_when_node_processes_are_stopped_or_strays_run() -> None:
+    """The teardown kills a node's whole PID namespace through its init and whatever runs in a
+    lab namespace, all at once: a frozen init and frozen keepalived (a keepalived-stop fault
+    caught by the teardown), a process started into a node by hand, strays in the fabric's and
+    a VM's namespace whose command line names nothing of the lab, and services that crashed."""
+    require_lab_prerequisites()
+    lab = Lab(LAB_ROOT, lab_name("s"))
+    strays: list[subprocess.Popen[bytes]] = []
+    try:
+        spec = lab.up(LabOptions(name=lab.name, nodes=2, routers=2, advert_int=1), timeout=120)
+        services = lab.services_pid()
+        assert services is not None
+        os.kill(services, signal.SIGKILL)  # the services crashed
+        init = init_pid(lab.dir, "network-1")
+        assert init is not None
+        table = ProcTable.scan()
+        node_procs = table.in_pidns(init)
+        frozen = [p for p in node_procs if "keepalived.conf" in table.cmdlines[p]]
+        assert frozen
+        for pid in [*frozen, init]:
+            os.kill(pid, signal.SIGSTOP)
+        for argv in (
+            ["nsenter", "-t", str(init), "-p", "-m", "-n", "--", "sleep", "600"],  # inside node 1
+            ["ip", "netns", "exec", spec.fabric_netns, "sleep", "600"],
+            ["ip", "netns", "exec", spec.routers[0].vms[0].netns, "sleep", "600"],
+        ):
+            strays.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+        time.sleep(0.5)
+        assert all(s.poll() is None for s in strays)
+        lab.down()
+        for stray in strays:
+            assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert all(not Path(f"/proc/{p}").exists() or _zombie(p) for p in [*node_procs, init])
+    finally:
+        for stray in strays:
+            if stray.poll() is None:
+                stray.kill()
+                stray.wait()
+        lab.down()
+    assert not lab.leftover_namespaces()
+    assert not lab.dir.exists()
+    assert not pids_matching(str(lab.dir))
+    assert f"/{lab.name}-" not in Path("/proc/self/mountinfo").read_text()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def test_status_names_each_replicas_own_keepalived(lab: LabHandle) -> None:
     """``status`` finds every keepalived from one /proc snapshot; each replica's pids must still
     be exactly its own: the two processes (keepalived and its VRRP child) whose pids, seen from
@@ -334,6 +389,10 @@ def test_proc_table_finds_processes_by_command_line_and_namespace() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_drop_netns_refuses_anything_but_a_name_in_run_netns() -> None:
+    assert drop_netns(["../x", "a/b", "", ".", ".."]) == ["../x", "a/b", "", ".", ".."]
 
 
 def test_root_namespace_is_untouched(lab: LabHandle) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -143,18 +143,40 @@ def pids_in_netns(ns_path: Path) -> list[int]:
     return ProcTable.scan().in_netns(ns_path)
 
 
-def terminate(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; returns once the process is gone."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs any more (a zombie counts as gone), at most ``timeout``
+    seconds, all of them together; returns those still running."""
+    waiting = list(pids)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
+    while True:
+        waiting = [pid for pid in waiting if pid_alive(pid)]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
         time.sleep(0.05)
-    kill(pid)
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL every one of ``pids`` at once (one already gone is fine)."""
+    for pid in pids:
+        kill(pid)
+
+
+def terminate_all(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """SIGTERM all of ``pids``, then SIGKILL those still running after ``timeout`` (one wait for
+    all, not one per process); returns once the survivors were sent SIGKILL."""
+    sent = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        sent.append(pid)
+    kill_all(wait_gone(sent, timeout))
+
+
+def terminate(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``."""
+    terminate_all([pid], timeout)
 
 
 def kill(pid: int) -> None:
