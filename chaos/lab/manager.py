@@ -301,7 +301,7 @@ class Lab:
         for node in spec.nodes:
             if nodes is not None and node.name not in nodes:
                 continue
-            agent = self.agent_status(node.name)
+            agent = self.agent_status(node.name, spec=spec)
             want = {r.id for r, _ in spec.replicas_on(node.name)}
             if agent is None or set(agent["replicas"]) != want:
                 problems.append(f"{node.name}: agent not synced")
@@ -314,14 +314,19 @@ class Lab:
         return problems
 
     # ------------------------------------------------------------------ live state
-    def agent_status(self, node: str, procs: ProcTable | None = None) -> dict[str, Any] | None:
+    def agent_status(self, node: str, procs: ProcTable | None = None, spec: LabSpec | None = None) -> dict[str, Any] | None:
         """The node's agent as the lab sees it: its boot id and the replicas it runs. With the
         neutron backend: the routers whose keepalived runs in the node (Neutron's L3 agent
-        started it), and the boot id the node's init wrote."""
-        if self.spec_path.exists() and self.spec().backend == "neutron":
+        started it), and the boot id the node's init wrote.
+
+        ``spec``: the caller's plan, only to learn the backend; without it lab.json is read.
+        Bring-up polls every node five times a second, and parsing a 100-router lab.json each
+        time cost the host a third of a core while the agents needed it."""
+        known = spec if spec is not None else (self.spec() if self.spec_path.exists() else None)
+        if known is not None and known.backend == "neutron":
             if not is_powered(self.dir, node):
                 return None
-            spec = self.spec()
+            spec = self.spec()  # the placement as it is now: Neutron moves replicas
             try:
                 boot_id = (node_dir(self.dir, node) / "boot_id").read_text().strip()
             except OSError:
@@ -382,7 +387,7 @@ class Lab:
             pass
         nodes = []
         for node in spec.nodes:
-            agent = self.agent_status(node.name, procs)
+            agent = self.agent_status(node.name, procs, spec)
             host_key = (node_dir(self.dir, node.name) / "ssh_host_ed25519_key.pub").read_text().strip()
             nodes.append(
                 {
