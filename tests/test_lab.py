@@ -6,7 +6,10 @@ All of these run against real namespaces, keepalived and sshd (root only; see co
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +18,9 @@ import pytest
 from chaos.errors import ExitCode, InvalidInput
 from chaos.lab.manager import Lab
 from chaos.lab.netlink import list_netns
-from chaos.lab.procs import pids_matching
+from chaos.lab.netlink import drop_netns
+from chaos.lab.node import init_pid, node_dir
+from chaos.lab.procs import ProcTable, pids_matching
 from chaos.lab.spec import LabOptions, plan_lab
 from tests.conftest import CHAOS_CLI, LAB_ROOT, LabHandle, lab_name, require_lab_prerequisites, wait_lab_ready
 
@@ -277,6 +282,117 @@ def test_down_removes_everything_even_after_a_crash() -> None:
     # Nothing of it is left running in any namespace: no keepalived without a lab.
     leftover = subprocess.run(["pgrep", "-f", f"chaos-lab/{lab.name}"], capture_output=True, text=True).stdout
     assert not leftover.strip()
+
+
+@pytest.mark.root  # brings up a lab of its own
+def test_down_leaves_nothing_when_node_processes_are_stopped_or_strays_run() -> None:
+    """The teardown kills a node's whole PID namespace through its init and whatever runs in a
+    lab namespace, all at once: a frozen init and frozen keepalived (a keepalived-stop fault
+    caught by the teardown), a process started into a node by hand, strays in the fabric's and
+    a VM's namespace whose command line names nothing of the lab, and services that crashed."""
+    require_lab_prerequisites()
+    lab = Lab(LAB_ROOT, lab_name("s"))
+    strays: list[subprocess.Popen[bytes]] = []
+    try:
+        spec = lab.up(LabOptions(name=lab.name, nodes=2, routers=2, advert_int=1), timeout=120)
+        services = lab.services_pid()
+        assert services is not None
+        os.kill(services, signal.SIGKILL)  # the services crashed
+        init = init_pid(lab.dir, "network-1")
+        assert init is not None
+        table = ProcTable.scan()
+        node_procs = table.in_pidns(init)
+        frozen = [p for p in node_procs if "keepalived.conf" in table.cmdlines[p]]
+        assert frozen
+        for pid in [*frozen, init]:
+            os.kill(pid, signal.SIGSTOP)
+        for argv in (
+            ["nsenter", "-t", str(init), "-p", "-m", "-n", "--", "sleep", "600"],  # inside node 1
+            ["ip", "netns", "exec", spec.fabric_netns, "sleep", "600"],
+            ["ip", "netns", "exec", spec.routers[0].vms[0].netns, "sleep", "600"],
+        ):
+            strays.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+        time.sleep(0.5)
+        assert all(s.poll() is None for s in strays)
+        lab.down()
+        for stray in strays:
+            assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert all(not Path(f"/proc/{p}").exists() or _zombie(p) for p in [*node_procs, init])
+    finally:
+        for stray in strays:
+            if stray.poll() is None:
+                stray.kill()
+                stray.wait()
+        lab.down()
+    assert not lab.leftover_namespaces()
+    assert not lab.dir.exists()
+    assert not pids_matching(str(lab.dir))
+    assert f"/{lab.name}-" not in Path("/proc/self/mountinfo").read_text()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_status_names_each_replicas_own_keepalived(lab: LabHandle) -> None:
+    """``status`` finds every keepalived from one /proc snapshot; each replica's pids must still
+    be exactly its own: the two processes (keepalived and its VRRP child) whose pids, seen from
+    inside their node, are in the replica's pid files there, on the replica's node only, and
+    several replicas per node must not share or swap them."""
+    wait_lab_ready(lab)
+    status = lab.status()
+    seen: list[int] = []
+    per_node: dict[str, int] = {}
+    for router in status["routers"]:
+        for rep in router["replicas"]:
+            inner = set()
+            for suffix in ("keepalived", "keepalived-vrrp"):
+                pid_file = node_dir(lab.dir, rep["node"]) / "neutron" / "ha_confs" / f"{router['id']}.pid.{suffix}"
+                inner.add(int(pid_file.read_text().strip()))
+            hosts = {p: _nspids(p) for p in rep["keepalived_pids"]}
+            assert {ns[-1] for ns in hosts.values()} == inner, (router["name"], rep["node"], hosts, inner)
+            init = init_pid(lab.dir, rep["node"])
+            assert set(rep["keepalived_pids"]) <= set(ProcTable.scan().in_pidns(init or 0))
+            seen += rep["keepalived_pids"]
+            per_node[rep["node"]] = per_node.get(rep["node"], 0) + 1
+    assert len(seen) == len(set(seen)) == 2 * sum(per_node.values())
+    assert max(per_node.values()) >= 2, per_node
+
+
+def _nspids(pid: int) -> list[int]:
+    """A process's pid in each PID namespace it belongs to, outermost first (NSpid)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def test_proc_table_finds_processes_by_command_line_and_namespace() -> None:
+    """One /proc snapshot answers by command line, PID namespace and network namespace."""
+    marker = f"proc-table-{os.getpid()}-{time.monotonic_ns()}"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        deadline = time.monotonic() + 10
+        while marker not in Path(f"/proc/{child.pid}/cmdline").read_text(errors="replace"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        table = ProcTable.scan()
+        assert table.matching(marker) == [child.pid]
+        assert table.matching(marker) == [child.pid]  # answered again from memory
+        assert child.pid in table.in_pidns(os.getpid())
+        assert child.pid in table.in_netns(Path("/proc/self/ns/net"))
+        assert os.getpid() not in table.cmdlines  # the caller is never its own target
+        assert table.in_netns(Path("/nonexistent")) == [] and table.in_pidns(2**22 + 1) == []
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_drop_netns_refuses_anything_but_a_name_in_run_netns() -> None:
+    assert drop_netns(["../x", "a/b", "", ".", ".."]) == ["../x", "a/b", "", ".", ".."]
 
 
 def test_root_namespace_is_untouched(lab: LabHandle) -> None:

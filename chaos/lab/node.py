@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from chaos.errors import InfrastructureError
 from chaos.lab.fabric import attach, ext_port, mgmt_port, new_netns, unplug_node
 from chaos.lab.netlink import remove_netns
-from chaos.lab.procs import kill, pid_alive, pids_matching, read_pid
+from chaos.lab.procs import ProcTable, kill, pid_alive, read_pid
 from chaos.lab.spec import LabSpec, NodeSpec
 
 SSHD = "/usr/sbin/sshd"
@@ -152,11 +152,13 @@ def node_mac(node: NodeSpec, nic: int = 0) -> str:
     return f"52:54:00:{nic:02x}:{node.index >> 8:02x}:{node.index & 0xFF:02x}"
 
 
-def init_pid(lab_dir: Path, node: str) -> int | None:
-    """Host pid of the node's init (PID 1 inside the node), if it runs."""
+def init_pid(lab_dir: Path, node: str, procs: ProcTable | None = None) -> int | None:
+    """Host pid of the node's init (PID 1 inside the node), if it runs; from ``procs`` when the
+    caller has already scanned /proc (a status asks once per replica)."""
+    procs = procs or ProcTable.scan()
     marker = f"chaos.lab.node_init --lab-dir {lab_dir} --node {node}"
-    for pid in pids_matching(marker):
-        if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"unshare"):
+    for pid in procs.matching(marker):
+        if not procs.cmdlines[pid].startswith("unshare"):
             return pid
     return None
 

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -62,57 +62,121 @@ def all_pids() -> Iterator[int]:
             yield int(entry)
 
 
+def _ns_id(pid: int, kind: str) -> tuple[int, int] | None:
+    """(device, inode) of a process's namespace of ``kind`` (``net``, ``pid``); None once it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class ProcTable:
+    """One pass over /proc: every process's command line, and on demand its PID and network
+    namespaces, indexed once.
+
+    A 100-router lab runs well over a thousand processes; answering "which keepalived of this
+    replica runs on this node" with a fresh /proc scan per question made ``chaos lab status``
+    O(replicas x processes) (16 s at 100 routers) and the teardown scan once per namespace.
+    A table answers every such question of one call from a single snapshot. It is a snapshot:
+    a process started after ``scan`` is not in it, so callers that must catch late arrivals
+    (teardown after killing) scan again.
+    """
+
+    def __init__(self, cmdlines: dict[int, str]) -> None:
+        self.cmdlines = cmdlines
+        self._by_ns: dict[str, dict[tuple[int, int], list[int]]] = {}
+        self._matches: dict[str, list[int]] = {}
+
+    @classmethod
+    def scan(cls) -> ProcTable:
+        """Every process but the caller, with its command line (empty for a zombie: its memory,
+        and so its command line, is gone)."""
+        me = os.getpid()
+        return cls({pid: cmdline(pid) for pid in all_pids() if pid != me})
+
+    def matching(self, fragment: str) -> list[int]:
+        """Processes whose command line contains ``fragment`` (zombies never do); asked again
+        (a node's init, once per replica of a status), answered from memory."""
+        found = self._matches.get(fragment)
+        if found is None:
+            found = self._matches[fragment] = [pid for pid, line in self.cmdlines.items() if fragment in line]
+        return list(found)
+
+    def _ns_index(self, kind: str) -> dict[tuple[int, int], list[int]]:
+        index = self._by_ns.get(kind)
+        if index is None:
+            index = {}
+            for pid in self.cmdlines:
+                ns = _ns_id(pid, kind)
+                if ns is not None:
+                    index.setdefault(ns, []).append(pid)
+            self._by_ns[kind] = index
+        return index
+
+    def in_pidns(self, init: int) -> list[int]:
+        """Processes of the PID namespace whose init is host pid ``init``; empty when it is gone."""
+        ns = _ns_id(init, "pid")
+        return list(self._ns_index("pid").get(ns, [])) if ns is not None else []
+
+    def in_netns(self, ns_path: Path) -> list[int]:
+        """Processes whose network namespace is the one bound at ``ns_path``."""
+        try:
+            st = os.stat(ns_path)
+        except OSError:
+            return []
+        return list(self._ns_index("net").get((st.st_dev, st.st_ino), []))
+
+
 def pids_matching(fragment: str) -> list[int]:
-    me = os.getpid()
-    return [pid for pid in all_pids() if pid != me and fragment in cmdline(pid)]
+    return ProcTable.scan().matching(fragment)
 
 
 def pids_in_pidns(init: int) -> list[int]:
     """Processes of the PID namespace whose init is host pid ``init`` (a lab node's), from the
     host's /proc; empty when that init is gone."""
-    try:
-        target = os.stat(f"/proc/{init}/ns/pid").st_ino
-    except OSError:
-        return []
-    found = []
-    for pid in all_pids():
-        try:
-            if os.stat(f"/proc/{pid}/ns/pid").st_ino == target:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
+    return ProcTable.scan().in_pidns(init)
 
 
 def pids_in_netns(ns_path: Path) -> list[int]:
     """Processes whose network namespace is the one bound at ``ns_path``."""
-    try:
-        target = os.stat(ns_path)
-    except OSError:
-        return []
-    found = []
-    for pid in all_pids():
+    return ProcTable.scan().in_netns(ns_path)
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs any more (a zombie counts as gone), at most ``timeout``
+    seconds, all of them together; returns those still running."""
+    waiting = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [pid for pid in waiting if pid_alive(pid)]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.05)
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL every one of ``pids`` at once (one already gone is fine)."""
+    for pid in pids:
+        kill(pid)
+
+
+def terminate_all(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """SIGTERM all of ``pids``, then SIGKILL those still running after ``timeout`` (one wait for
+    all, not one per process); returns once the survivors were sent SIGKILL."""
+    sent = []
+    for pid in pids:
         try:
-            st = os.stat(f"/proc/{pid}/ns/net")
-        except OSError:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
             continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            found.append(pid)
-    return found
+        sent.append(pid)
+    kill_all(wait_gone(sent, timeout))
 
 
 def terminate(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; returns once the process is gone."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        time.sleep(0.05)
-    kill(pid)
+    """SIGTERM, then SIGKILL after ``timeout``."""
+    terminate_all([pid], timeout)
 
 
 def kill(pid: int) -> None:
