@@ -7,6 +7,7 @@ Every failure a user can meet is a ``ChaosError`` with a message and a documente
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -198,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INVALID_INPUT
     configure_logging("json" if args.json_logs else settings.log_format, args.log_level or settings.log_level)
     try:
-        return int(args.handler(args, settings))
+        code = int(args.handler(args, settings))
+        sys.stdout.flush()  # here, not at exit: a reader that went away is then a BrokenPipeError below
+        return code
     except ChaosError as exc:
         print(f"chaos: {exc}", file=sys.stderr)
         return int(exc.exit_code)
@@ -206,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Concurrent work (a TaskGroup over nodes) fails as a group: when every error in it is a
         # ChaosError, the user gets their sentences and the first one's exit code, not exit 70.
         leaves = _leaves(group)
+        if leaves and any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            print("chaos: interrupted", file=sys.stderr)  # Ctrl-C inside concurrent work is still Ctrl-C
+            return int(ExitCode.INTERRUPTED)
         if not leaves or not all(isinstance(e, ChaosError) for e in leaves):
             if (args.log_level or settings.log_level) == "debug":
                 raise
@@ -218,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chaos: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`chaos report RUN | head`): nothing is wrong with the run. Exit as
+        # a program killed by SIGPIPE would, without a word on stderr and without Python's
+        # complaint when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.BROKEN_PIPE)
     except Exception as exc:  # a bug: say so plainly; the traceback only on request
         if (args.log_level or settings.log_level) == "debug":
             raise

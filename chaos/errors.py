@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     INCONCLUSIVE = 10  # a tolerance failed, but only where the tool or the lab was saturated (see Run health)
     INTERNAL = 70  # a bug in the tool (EX_SOFTWARE); the message says where to look
     INTERRUPTED = 130  # SIGINT or SIGTERM; everything was rolled back
+    BROKEN_PIPE = 141  # the reader of stdout went away (`| head`), as a program killed by SIGPIPE
 
 
 class ChaosError(Exception):

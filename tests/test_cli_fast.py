@@ -487,3 +487,18 @@ def test_a_deviation_measured_while_the_runner_was_saturated_is_inconclusive_exi
         monkeypatch.setitem(health.LIMITS, key, 1e9)  # type: ignore[index]
     code, out, err = chaos("run", str(path))
     assert code == ExitCode.DEVIATED and "verdict: deviated" in out, out + err
+
+
+def test_ctrl_c_inside_concurrent_work_is_an_interruption_not_an_internal_error(
+    tmp_path: Path, chaos: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt that reaches the CLI wrapped in a TaskGroup's exception group (Ctrl-C
+    while several nodes were being asked) exits 130 like a plain one, not 70."""
+    from chaos.runner import execute
+
+    def interrupted(*_: Any, **__: Any) -> int:
+        raise BaseExceptionGroup("unhandled errors in a TaskGroup", [KeyboardInterrupt()])
+
+    monkeypatch.setattr(execute, "run", interrupted)
+    code, _, err = chaos("run", "--dry-run", str(tmp_path / "any.yaml"))
+    assert code == ExitCode.INTERRUPTED and "chaos: interrupted" in err and "internal error" not in err, err

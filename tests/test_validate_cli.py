@@ -15,6 +15,7 @@ import pytest
 
 from chaos.errors import ExitCode, InvalidInput
 from chaos.experiment.load import check_experiment, load_experiment
+from tests.conftest import CHAOS_CLI
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = sorted((ROOT / "tests/data/experiments/broken").glob("*.yaml"))
@@ -106,3 +107,22 @@ def test_cli_one_invalid_file_among_valid_ones_fails_the_whole_run() -> None:
     assert report[1]["problems"] == [
         {"line": 10, "column": 11, "path": "schedule", "message": CRON_MESSAGE}
     ]
+
+
+def test_a_reader_that_goes_away_stops_the_output_quietly_with_141(tmp_path: Path) -> None:
+    """`chaos validate ... | head -1`: the pipe's reader is gone before the output ends. The
+    command stops as a program killed by SIGPIPE would (141), without Python's complaint about
+    a flush at exit or an internal error (it was exit 70 with a BrokenPipeError)."""
+    import os
+
+    from chaos.errors import ExitCode
+
+    read, write = os.pipe()
+    os.close(read)  # nobody will read
+    try:
+        proc = subprocess.run([*CHAOS_CLI, "validate", str(ROOT / "experiments/gateway-reboot.yaml")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == ExitCode.BROKEN_PIPE == 141, proc.stderr
+    assert proc.stderr == ""
