@@ -126,3 +126,42 @@ async def test_graceful_hands_over_at_once_and_abrupt_waits_master_down_interval
     # hands over within Skew_Time (about 0.8 s), and the floating IPs follow at once.
     assert graceful < 2.5, graceful
     assert graceful < a_takeover, (graceful, a_takeover)
+
+
+async def test_a_run_killed_after_the_hand_over_leaves_no_keepalived_stopped(still_lab: LabHandle) -> None:
+    """A graceful evacuation SIGTERMs the primary's keepalived before the router leaves the
+    node. Killed right after that hand-over, the run leaves the placement as recorded; on a lab
+    whose agents never respawn keepalived, replaying the recorded undo (what ``chaos recover``
+    does) must start it again, the agent's way, one instance."""
+    from chaos.faults.agent_evacuate import hand_over, replay_api_step
+
+    wait_lab_ready(still_lab)
+    status = still_lab.status()
+    router = status["routers"][0]
+    node = next(rep["node"] for rep in router["replicas"] if rep["state"] == "primary")
+    other = next(rep["node"] for rep in router["replicas"] if rep["node"] != node)
+    topology = lab_topology(LAB_ROOT, still_lab.name)
+    async with SshPool(topology.nodes) as ssh:
+        ctx = FaultContext(topology=topology, ssh=ssh, run_id="evac-killed")
+        fault = AgentEvacuate(ctx, router=None, node=topology.node(node), params={"mode": "graceful"}, duration=None,
+                              action_id="a1")
+        steps = fault.undo_steps()  # journaled before the injection
+        ok, why = await hand_over(ctx, fault.client, router["id"], node, [other], 15.0)  # ... and here the run dies
+        assert ok, why
+        spec = LabSpec.load(still_lab.dir / "lab.json")
+        lab_router = next(r for r in spec.routers if r.id == router["id"])
+        assert await wait_gone_keepalived(still_lab, node, lab_router), "the hand-over's SIGTERM did not stop keepalived"
+        details = [await replay_api_step(ctx, s) for s in steps]
+    assert any(f"keepalived started on {node}" in d for d in details), details
+    assert len(still_lab.lab.keepalived_pids(node, lab_router)) == 2, "one keepalived (its main process and VRRP child) again"
+    wait_lab_ready(still_lab)
+
+
+async def wait_gone_keepalived(handle: LabHandle, node: str, router: RouterSpec, timeout: float = 10.0) -> bool:
+    lab = handle.lab
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not lab.keepalived_pids(node, router):
+            return True
+        await asyncio.sleep(0.1)
+    return False

@@ -179,7 +179,28 @@ async def restore_router(ctx: FaultContext, client: OpenStackClient, router_id: 
                 log.warning("hand-over before removal did not complete", router=router_id, host=host, detail=why)
         if await _remove_quietly(client, agent_id, router_id):
             done.append(f"removed from {host or agent_id}")
+    done += await _restart_stopped_keepalived(ctx, client, router_id, [agents[a].host for a in agent_ids if a in agents])
     return f"router {router_id}: " + (", ".join(done) if done else "placement already as recorded")
+
+
+async def _restart_stopped_keepalived(ctx: FaultContext, client: OpenStackClient, router_id: str, hosts: list[str]) -> list[str]:
+    """Start keepalived, the agent's way, on a recorded host whose replica is in place (its
+    namespace exists) but whose keepalived is not running.
+
+    A graceful evacuation SIGTERMs the primary's keepalived before the router leaves the node: a
+    run killed in between leaves the placement as recorded and that keepalived stopped, which an
+    L3 agent that never respawns (check_child_processes_interval 0) leaves so for good. Restoring
+    the placement is then not enough; the replica must run again. ``keepalived_ensure_running``
+    starts none beside a running one (the agent's own respawn may race it)."""
+    devices = await _ha_devices(client, router_id)
+    states = await _states(ctx, router_id, devices, [h for h in hosts if h in devices])
+    started = []
+    for host, truth in states.items():
+        if truth is not None and truth.namespace_exists and not truth.keepalived_alive:
+            node = ctx.topology.node(host)
+            out = await ctx.ssh.run(host, nc.keepalived_ensure_running(node.agent, router_id))
+            started.append(f"keepalived started on {host}" if "started keepalived" in out.stdout else f"keepalived running on {host}")
+    return started
 
 
 async def replay_api_step(ctx: FaultContext, step: UndoStep) -> str:
