@@ -92,7 +92,7 @@ class RunHealthSummary(BaseModel):
     cpu_pressure_max: float | None = None
     probe_sends: int | None = None
     probe_skipped: int | None = None
-    probe_late_share_max: float | None = None  # p99 send lateness / interval, worst second
+    probe_late_p99_max: float | None = None  # seconds: p99 ICMP send lateness, worst second
     observer_lag_max: float | None = None  # seconds
     periods: list[SaturatedPeriod] = []
 
@@ -296,7 +296,7 @@ def summarize_health(samples: list[Mapping[str, Any]]) -> RunHealthSummary | Non
         cpu_pressure_max=top("cpu_pressure"),
         probe_sends=int(sum(sends)) if sends else None,
         probe_skipped=int(sum(skipped)) if skipped else None,
-        probe_late_share_max=top("probe_late_share"),
+        probe_late_p99_max=top("probe_late_p99"),
         observer_lag_max=top("observer_lag_max"),
         periods=periods,
     )

@@ -129,7 +129,7 @@ class RunHealth(Event):
     lab_on_host: bool | None = None  # the routers run on this host (the lab): its CPU pressure is the lab's
     probe_sends: int | None = None  # ICMP sends in the window, skipped ones, p99 lateness / interval
     probe_skipped: int | None = None
-    probe_late_share: float | None = None
+    probe_late_p99: Seconds | None = None
     observer_lag_max: Seconds | None = None  # the replica stream's heartbeat, arrival minus the node's stamp
 
 

@@ -257,8 +257,8 @@ def run_health(summary: Summary) -> HealthFacts | None:
         ("ICMP sends / skipped", "—" if h.probe_sends is None else f"{h.probe_sends} / {h.probe_skipped or 0}"
          + ("" if skipped_share is None else f" ({skipped_share:.1%}; limit {LIMITS['probe_skipped']:.0%})"),
          skipped_share is not None and skipped_share > LIMITS["probe_skipped"]),
-        ("ICMP send lateness p99, worst second", "—" if h.probe_late_share_max is None else
-         f"{h.probe_late_share_max:.0%} of the interval (limit {LIMITS['probe_late']:.0%})", past(h.probe_late_share_max, "probe_late")),
+        ("ICMP send lateness p99, worst second", f"{secs(h.probe_late_p99_max)} (limit {LIMITS['probe_late']:g} s)",
+         past(h.probe_late_p99_max, "probe_late")),
         ("replica stream behind the nodes, worst", f"{secs(h.observer_lag_max)} (limit {LIMITS['observer_lag_max']:g} s)",
          past(h.observer_lag_max, "observer_lag_max")),
     ]
