@@ -213,14 +213,16 @@ async def test_max_run_duration_aborts_and_rolls_back(fake_network: FakeFactory,
     assert net.injected() == []
 
 
-async def test_routers_without_a_primary_abort_the_run(fake_network: FakeFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("observer", [False, True], ids=["polled", "streamed"])
+async def test_routers_without_a_primary_abort_the_run(fake_network: FakeFactory, tmp_path: Path, observer: bool) -> None:
     # No failover within the run (Master_Down_Interval of a minute): the routers whose primary
-    # lost its link stay without one, and the safeguard stops the run after grace.
+    # lost its link stay without one, and the safeguard stops the run after grace. Streamed,
+    # the ground truth is polled only every CROSS_CHECK_INTERVAL: the stream's word is enough.
     net = fake_network(timing=Timing(master_down=60))
     exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
     guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=2, grace=0.3, max_run_duration=20)
     started = time.monotonic()
-    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards)
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards, observer=observer)
     assert isinstance(error, SafeguardAbort) and "had no primary for more than 0.3s" in error.message
     assert time.monotonic() - started < 10
     assert net.injected() == []
@@ -232,6 +234,37 @@ async def test_routers_that_fail_over_do_not_trip_the_safeguard(fake_network: Fa
     guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=1, grace=0.5, max_run_duration=20)
     error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards, observer=True)
     assert error is None
+    assert net.injected() == []
+
+
+async def test_the_ground_truth_is_polled_rarely_where_the_stream_follows_and_fast_where_it_is_down(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll forks a dozen processes per replica on the node: at 100 routers, polled every
+    0.5 s beside the stream that already follows every replica, it kept the bench host 95 %
+    busy before the first injection. Where a node's stream is live it is a cross-check every
+    CROSS_CHECK_INTERVAL; a node whose stream is down is polled at the fast interval."""
+    monkeypatch.setattr(scheduler_module, "CROSS_CHECK_INTERVAL", 1.0)
+    monkeypatch.setattr(scheduler_module, "OBSERVE_TIMEOUT", 1.0)  # the wait for network-3's first snapshot, which never comes
+    net = fake_network()
+    net.fail(node="network-3", intent=nc.FollowReplicas, times=None, how="lost")
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "3s"))
+    error, events = await run_scheduler(net, exp, tmp_path, observer=True, observe_interval=0.05)
+    assert error is None, error
+    hosted = {n.name: sum(rep.node == n.name for r in net.topology.routers for rep in r.replicas) for n in net.topology.nodes}
+    polls: dict[str, list[int]] = {name: [] for name in hosted}
+    for i, (node, _, intent) in enumerate(net.log):  # the observer's polls: every replica a node hosts
+        if isinstance(intent, nc.GroundTruth) and len(intent.replicas) == hosted[node] > 1:
+            polls[node].append(i)
+    # The run's span in polls of the node without a stream (every 0.05 s): the streamed nodes
+    # were polled about once a second (each a cross-check), the other at every tick.
+    assert len(polls["network-3"]) >= 40, polls
+    for node in ("network-1", "network-2"):
+        assert 1 <= len(polls[node]) <= len(polls["network-3"]) // 8, (node, {n: len(p) for n, p in polls.items()})
+    # The streamed nodes' replicas are journaled by the stream once it is up; network-3's by the poll.
+    sources = {(e["node"], e["source"]) for e in kinds(events, "observe.replica")}
+    assert ("network-3", "poll") in sources and ("network-3", "monitor") in sources  # the stream's loss says unreachable
+    assert ("network-1", "monitor") in sources
     assert net.injected() == []
 
 

@@ -118,6 +118,17 @@ class PrimaryObserver:
         """Whether the node's stream is live (connected and its heartbeat recent)."""
         return self._reachable.get(node, False)
 
+    def follows(self, router_id: str, node: str) -> bool:
+        """Whether the stream says what the router's replica on ``node`` holds now: the node's
+        stream is live and this router is one it follows (the runner's ground-truth poll leaves
+        such a replica to the stream, see ``Scheduler._observe``)."""
+        return (router_id, node) in self._replicas and self.reachable(node)
+
+    def holds(self, router_id: str, node: str) -> bool:
+        """Whether the router's replica on ``node`` holds its addresses (as far as the stream says)."""
+        rep = self._replicas.get((router_id, node))
+        return rep is not None and rep.holds
+
     def state(self, router_id: str, node: str) -> str | None:
         return self._replicas[(router_id, node)].state
 

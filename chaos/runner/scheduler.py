@@ -30,7 +30,7 @@ from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
-from chaos.probes.replicas import observe
+from chaos.probes.replicas import ReplicaObservation, observe
 from chaos.journal import Journal
 from chaos.journal.events import undo_digest
 from chaos.experiment.schema import Safeguards
@@ -42,6 +42,17 @@ OBSERVE_TIMEOUT = 15.0
 UNDO_TIMEOUT = 60.0
 RECOVERED_GRACE = 15.0  # beyond a fault's recovery deadline, for its own poll to answer why not
 OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: the safeguards are blind
+# How often the ground truth of a node is polled while the streaming observer follows it. The
+# poll forks several processes per replica on the node; at the fast interval (0.5 s) one poll of
+# 100 routers took 3.6 s of both cores of the bench host, so the polls ran back to back and the
+# nodes never rested (bench/README.md, scale_bench.py). The stream already says every change as
+# the kernel makes it, so on a followed node the poll is only a cross-check: that the
+# ground-truth path still answers (a broken one still aborts the run, failing closed) and that
+# the stream has not missed a change (logged when the two still disagree a cross-check later).
+# 5 s keeps that cost a small share of the node's time while a missed change is still named
+# within seconds; it is also HEARTBEAT_TIMEOUT, the observer's bound for noticing a dead
+# stream, after which that node is polled at the fast interval again.
+CROSS_CHECK_INTERVAL = 5.0
 
 
 class Progress:
@@ -303,58 +314,82 @@ class Scheduler:
     async def _observe(self, stop: asyncio.Event) -> None:
         """Poll the ground truth, journal every change per replica, enforce the runtime safeguards.
 
+        Every ``observe_interval`` the safeguards are evaluated over every router. A replica
+        the streaming observer follows (``PrimaryObserver.follows``: its node's stream is live)
+        is judged by the stream, which sees each change as the kernel makes it; the poll asks
+        only the nodes with a replica the stream does not follow (no observer, a stream down or
+        not yet up), at the fast interval. The followed nodes are polled every
+        ``CROSS_CHECK_INTERVAL`` only (see there why); such a poll is a cross-check, never a
+        source for a followed replica (one source per replica in the journal and in the
+        safeguards).
+
         An observation that fails (a node that does not answer is not a failure: it is observed
         as unreachable) leaves the safeguards blind. One failure is tolerated; failures in a row
         for longer than ``safeguards.grace`` (and at least ``OBSERVE_FAILURES_TO_ABORT`` of them)
         abort the run, so a broken observer fails closed instead of switching the safeguards off.
+        A router whose replicas the streams follow is still judged while the poll fails.
         """
         last: dict[tuple[str, str], tuple[Any, bool]] = {}
         without_since: dict[str, float] = {}
         threshold = self.safeguards.abort_when_routers_without_primary
         failures = 0
         failing_since: float | None = None
+        replicas = [(r.id, rep.node) for r in self.routers for rep in r.replicas]
+        followed_before: set[tuple[str, str]] = set()
+        disagreeing: set[tuple[str, str]] = set()
+        next_cross_check = 0.0
         while not stop.is_set():
             started = time.monotonic()
-            try:
-                async with asyncio.timeout(OBSERVE_TIMEOUT):
-                    observations = await observe(self.ctx.ssh, self.topology, self.routers)
-            except (TimeoutError, Exception) as exc:
-                leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-                error = str(leaf) or type(leaf).__name__
-                log.warning("observation failed", error=error)
-                failures += 1
-                failing_since = started if failing_since is None else failing_since
-                blind = time.monotonic() - failing_since
-                if failures >= OBSERVE_FAILURES_TO_ABORT and blind > self.safeguards.grace:
-                    raise SafeguardAbort(
-                        f"the replica observer failed {failures} times in a row for {blind:.1f}s (last: {error}): "
-                        f"the runtime safeguards cannot be enforced without it (safeguards.grace: "
-                        f"{self.safeguards.grace:g}s); everything was rolled back"
-                    ) from None
-                observations = {}
-            else:
-                failures, failing_since = 0, None
-            now = time.time()
-            for rid, obs in observations.items():
-                followed = {o.node for o in obs if self.observer is not None and self.observer.reachable(o.node)}
-                streamed = len(followed) == len(obs)
-                for o in obs:
-                    key = (rid, o.node)
-                    value = (o.state, o.holds_addresses)
-                    # One source per replica in the journal: where the streaming observer follows
-                    # a node, a poll taken before a change but written after it would flip the
-                    # holder timeline back.
-                    if last.get(key) != value and o.node not in followed:
-                        self.journal.write(
-                            "observe.replica", t=now, router_id=rid, node=o.node, state=o.state,
-                            holds=o.holds_addresses, reachable=o.reachable, source="poll",
-                        )
-                    last[key] = value
-                if streamed:
-                    assert self.observer is not None
-                    holders = sorted(self.observer.holders(rid))
+            followed = {key for key in replicas if self._followed(*key)}
+            # A replica the stream has just stopped following: its last poll may be a
+            # cross-check's, seconds old; the first poll now says where it stands.
+            for key in followed_before - followed:
+                last.pop(key, None)
+            followed_before = followed
+            cross_check = started >= next_cross_check
+            if cross_check:
+                next_cross_check = started + CROSS_CHECK_INTERVAL
+            polled = {node for rid, node in replicas if cross_check or (rid, node) not in followed}
+            observations: dict[str, list[ReplicaObservation]] = {}
+            if polled:
+                try:
+                    async with asyncio.timeout(OBSERVE_TIMEOUT):
+                        observations = await observe(self.ctx.ssh, self.topology, self.routers, nodes=polled)
+                except (TimeoutError, Exception) as exc:
+                    leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                    error = str(leaf) or type(leaf).__name__
+                    log.warning("observation failed", error=error)
+                    failures += 1
+                    failing_since = started if failing_since is None else failing_since
+                    blind = time.monotonic() - failing_since
+                    if failures >= OBSERVE_FAILURES_TO_ABORT and blind > self.safeguards.grace:
+                        raise SafeguardAbort(
+                            f"the replica observer failed {failures} times in a row for {blind:.1f}s (last: {error}): "
+                            f"the runtime safeguards cannot be enforced without it (safeguards.grace: "
+                            f"{self.safeguards.grace:g}s); everything was rolled back"
+                        ) from None
                 else:
-                    holders = [o.node for o in obs if o.holds_addresses]
+                    failures, failing_since = 0, None
+            now = time.time()
+            polled_now = {(o.router_id, o.node): o for obs in observations.values() for o in obs}
+            if cross_check and self.observer is not None:
+                disagreeing = self._cross_check(polled_now, disagreeing)
+            for key, o in polled_now.items():
+                value = (o.state, o.holds_addresses)
+                # One source per replica in the journal: where the streaming observer follows
+                # a node, a poll taken before a change but written after it would flip the
+                # holder timeline back.
+                if last.get(key) != value and not self._followed(*key):
+                    self.journal.write(
+                        "observe.replica", t=now, router_id=o.router_id, node=o.node, state=o.state,
+                        holds=o.holds_addresses, reachable=o.reachable, source="poll",
+                    )
+                last[key] = value
+            for router in self.routers:
+                holders = self._holders(router, polled_now)
+                if holders is None:
+                    continue  # a replica neither streamed nor polled this time: no verdict
+                rid = router.id
                 if holders:
                     without_since.pop(rid, None)
                     self.progress.without_primary.discard(rid)
@@ -374,6 +409,42 @@ class Scheduler:
                     )
             self._report()
             await _sleep_unless(stop, max(0.0, self.observe_interval - (time.monotonic() - started)))
+
+    def _followed(self, router_id: str, node: str) -> bool:
+        return self.observer is not None and self.observer.follows(router_id, node)
+
+    def _holders(self, router: Router, polled: dict[tuple[str, str], ReplicaObservation]) -> list[str] | None:
+        """Nodes holding the router's addresses: the stream's word for a replica it follows, this
+        poll's for the others; None when a replica has neither (its poll failed)."""
+        holders = []
+        for rep in router.replicas:
+            if self._followed(router.id, rep.node):
+                assert self.observer is not None
+                holds = self.observer.holds(router.id, rep.node)
+            elif (o := polled.get((router.id, rep.node))) is not None:
+                holds = o.holds_addresses
+            else:
+                return None
+            if holds:
+                holders.append(rep.node)
+        return holders
+
+    def _cross_check(
+        self, polled: dict[tuple[str, str], ReplicaObservation], before: set[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Compare a cross-check poll with the stream for the replicas it follows; returns the
+        replicas that disagree. A disagreement in one cross-check is expected (the poll and the
+        stream look at different instants of a failover); one that is still there at the next
+        (``CROSS_CHECK_INTERVAL`` later) is a stream that missed a change, and is logged."""
+        assert self.observer is not None
+        now = {
+            key for key, o in polled.items()
+            if o.reachable and self._followed(*key) and self.observer.holds(*key) != o.holds_addresses
+        }
+        for rid, node in sorted(now & before):
+            log.warning("the replica stream and the ground-truth poll disagree twice in a row", router_id=rid,
+                        node=node, stream_holds=self.observer.holds(rid, node), poll_holds=polled[(rid, node)].holds_addresses)
+        return now
 
     def _report(self) -> None:
         if self.on_progress is not None:
