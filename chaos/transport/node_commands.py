@@ -272,14 +272,23 @@ def as_root(command: str, sudo: bool) -> str:
 #   E                                  end of block
 # `kp` looks for a process through its pid file names in order (current, then pre-Train) and
 # trusts a pid only if it runs this router's keepalived.conf: pid files outlive a reboot.
+# Files are read with the shell's own `read` and trimmed by parameter expansion, not with `head |
+# tr` and `sed | cut` in command substitutions: the poll runs for every replica of a node (200 at
+# 100 routers), and those pipelines were 15 of its about 21 forks per replica, which kept the
+# nodes busy (bench/README.md, scale_bench.py). The result is the same: the first line, whose
+# characters other than digits (pid files) or letters (state files) are dropped (`tr -cd` still
+# does that when there are any, which is never the case for the files Neutron writes), and the
+# state letter after the last ") " of /proc/PID/stat.
 _KEEPALIVED_PID_FN = r"""kp() {
   key=$1; r=$2; shift 2; first=-
   for sfx in "$@"; do
-    p=$(head -n1 "$c/$r.$sfx" 2>/dev/null | tr -cd '0-9')
+    p=; { read -r p < "$c/$r.$sfx"; } 2>/dev/null
+    case $p in *[!0-9]*) p=$(printf '%s' "$p" | tr -cd '0-9');; esac
     [ -n "$p" ] || continue
     [ "$first" = - ] && first=$p
     if grep -qaF "$c/$r/keepalived.conf" "/proc/$p/cmdline" 2>/dev/null; then
-      echo "K $key $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"; return 0
+      st=; { read -r st < "/proc/$p/stat"; } 2>/dev/null; st=${st##*") "}
+      echo "K $key $p ${st%"${st#?}"}"; return 0
     fi
   done
   echo "K $key $first -"
@@ -289,7 +298,9 @@ _GROUND_TRUTH_FN = r"""gt() {
   r=$1; ns=qrouter-$1
   echo "R $r"
   if [ -e "/run/netns/$ns" ]; then echo "N 1"; else echo "N 0"; fi
-  s=$(head -n1 "$c/$r/state" 2>/dev/null | tr -cd 'a-zA-Z'); echo "S ${s:--}"
+  s=; { read -r s < "$c/$r/state"; } 2>/dev/null
+  case $s in *[!a-zA-Z]*) s=$(printf '%%s' "$s" | tr -cd 'a-zA-Z');; esac
+  echo "S ${s:--}"
   ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
   kp main "$r" %(main)s
   kp vrrp "$r" %(vrrp)s
