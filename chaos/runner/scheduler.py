@@ -204,6 +204,7 @@ class Scheduler:
             async with asyncio.timeout(OBSERVE_TIMEOUT):
                 for event in self.ready:
                     await event.wait()
+        await self._prepare_connections()
         await asyncio.sleep(self.warmup)
         if self.steady_state_check is not None:
             ok, detail = self.steady_state_check("before")
@@ -219,6 +220,26 @@ class Scheduler:
                     tg.create_task(self._action(self.plan.action(action_id)))
         if self.conntrack is not None:
             await self.conntrack.snapshot("after")
+
+    async def _prepare_connections(self) -> None:
+        """Open, before the first wave, the SSH connections the busiest wave needs on each node
+        (``SshPool.prepare``), so no injection waits for a key exchange in the middle of its
+        wave. Only a head start: a node that cannot be reached now fails its injection later,
+        with that injection's own error, so a failure here is logged and the run goes on."""
+        busiest: dict[str, int] = {}
+        for wave in self.plan.waves:
+            on_node: dict[str, int] = {}
+            for action_id in wave:
+                node = self.plan.action(action_id).node
+                on_node[node] = on_node.get(node, 0) + 1
+            for node, count in on_node.items():
+                busiest[node] = max(busiest.get(node, 0), count)
+        try:
+            async with asyncio.timeout(OBSERVE_TIMEOUT), asyncio.TaskGroup() as tg:
+                for node, count in sorted(busiest.items()):
+                    tg.create_task(self.ctx.ssh.prepare(node, count))
+        except* (ChaosError, TimeoutError) as group:
+            log.warning("could not open the connections ahead of the waves", error=str(_first_leaf(group)))
 
     async def _action(self, action: PlannedAction) -> None:
         fault = self.faults[action.action_id]
