@@ -101,6 +101,35 @@ async def test_a_clean_run_undoes_everything_and_cancels_its_dead_men(fake_netwo
     assert len(cancels) == 4 and all(i.pid is not None for _, i in cancels)
 
 
+async def test_a_waves_undo_records_are_made_durable_by_one_fsync_before_any_of_its_injections(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync per undo record, serially before each injection, held a wave of 50 back by 50
+    fsyncs: the wave's records are written together and made durable by one fsync, and only
+    then does any of its injections start."""
+    net = fake_network()
+    journal_path = tmp_path / "journal.jsonl"
+    fsyncs: list[tuple[int, int]] = []  # (undo records in the file, commands the nodes had answered)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        fsyncs.append((journal_path.read_text().count('"kind":"fault.undo_recorded"'), len(net.log)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    exp = experiment(tmp_path, net, LINK_DOWN, safeguards="  max_concurrent_routers: 10")
+    error, events = await run_scheduler(net, exp, tmp_path)
+    assert error is None
+    recorded, injected = kinds(events, "fault.undo_recorded"), kinds(events, "fault.injected")
+    assert len(recorded) == len(injected) == 4  # one wave of four
+    assert max(e["t"] for e in recorded) <= min(e["t"] for e in injected)
+    first_injection = next(i for i, (_, _, intent) in enumerate(net.log) if isinstance(intent, nc.DeadmanSchedule))
+    counts = [count for count, answered in fsyncs if answered <= first_injection]
+    assert counts[-1] == 4, fsyncs  # all four durable before the first injection command
+    assert not any(0 < count < 4 for count in counts), f"an fsync per record: {fsyncs}"
+    assert net.injected() == []
+
+
 async def test_a_failed_injection_is_rolled_back_with_its_dead_man(fake_network: FakeFactory, tmp_path: Path) -> None:
     net = fake_network()
     net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.DOWN, times=1, status=2,
