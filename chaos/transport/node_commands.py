@@ -272,13 +272,15 @@ def as_root(command: str, sudo: bool) -> str:
 #   E                                  end of block
 # `kp` looks for a process through its pid file names in order (current, then pre-Train) and
 # trusts a pid only if it runs this router's keepalived.conf: pid files outlive a reboot.
-# Files are read with the shell's own `read` and trimmed by parameter expansion, not with `head |
-# tr` and `sed | cut` in command substitutions: the poll runs for every replica of a node (200 at
-# 100 routers), and those pipelines were 15 of its about 21 forks per replica, which kept the
-# nodes busy (bench/README.md, scale_bench.py). The result is the same: the first line, whose
-# characters other than digits (pid files) or letters (state files) are dropped (`tr -cd` still
-# does that when there are any, which is never the case for the files Neutron writes), and the
-# state letter after the last ") " of /proc/PID/stat.
+# Files are read with the shell's own `read` and trimmed by parameter expansion, and `ip`'s lines
+# are tagged by `tag` (a loop of builtins), not with `head | tr`, `sed | cut` and `| sed 's/^/A /'`:
+# the poll runs for every replica of a node (200 at 100 routers), and those pipelines were 17 of
+# its about 21 processes per replica, which kept the nodes busy (bench/README.md, scale_bench.py);
+# now 4 remain (two `ip`, two `grep`), and a poll of 200 replicas costs about a third of the CPU.
+# The output is the same: the first line, whose characters other than digits (pid files) or
+# letters (state files) are dropped (`tr -cd` still does that when there are any, which is never
+# the case for the files Neutron writes), the state letter after the last ") " of /proc/PID/stat,
+# and every line of `ip` behind its tag.
 _KEEPALIVED_PID_FN = r"""kp() {
   key=$1; r=$2; shift 2; first=-
   for sfx in "$@"; do
@@ -301,12 +303,21 @@ _GROUND_TRUTH_FN = r"""gt() {
   s=; { read -r s < "$c/$r/state"; } 2>/dev/null
   case $s in *[!a-zA-Z]*) s=$(printf '%%s' "$s" | tr -cd 'a-zA-Z');; esac
   echo "S ${s:--}"
-  ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
+  tag A "$(ip -n "$ns" -o -4 addr 2>/dev/null)"
   kp main "$r" %(main)s
   kp vrrp "$r" %(vrrp)s
-  ip -n "$ns" -o link show dev "$2" 2>/dev/null | sed 's/^/L /'
+  tag L "$(ip -n "$ns" -o link show dev "$2" 2>/dev/null)"
   echo E
-}"""
+}
+tag() {
+  t=$1; rest=$2
+  while [ -n "$rest" ]; do
+    printf '%%s %%s\n' "$t" "${rest%%%%"$nl"*}"
+    case $rest in *"$nl"*) rest=${rest#*"$nl"};; *) rest=;; esac
+  done
+}
+nl='
+'"""
 
 
 def ground_truth(agent: AgentContext, replicas: Iterable[tuple[str, str]]) -> NodeCommand:
