@@ -51,7 +51,8 @@ OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: t
 # the stream has not missed a change (logged when the two still disagree a cross-check later).
 # 5 s keeps that cost a small share of the node's time while a missed change is still named
 # within seconds; it is also HEARTBEAT_TIMEOUT, the observer's bound for noticing a dead
-# stream, after which that node is polled at the fast interval again.
+# stream, after which that node is polled at the fast interval again. The nodes' cross-checks
+# are spread over the interval, one node at a time.
 CROSS_CHECK_INTERVAL = 5.0
 
 
@@ -380,7 +381,11 @@ class Scheduler:
         replicas = [(r.id, rep.node) for r in self.routers for rep in r.replicas]
         followed_before: set[tuple[str, str]] = set()
         disagreeing: set[tuple[str, str]] = set()
-        next_cross_check = 0.0
+        # Each node's cross-check at its own moment, spread over the interval: the whole fleet's
+        # poll in one burst would hold the nodes (and a shared host) for a second or more.
+        nodes = sorted({node for _, node in replicas})
+        first = time.monotonic()
+        next_check = {node: first + i * CROSS_CHECK_INTERVAL / len(nodes) for i, node in enumerate(nodes)}
         while not stop.is_set():
             started = time.monotonic()
             followed = {key for key in replicas if self._followed(*key)}
@@ -389,10 +394,10 @@ class Scheduler:
             for key in followed_before - followed:
                 last.pop(key, None)
             followed_before = followed
-            cross_check = started >= next_cross_check
-            if cross_check:
-                next_cross_check = started + CROSS_CHECK_INTERVAL
-            polled = {node for rid, node in replicas if cross_check or (rid, node) not in followed}
+            polled = {node for node, at in next_check.items() if started >= at}
+            for node in polled:
+                next_check[node] = started + CROSS_CHECK_INTERVAL
+            polled |= {node for rid, node in replicas if (rid, node) not in followed}
             observations: dict[str, list[ReplicaObservation]] = {}
             if polled:
                 try:
@@ -415,7 +420,7 @@ class Scheduler:
                     failures, failing_since = 0, None
             now = time.time()
             polled_now = {(o.router_id, o.node): o for obs in observations.values() for o in obs}
-            if cross_check and self.observer is not None:
+            if self.observer is not None:
                 disagreeing = self._cross_check(polled_now, disagreeing)
             for key, o in polled_now.items():
                 value = (o.state, o.holds_addresses)
@@ -475,10 +480,11 @@ class Scheduler:
     def _cross_check(
         self, polled: dict[tuple[str, str], ReplicaObservation], before: set[tuple[str, str]]
     ) -> set[tuple[str, str]]:
-        """Compare a cross-check poll with the stream for the replicas it follows; returns the
-        replicas that disagree. A disagreement in one cross-check is expected (the poll and the
-        stream look at different instants of a failover); one that is still there at the next
-        (``CROSS_CHECK_INTERVAL`` later) is a stream that missed a change, and is logged."""
+        """Compare a poll with the stream for the replicas it follows; returns the replicas that
+        disagree (``before``: those that did at their previous poll). A disagreement in one
+        cross-check is expected (the poll and the stream look at different instants of a
+        failover); one still there at the next (``CROSS_CHECK_INTERVAL`` later) is a stream that
+        missed a change, and is logged."""
         assert self.observer is not None
         now = {
             key for key, o in polled.items()
@@ -487,7 +493,7 @@ class Scheduler:
         for rid, node in sorted(now & before):
             log.warning("the replica stream and the ground-truth poll disagree twice in a row", router_id=rid,
                         node=node, stream_holds=self.observer.holds(rid, node), poll_holds=polled[(rid, node)].holds_addresses)
-        return now
+        return (before - polled.keys()) | now
 
     def _report(self) -> None:
         if self.on_progress is not None:
