@@ -5,7 +5,9 @@ change only at the next poll (0.5 s in the runner). Here every node gets ONE lon
 channel running ``node_commands.follow_replicas``: an ``ip -o monitor address`` per hosted
 ``qrouter-<id>`` namespace, an initial snapshot of each namespace's addresses, and the state
 files (read by a shell builtin every 0.1 s, printed only when they change). A change reaches
-us in one SSH hop.
+us in one SSH hop. While a node's stream is live the runner leaves that node's replicas to it
+and polls the node only as a cross-check (every 5 s, ``Scheduler._observe``); the streams have
+an SSH connection of their own (``SshPool``), so they take no command's channel.
 
 Resolution: ``t`` of an ``observe.replica`` event is ``time.time()`` when its line arrived
 here, so it lags the kernel's address event by the SSH latency (a few milliseconds in the
