@@ -913,8 +913,9 @@ class Failure:
 
 
 class FakeSshPool:
-    """``SshPool``'s interface (``run``, ``stream``, ``forget``, ``node``, ``close``, async
-    context manager) over a ``FakeNetwork``, raising ``InfrastructureError`` with its messages."""
+    """``SshPool``'s interface (``run``, ``stream``, ``prepare``, ``forget``, ``node``, ``close``,
+    async context manager) over a ``FakeNetwork``, raising ``InfrastructureError`` with its
+    messages. Channels are not limited (the real pool's limits are tested against the lab)."""
 
     def __init__(
         self,
@@ -922,6 +923,7 @@ class FakeSshPool:
         nodes: Sequence[Node],
         *,
         max_channels: int = 8,
+        max_connections: int = 3,
         connect_timeout: float = 10,
         command_timeout: float = 30,
         connect_retries: int = 3,
@@ -930,7 +932,10 @@ class FakeSshPool:
     ) -> None:
         if not 1 <= max_channels <= 9:
             raise ValueError("max_channels must be 1..9: OpenSSH refuses the 10th channel (MaxSessions 10)")
+        if not 1 <= max_connections <= 8:
+            raise ValueError("max_connections must be 1..8: sshd's MaxStartups (10) bounds the logins in progress")
         self.net = net
+        self.prepared: list[tuple[str, int]] = []  # (node, channels) of every prepare()
         self.nodes = {n.name: n for n in nodes}
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -955,6 +960,11 @@ class FakeSshPool:
 
     def forget(self, name: str) -> None:
         self.forgotten.append(name)
+
+    async def prepare(self, name: str, channels: int) -> None:
+        await asyncio.sleep(0)
+        self._connect(name)
+        self.prepared.append((name, channels))
 
     def _connect(self, name: str) -> None:
         node = self.node(name)

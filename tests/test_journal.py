@@ -47,6 +47,18 @@ def test_the_writer_refuses_what_no_model_allows(tmp_path: Path) -> None:
     assert [e["kind"] for e in read_journal(path)] == ["fault.verified"]  # dict readers never see the header
 
 
+def test_events_written_together_are_all_valid_or_none_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    with Journal(path) as journal:
+        with pytest.raises(ValueError, match="took"):
+            journal.write_all([("fault.verified", {"action_id": "a1", "took": True}),
+                               ("fault.verified", {"action_id": "a2", "took": "maybe"})])
+        written = journal.write_all([("fault.verified", {"action_id": "a1", "took": True}),
+                                     ("fault.undone", {"action_id": "a1", "ok": True})])
+    assert [e["kind"] for e in written] == ["fault.verified", "fault.undone"]
+    assert [(e["kind"], e["action_id"]) for e in read_journal(path)] == [("fault.verified", "a1"), ("fault.undone", "a1")]
+
+
 def test_a_reopened_journal_gets_no_second_header(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     with Journal(path) as journal:

@@ -101,6 +101,35 @@ async def test_a_clean_run_undoes_everything_and_cancels_its_dead_men(fake_netwo
     assert len(cancels) == 4 and all(i.pid is not None for _, i in cancels)
 
 
+async def test_a_waves_undo_records_are_made_durable_by_one_fsync_before_any_of_its_injections(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fsync per undo record, serially before each injection, held a wave of 50 back by 50
+    fsyncs: the wave's records are written together and made durable by one fsync, and only
+    then does any of its injections start."""
+    net = fake_network()
+    journal_path = tmp_path / "journal.jsonl"
+    fsyncs: list[tuple[int, int]] = []  # (undo records in the file, commands the nodes had answered)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        fsyncs.append((journal_path.read_text().count('"kind":"fault.undo_recorded"'), len(net.log)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    exp = experiment(tmp_path, net, LINK_DOWN, safeguards="  max_concurrent_routers: 10")
+    error, events = await run_scheduler(net, exp, tmp_path)
+    assert error is None
+    recorded, injected = kinds(events, "fault.undo_recorded"), kinds(events, "fault.injected")
+    assert len(recorded) == len(injected) == 4  # one wave of four
+    assert max(e["t"] for e in recorded) <= min(e["t"] for e in injected)
+    first_injection = next(i for i, (_, _, intent) in enumerate(net.log) if isinstance(intent, nc.DeadmanSchedule))
+    counts = [count for count, answered in fsyncs if answered <= first_injection]
+    assert counts[-1] == 4, fsyncs  # all four durable before the first injection command
+    assert not any(0 < count < 4 for count in counts), f"an fsync per record: {fsyncs}"
+    assert net.injected() == []
+
+
 async def test_a_failed_injection_is_rolled_back_with_its_dead_man(fake_network: FakeFactory, tmp_path: Path) -> None:
     net = fake_network()
     net.fail(intent=nc.HaLinkSet, when=lambda i: i.action == nc.LinkAction.DOWN, times=1, status=2,
@@ -213,14 +242,16 @@ async def test_max_run_duration_aborts_and_rolls_back(fake_network: FakeFactory,
     assert net.injected() == []
 
 
-async def test_routers_without_a_primary_abort_the_run(fake_network: FakeFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("observer", [False, True], ids=["polled", "streamed"])
+async def test_routers_without_a_primary_abort_the_run(fake_network: FakeFactory, tmp_path: Path, observer: bool) -> None:
     # No failover within the run (Master_Down_Interval of a minute): the routers whose primary
-    # lost its link stay without one, and the safeguard stops the run after grace.
+    # lost its link stay without one, and the safeguard stops the run after grace. Streamed,
+    # the ground truth is polled only every CROSS_CHECK_INTERVAL: the stream's word is enough.
     net = fake_network(timing=Timing(master_down=60))
     exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "30s"))
     guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=2, grace=0.3, max_run_duration=20)
     started = time.monotonic()
-    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards)
+    error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards, observer=observer)
     assert isinstance(error, SafeguardAbort) and "had no primary for more than 0.3s" in error.message
     assert time.monotonic() - started < 10
     assert net.injected() == []
@@ -232,6 +263,37 @@ async def test_routers_that_fail_over_do_not_trip_the_safeguard(fake_network: Fa
     guards = Safeguards(max_nodes_at_once=3, abort_when_routers_without_primary=1, grace=0.5, max_run_duration=20)
     error, events = await run_scheduler(net, exp, tmp_path, safeguards=guards, observer=True)
     assert error is None
+    assert net.injected() == []
+
+
+async def test_the_ground_truth_is_polled_rarely_where_the_stream_follows_and_fast_where_it_is_down(
+    fake_network: FakeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll forks a dozen processes per replica on the node: at 100 routers, polled every
+    0.5 s beside the stream that already follows every replica, it kept the bench host 95 %
+    busy before the first injection. Where a node's stream is live it is a cross-check every
+    CROSS_CHECK_INTERVAL; a node whose stream is down is polled at the fast interval."""
+    monkeypatch.setattr(scheduler_module, "CROSS_CHECK_INTERVAL", 1.0)
+    monkeypatch.setattr(scheduler_module, "OBSERVE_TIMEOUT", 1.0)  # the wait for network-3's first snapshot, which never comes
+    net = fake_network()
+    net.fail(node="network-3", intent=nc.FollowReplicas, times=None, how="lost")
+    exp = experiment(tmp_path, net, LINK_DOWN.replace("0.3s", "3s"))
+    error, events = await run_scheduler(net, exp, tmp_path, observer=True, observe_interval=0.05)
+    assert error is None, error
+    hosted = {n.name: sum(rep.node == n.name for r in net.topology.routers for rep in r.replicas) for n in net.topology.nodes}
+    polls: dict[str, list[int]] = {name: [] for name in hosted}
+    for i, (node, _, intent) in enumerate(net.log):  # the observer's polls: every replica a node hosts
+        if isinstance(intent, nc.GroundTruth) and len(intent.replicas) == hosted[node] > 1:
+            polls[node].append(i)
+    # The run's span in polls of the node without a stream (every 0.05 s): the streamed nodes
+    # were polled about once a second (each a cross-check), the other at every tick.
+    assert len(polls["network-3"]) >= 40, polls
+    for node in ("network-1", "network-2"):
+        assert 1 <= len(polls[node]) <= len(polls["network-3"]) // 8, (node, {n: len(p) for n, p in polls.items()})
+    # The streamed nodes' replicas are journaled by the stream once it is up; network-3's by the poll.
+    sources = {(e["node"], e["source"]) for e in kinds(events, "observe.replica")}
+    assert ("network-3", "poll") in sources and ("network-3", "monitor") in sources  # the stream's loss says unreachable
+    assert ("network-1", "monitor") in sources
     assert net.injected() == []
 
 

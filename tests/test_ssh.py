@@ -77,15 +77,35 @@ async def test_unreachable_node_fails_after_retries(lab) -> None:  # type: ignor
 
 
 async def test_more_commands_than_channels_on_one_node(lab) -> None:  # type: ignore[no-untyped-def]
-    """20 commands at once: all succeed, at most 8 channels open (so at least 3 waves of 0.4 s)."""
+    """20 commands at once on one connection: all succeed, at most 8 channels open (so at least
+    3 waves of 0.4 s)."""
     node = topology(lab).nodes[1]
-    async with SshPool([node], max_channels=8) as pool:
+    async with SshPool([node], max_channels=8, max_connections=1) as pool:
         await pool.run(node.name, "true")  # connected
         started = time.monotonic()
         results = await asyncio.gather(*(pool.run(node.name, f"sleep 0.4; echo {i}") for i in range(20)))
         elapsed = time.monotonic() - started
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(20)]
     assert elapsed >= 3 * 0.4 - 0.05, f"{elapsed:.2f}s: more than 8 channels were open at once"
+
+
+async def test_a_wave_of_commands_spreads_over_connections_and_streams_take_none_of_their_channels(lab) -> None:  # type: ignore[no-untyped-def]
+    """24 commands at once beside a held stream (the observer's): with 3 connections of 8
+    channels each, opened ahead (``prepare``), they run in one round of 0.4 s, and no channel
+    is refused (sshd's MaxSessions counts per connection)."""
+    node = topology(lab).nodes[1]
+    async with SshPool([node], max_channels=8, max_connections=3) as pool:
+        await pool.prepare(node.name, 24)
+        assert sum(lane.open for lane in pool._lanes[node.name]) == 3
+        lines = pool.stream(node.name, "while true; do echo x; sleep 0.1; done", timeout=20)
+        async with contextlib.aclosing(lines):
+            assert await anext(lines) == "x"
+            started = time.monotonic()
+            results = await asyncio.gather(*(pool.run(node.name, f"sleep 0.4; echo {i}") for i in range(24)))
+            elapsed = time.monotonic() - started
+        assert [r.stdout.strip() for r in results] == [str(i) for i in range(24)]
+        assert elapsed < 2 * 0.4, f"{elapsed:.2f}s: the commands queued for channels"
+        assert all(lane.in_use == 0 for lane in pool._lanes[node.name])
 
 
 async def test_stream_yields_lines_and_closing_it_ends_the_remote_command(lab) -> None:  # type: ignore[no-untyped-def]

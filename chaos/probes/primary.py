@@ -5,7 +5,9 @@ change only at the next poll (0.5 s in the runner). Here every node gets ONE lon
 channel running ``node_commands.follow_replicas``: an ``ip -o monitor address`` per hosted
 ``qrouter-<id>`` namespace, an initial snapshot of each namespace's addresses, and the state
 files (read by a shell builtin every 0.1 s, printed only when they change). A change reaches
-us in one SSH hop.
+us in one SSH hop. While a node's stream is live the runner leaves that node's replicas to it
+and polls the node only as a cross-check (every 5 s, ``Scheduler._observe``); the streams have
+an SSH connection of their own (``SshPool``), so they take no command's channel.
 
 Resolution: ``t`` of an ``observe.replica`` event is ``time.time()`` when its line arrived
 here, so it lags the kernel's address event by the SSH latency (a few milliseconds in the
@@ -120,6 +122,17 @@ class PrimaryObserver:
     def reachable(self, node: str) -> bool:
         """Whether the node's stream is live (connected and its heartbeat recent)."""
         return self._reachable.get(node, False)
+
+    def follows(self, router_id: str, node: str) -> bool:
+        """Whether the stream says what the router's replica on ``node`` holds now: the node's
+        stream is live and this router is one it follows (the runner's ground-truth poll leaves
+        such a replica to the stream, see ``Scheduler._observe``)."""
+        return (router_id, node) in self._replicas and self.reachable(node)
+
+    def holds(self, router_id: str, node: str) -> bool:
+        """Whether the router's replica on ``node`` holds its addresses (as far as the stream says)."""
+        rep = self._replicas.get((router_id, node))
+        return rep is not None and rep.holds
 
     def state(self, router_id: str, node: str) -> str | None:
         return self._replicas[(router_id, node)].state

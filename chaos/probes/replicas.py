@@ -9,7 +9,7 @@ at once, so a poll costs one round trip whatever the number of routers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -95,14 +95,23 @@ async def observe_node(
 
 
 async def observe(
-    ssh: SshPool, topology: Topology, routers: Sequence[Router], *, timeout: float = 10.0
+    ssh: SshPool,
+    topology: Topology,
+    routers: Sequence[Router],
+    *,
+    timeout: float = 10.0,
+    nodes: Collection[str] | None = None,
 ) -> dict[str, list[ReplicaObservation]]:
     """Router id -> one observation per replica, every node asked concurrently.
 
-    A node that does not answer yields observations with ``reachable=False``; it never fails
-    the whole poll.
+    ``nodes`` restricts the poll to the replicas on those nodes (the runner polls only the
+    nodes its streaming observer does not follow); a router gets no entry when none of its
+    replicas is on them. A node that does not answer yields observations with
+    ``reachable=False``; it never fails the whole poll.
     """
-    nodes = sorted({rep.node for r in routers for rep in r.replicas})
+    hosting = {rep.node for r in routers for rep in r.replicas}
+    nodes = sorted(hosting if nodes is None else hosting & set(nodes))
+    routers = [r for r in routers if any(rep.node in nodes for rep in r.replicas)]
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(observe_node(ssh, topology, n, routers, timeout=timeout)) for n in nodes]
     by_router: dict[str, list[ReplicaObservation]] = {r.id: [] for r in routers}

@@ -30,7 +30,7 @@ from chaos.faults.base import Fault, FaultContext, run_undo_steps
 from chaos.model import Router, Topology
 from chaos.probes.conntrack import ConntrackProbe
 from chaos.probes.primary import PrimaryObserver
-from chaos.probes.replicas import observe
+from chaos.probes.replicas import ReplicaObservation, observe
 from chaos.journal import Journal
 from chaos.journal.events import undo_digest
 from chaos.experiment.schema import Safeguards
@@ -42,6 +42,18 @@ OBSERVE_TIMEOUT = 15.0
 UNDO_TIMEOUT = 60.0  # the replay of a failed undo's journaled steps
 RECOVERED_GRACE = 15.0  # beyond a fault's recovery deadline, for its own poll to answer why not
 OBSERVE_FAILURES_TO_ABORT = 3  # and no good observation for safeguards.grace: the safeguards are blind
+# How often the ground truth of a node is polled while the streaming observer follows it. The
+# poll forks several processes per replica on the node; at the fast interval (0.5 s) one poll of
+# 100 routers took 3.6 s of both cores of the bench host, so the polls ran back to back and the
+# nodes never rested (bench/README.md, scale_bench.py). The stream already says every change as
+# the kernel makes it, so on a followed node the poll is only a cross-check: that the
+# ground-truth path still answers (a broken one still aborts the run, failing closed) and that
+# the stream has not missed a change (logged when the two still disagree a cross-check later).
+# 5 s keeps that cost a small share of the node's time while a missed change is still named
+# within seconds; it is also HEARTBEAT_TIMEOUT, the observer's bound for noticing a dead
+# stream, after which that node is polled at the fast interval again. The nodes' cross-checks
+# are spread over the interval, one node at a time.
+CROSS_CHECK_INTERVAL = 5.0
 
 
 class Progress:
@@ -194,6 +206,7 @@ class Scheduler:
             async with asyncio.timeout(OBSERVE_TIMEOUT):
                 for event in self.ready:
                     await event.wait()
+        await self._prepare_connections()
         await asyncio.sleep(self.warmup)
         if self.steady_state_check is not None:
             ok, detail = self.steady_state_check("before")
@@ -204,18 +217,60 @@ class Scheduler:
         self.injection_started = True
         for number, wave in enumerate(self.plan.waves, start=1):
             log.info("wave", number=number, actions=len(wave))
+            actions = [self.plan.action(action_id) for action_id in wave]
+            self._record_undo(actions)
             async with asyncio.TaskGroup() as tg:
-                for action_id in wave:
-                    tg.create_task(self._action(self.plan.action(action_id)))
+                for action in actions:
+                    tg.create_task(self._action(action))
         if self.conntrack is not None:
             await self.conntrack.snapshot("after")
 
+    async def _prepare_connections(self) -> None:
+        """Open, before the first wave, the SSH connections the busiest wave needs on each node
+        (``SshPool.prepare``), so no injection waits for a key exchange in the middle of its
+        wave. Only a head start: a node that cannot be reached now fails its injection later,
+        with that injection's own error, so a failure here is logged and the run goes on."""
+        busiest: dict[str, int] = {}
+        for wave in self.plan.waves:
+            on_node: dict[str, int] = {}
+            for action_id in wave:
+                node = self.plan.action(action_id).node
+                on_node[node] = on_node.get(node, 0) + 1
+            for node, count in on_node.items():
+                busiest[node] = max(busiest.get(node, 0), count)
+        try:
+            async with asyncio.timeout(OBSERVE_TIMEOUT), asyncio.TaskGroup() as tg:
+                for node, count in sorted(busiest.items()):
+                    tg.create_task(self.ctx.ssh.prepare(node, count))
+        except* (ChaosError, TimeoutError) as group:
+            log.warning("could not open the connections ahead of the waves", error=str(_first_leaf(group)))
+
+    def _record_undo(self, actions: Sequence[PlannedAction]) -> None:
+        """Journal the undo of every action of a wave, durably, before any of them is injected.
+
+        One write and one fsync for the wave (``Journal.write_all``) instead of one fsync per
+        action, each on the event loop before its own injection: those held the wave's last
+        injections back by as many fsyncs as the wave has actions. The guarantee is the same
+        for each action: its undo is on disk before its injection starts (``chaos recover``
+        can undo whatever a killed run injected). The actions are active from here on, so a
+        rollback undoes them even if it comes before their injection (undo is idempotent).
+        """
+        records = []
+        for action in actions:
+            undo = [step.model_dump() for step in self.faults[action.action_id].undo_steps()]
+            records.append(("fault.undo_recorded", {
+                "action_id": action.action_id, "fault": action.fault, "router_id": action.router_id,
+                "node": action.node, "undo": undo, "undo_sha256": undo_digest(undo),
+            }))
+        self.journal.write_all(records)
+        for action in actions:
+            self.active[action.action_id] = self.faults[action.action_id]
+
     async def _action(self, action: PlannedAction) -> None:
+        """Inject one action (its undo is journaled already, ``_record_undo``), verify, hold, undo,
+        wait for recovery."""
         fault = self.faults[action.action_id]
         common = {"action_id": action.action_id, "fault": action.fault, "router_id": action.router_id, "node": action.node}
-        undo = [s.model_dump() for s in fault.undo_steps()]
-        self.journal.write("fault.undo_recorded", **common, undo=undo, undo_sha256=undo_digest(undo))
-        self.active[action.action_id] = fault
         # The fault starts to act when injection starts (a graceful evacuation hands the primary
         # over inside inject()), so that is the time the journal gives it.
         started = time.time()
@@ -307,58 +362,86 @@ class Scheduler:
     async def _observe(self, stop: asyncio.Event) -> None:
         """Poll the ground truth, journal every change per replica, enforce the runtime safeguards.
 
+        Every ``observe_interval`` the safeguards are evaluated over every router. A replica
+        the streaming observer follows (``PrimaryObserver.follows``: its node's stream is live)
+        is judged by the stream, which sees each change as the kernel makes it; the poll asks
+        only the nodes with a replica the stream does not follow (no observer, a stream down or
+        not yet up), at the fast interval. The followed nodes are polled every
+        ``CROSS_CHECK_INTERVAL`` only (see there why); such a poll is a cross-check, never a
+        source for a followed replica (one source per replica in the journal and in the
+        safeguards).
+
         An observation that fails (a node that does not answer is not a failure: it is observed
         as unreachable) leaves the safeguards blind. One failure is tolerated; failures in a row
         for longer than ``safeguards.grace`` (and at least ``OBSERVE_FAILURES_TO_ABORT`` of them)
         abort the run, so a broken observer fails closed instead of switching the safeguards off.
+        A router whose replicas the streams follow is still judged while the poll fails.
         """
         last: dict[tuple[str, str], tuple[Any, bool]] = {}
         without_since: dict[str, float] = {}
         threshold = self.safeguards.abort_when_routers_without_primary
         failures = 0
         failing_since: float | None = None
+        replicas = [(r.id, rep.node) for r in self.routers for rep in r.replicas]
+        followed_before: set[tuple[str, str]] = set()
+        disagreeing: set[tuple[str, str]] = set()
+        # Each node's cross-check at its own moment, spread over the interval: the whole fleet's
+        # poll in one burst would hold the nodes (and a shared host) for a second or more.
+        nodes = sorted({node for _, node in replicas})
+        first = time.monotonic()
+        next_check = {node: first + i * CROSS_CHECK_INTERVAL / len(nodes) for i, node in enumerate(nodes)}
         while not stop.is_set():
             started = time.monotonic()
-            try:
-                async with asyncio.timeout(OBSERVE_TIMEOUT):
-                    observations = await observe(self.ctx.ssh, self.topology, self.routers)
-            except (TimeoutError, Exception) as exc:
-                leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-                error = str(leaf) or type(leaf).__name__
-                log.warning("observation failed", error=error)
-                failures += 1
-                failing_since = started if failing_since is None else failing_since
-                blind = time.monotonic() - failing_since
-                if failures >= OBSERVE_FAILURES_TO_ABORT and blind > self.safeguards.grace:
-                    raise SafeguardAbort(
-                        f"the replica observer failed {failures} times in a row for {blind:.1f}s (last: {error}): "
-                        f"the runtime safeguards cannot be enforced without it (safeguards.grace: "
-                        f"{self.safeguards.grace:g}s); everything was rolled back"
-                    ) from None
-                observations = {}
-            else:
-                failures, failing_since = 0, None
-            now = time.time()
-            for rid, obs in observations.items():
-                followed = {o.node for o in obs if self.observer is not None and self.observer.reachable(o.node)}
-                streamed = len(followed) == len(obs)
-                for o in obs:
-                    key = (rid, o.node)
-                    value = (o.state, o.holds_addresses)
-                    # One source per replica in the journal: where the streaming observer follows
-                    # a node, a poll taken before a change but written after it would flip the
-                    # holder timeline back.
-                    if last.get(key) != value and o.node not in followed:
-                        self.journal.write(
-                            "observe.replica", t=now, router_id=rid, node=o.node, state=o.state,
-                            holds=o.holds_addresses, reachable=o.reachable, source="poll",
-                        )
-                    last[key] = value
-                if streamed:
-                    assert self.observer is not None
-                    holders = sorted(self.observer.holders(rid))
+            followed = {key for key in replicas if self._followed(*key)}
+            # A replica the stream has just stopped following: its last poll may be a
+            # cross-check's, seconds old; the first poll now says where it stands.
+            for key in followed_before - followed:
+                last.pop(key, None)
+            followed_before = followed
+            polled = {node for node, at in next_check.items() if started >= at}
+            for node in polled:
+                next_check[node] = started + CROSS_CHECK_INTERVAL
+            polled |= {node for rid, node in replicas if (rid, node) not in followed}
+            observations: dict[str, list[ReplicaObservation]] = {}
+            if polled:
+                try:
+                    async with asyncio.timeout(OBSERVE_TIMEOUT):
+                        observations = await observe(self.ctx.ssh, self.topology, self.routers, nodes=polled)
+                except (TimeoutError, Exception) as exc:
+                    leaf = _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                    error = str(leaf) or type(leaf).__name__
+                    log.warning("observation failed", error=error)
+                    failures += 1
+                    failing_since = started if failing_since is None else failing_since
+                    blind = time.monotonic() - failing_since
+                    if failures >= OBSERVE_FAILURES_TO_ABORT and blind > self.safeguards.grace:
+                        raise SafeguardAbort(
+                            f"the replica observer failed {failures} times in a row for {blind:.1f}s (last: {error}): "
+                            f"the runtime safeguards cannot be enforced without it (safeguards.grace: "
+                            f"{self.safeguards.grace:g}s); everything was rolled back"
+                        ) from None
                 else:
-                    holders = [o.node for o in obs if o.holds_addresses]
+                    failures, failing_since = 0, None
+            now = time.time()
+            polled_now = {(o.router_id, o.node): o for obs in observations.values() for o in obs}
+            if self.observer is not None:
+                disagreeing = self._cross_check(polled_now, disagreeing)
+            for key, o in polled_now.items():
+                value = (o.state, o.holds_addresses)
+                # One source per replica in the journal: where the streaming observer follows
+                # a node, a poll taken before a change but written after it would flip the
+                # holder timeline back.
+                if last.get(key) != value and not self._followed(*key):
+                    self.journal.write(
+                        "observe.replica", t=now, router_id=o.router_id, node=o.node, state=o.state,
+                        holds=o.holds_addresses, reachable=o.reachable, source="poll",
+                    )
+                last[key] = value
+            for router in self.routers:
+                holders = self._holders(router, polled_now)
+                if holders is None:
+                    continue  # a replica neither streamed nor polled this time: no verdict
+                rid = router.id
                 if holders:
                     without_since.pop(rid, None)
                     self.progress.without_primary.discard(rid)
@@ -378,6 +461,43 @@ class Scheduler:
                     )
             self._report()
             await _sleep_unless(stop, max(0.0, self.observe_interval - (time.monotonic() - started)))
+
+    def _followed(self, router_id: str, node: str) -> bool:
+        return self.observer is not None and self.observer.follows(router_id, node)
+
+    def _holders(self, router: Router, polled: dict[tuple[str, str], ReplicaObservation]) -> list[str] | None:
+        """Nodes holding the router's addresses: the stream's word for a replica it follows, this
+        poll's for the others; None when a replica has neither (its poll failed)."""
+        holders = []
+        for rep in router.replicas:
+            if self._followed(router.id, rep.node):
+                assert self.observer is not None
+                holds = self.observer.holds(router.id, rep.node)
+            elif (o := polled.get((router.id, rep.node))) is not None:
+                holds = o.holds_addresses
+            else:
+                return None
+            if holds:
+                holders.append(rep.node)
+        return holders
+
+    def _cross_check(
+        self, polled: dict[tuple[str, str], ReplicaObservation], before: set[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Compare a poll with the stream for the replicas it follows; returns the replicas that
+        disagree (``before``: those that did at their previous poll). A disagreement in one
+        cross-check is expected (the poll and the stream look at different instants of a
+        failover); one still there at the next (``CROSS_CHECK_INTERVAL`` later) is a stream that
+        missed a change, and is logged."""
+        assert self.observer is not None
+        now = {
+            key for key, o in polled.items()
+            if o.reachable and self._followed(*key) and self.observer.holds(*key) != o.holds_addresses
+        }
+        for rid, node in sorted(now & before):
+            log.warning("the replica stream and the ground-truth poll disagree twice in a row", router_id=rid,
+                        node=node, stream_holds=self.observer.holds(rid, node), poll_holds=polled[(rid, node)].holds_addresses)
+        return (before - polled.keys()) | now
 
     def _report(self) -> None:
         if self.on_progress is not None:

@@ -272,14 +272,25 @@ def as_root(command: str, sudo: bool) -> str:
 #   E                                  end of block
 # `kp` looks for a process through its pid file names in order (current, then pre-Train) and
 # trusts a pid only if it runs this router's keepalived.conf: pid files outlive a reboot.
+# Files are read with the shell's own `read` and trimmed by parameter expansion, and `ip`'s lines
+# are tagged by `tag` (a loop of builtins), not with `head | tr`, `sed | cut` and `| sed 's/^/A /'`:
+# the poll runs for every replica of a node (200 at 100 routers), and those pipelines were 17 of
+# its about 21 processes per replica, which kept the nodes busy (bench/README.md, scale_bench.py);
+# now 4 remain (two `ip`, two `grep`), and a poll of 200 replicas costs about a third of the CPU.
+# The output is the same: the first line, whose characters other than digits (pid files) or
+# letters (state files) are dropped (`tr -cd` still does that when there are any, which is never
+# the case for the files Neutron writes), the state letter after the last ") " of /proc/PID/stat,
+# and every line of `ip` behind its tag.
 _KEEPALIVED_PID_FN = r"""kp() {
   key=$1; r=$2; shift 2; first=-
   for sfx in "$@"; do
-    p=$(head -n1 "$c/$r.$sfx" 2>/dev/null | tr -cd '0-9')
+    p=; { read -r p < "$c/$r.$sfx"; } 2>/dev/null
+    case $p in *[!0-9]*) p=$(printf '%s' "$p" | tr -cd '0-9');; esac
     [ -n "$p" ] || continue
     [ "$first" = - ] && first=$p
     if grep -qaF "$c/$r/keepalived.conf" "/proc/$p/cmdline" 2>/dev/null; then
-      echo "K $key $p $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -c1)"; return 0
+      st=; { read -r st < "/proc/$p/stat"; } 2>/dev/null; st=${st##*") "}
+      echo "K $key $p ${st%"${st#?}"}"; return 0
     fi
   done
   echo "K $key $first -"
@@ -289,13 +300,24 @@ _GROUND_TRUTH_FN = r"""gt() {
   r=$1; ns=qrouter-$1
   echo "R $r"
   if [ -e "/run/netns/$ns" ]; then echo "N 1"; else echo "N 0"; fi
-  s=$(head -n1 "$c/$r/state" 2>/dev/null | tr -cd 'a-zA-Z'); echo "S ${s:--}"
-  ip -n "$ns" -o -4 addr 2>/dev/null | sed 's/^/A /'
+  s=; { read -r s < "$c/$r/state"; } 2>/dev/null
+  case $s in *[!a-zA-Z]*) s=$(printf '%%s' "$s" | tr -cd 'a-zA-Z');; esac
+  echo "S ${s:--}"
+  tag A "$(ip -n "$ns" -o -4 addr 2>/dev/null)"
   kp main "$r" %(main)s
   kp vrrp "$r" %(vrrp)s
-  ip -n "$ns" -o link show dev "$2" 2>/dev/null | sed 's/^/L /'
+  tag L "$(ip -n "$ns" -o link show dev "$2" 2>/dev/null)"
   echo E
-}"""
+}
+tag() {
+  t=$1; rest=$2
+  while [ -n "$rest" ]; do
+    printf '%%s %%s\n' "$t" "${rest%%%%"$nl"*}"
+    case $rest in *"$nl"*) rest=${rest#*"$nl"};; *) rest=;; esac
+  done
+}
+nl='
+'"""
 
 
 def ground_truth(agent: AgentContext, replicas: Iterable[tuple[str, str]]) -> NodeCommand:

@@ -1,9 +1,20 @@
-"""One SSH connection per node, shared by every task of a run.
+"""A few SSH connections per node, shared by every task of a run.
 
 A fresh ``ssh`` per command costs a key exchange and a login shell each time (about 290 ms
 here); one asyncssh connection with several channels costs a round trip. OpenSSH allows
-``MaxSessions`` (10) channels per connection and refuses the tenth with "open failed", so a
-semaphore keeps at most ``max_channels`` (8) open per node and the rest wait their turn.
+``MaxSessions`` (10) channels per connection and refuses the tenth with "open failed", so at
+most ``max_channels`` (8) are open on one connection.
+
+Commands get up to ``max_connections`` (3) connections per node, so up to 24 run at once: a
+wave of 50 routers on 6 nodes put 11 - 18 of its injections on one node (bench/README.md,
+``scale_bench.py``), and with 8 channels the last ones waited for the first to end, on top of
+each action's own checks running meanwhile. A second connection is also a second sshd process
+on the node, so the sessions it starts are forked in parallel with the first's. The extra
+connections are opened only when the commands in flight need them (or ahead of a wave,
+``prepare``), so a small run keeps one. Long-lived streams (the primary observer follows each
+node over one channel for the whole run) get a connection of their own, so they never take a
+command's channel. Each is a connection to sshd like any other: at most 4 per node, well
+within sshd's ``MaxStartups`` (10 unauthenticated at once).
 
 Host keys are always verified against the node's ``known_hosts`` (or ``~/.ssh/known_hosts``);
 turning that off takes an explicit ``insecure_no_host_key_check=True`` and logs a warning. A
@@ -105,14 +116,35 @@ def parse_jump_host(spec: str) -> tuple[str | None, str, int]:
         raise InvalidInput(f"jump host {spec!r} has a port that is not a number") from None
 
 
+class _Lane:
+    """One connection to a node (None until opened, or once it broke) and its channels in use."""
+
+    def __init__(self) -> None:
+        self.conn: _Conn | None = None
+        self.in_use = 0
+        self.lock = asyncio.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self.conn is not None and self.conn.usable
+
+    def drop(self, conn: _Conn | None = None) -> None:
+        """Forget the connection (only ``conn``, if given and still the lane's) and close it."""
+        if self.conn is not None and (conn is None or self.conn is conn):
+            self.conn.close()
+            self.conn = None
+
+
 class SshPool:
-    """SSH connections to a set of nodes, one each, opened on first use and closed on exit."""
+    """SSH connections to a set of nodes, opened on first use and closed on exit: up to
+    ``max_connections`` per node for commands, one more for streams (see the module docstring)."""
 
     def __init__(
         self,
         nodes: Sequence[Node],
         *,
         max_channels: int = 8,
+        max_connections: int = 3,
         connect_timeout: float = 10,
         command_timeout: float = 30,
         connect_retries: int = 3,
@@ -121,8 +153,11 @@ class SshPool:
     ) -> None:
         if not 1 <= max_channels <= 9:
             raise ValueError("max_channels must be 1..9: OpenSSH refuses the 10th channel (MaxSessions 10)")
+        if not 1 <= max_connections <= 8:
+            raise ValueError("max_connections must be 1..8: sshd's MaxStartups (10) bounds the logins in progress")
         self.nodes = {n.name: n for n in nodes}
         self.max_channels = max_channels
+        self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.connect_retries = connect_retries
@@ -130,9 +165,11 @@ class SshPool:
         self.insecure = insecure_no_host_key_check
         if self.insecure:
             log.warning("SSH host keys will NOT be verified (insecure_no_host_key_check)", nodes=sorted(self.nodes))
-        self._conns: dict[str, _Conn] = {}
-        self._locks = {name: asyncio.Lock() for name in self.nodes}
-        self._channels = {name: asyncio.Semaphore(max_channels) for name in self.nodes}
+        self._lanes = {name: [_Lane() for _ in range(max_connections)] for name in self.nodes}
+        self._stream_lanes = {name: _Lane() for name in self.nodes}
+        # Commands: max_channels on each of max_connections; streams: max_channels on their own.
+        self._channels = {name: asyncio.Semaphore(max_channels * max_connections) for name in self.nodes}
+        self._stream_channels = {name: asyncio.Semaphore(max_channels) for name in self.nodes}
 
     async def __aenter__(self) -> SshPool:
         return self
@@ -140,10 +177,14 @@ class SshPool:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
+    def _all_lanes(self, name: str) -> list[_Lane]:
+        return [*self._lanes[name], self._stream_lanes[name]]
+
     async def close(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
-        for c in conns:
-            c.close()
+        conns = [lane.conn for name in self.nodes for lane in self._all_lanes(name) if lane.conn is not None]
+        for name in self.nodes:
+            for lane in self._all_lanes(name):
+                lane.drop()
         for c in conns:
             try:
                 async with asyncio.timeout(5):
@@ -158,10 +199,26 @@ class SshPool:
             raise InfrastructureError(f"no node named {name!r} in this run's topology") from None
 
     def forget(self, name: str) -> None:
-        """Drop a node's connection (after a reboot, say); the next command reconnects."""
-        conn = self._conns.pop(name, None)
-        if conn is not None:
-            conn.close()
+        """Drop a node's connections (after a reboot, say); the next command reconnects."""
+        if name in self.nodes:
+            for lane in self._all_lanes(name):
+                lane.drop()
+
+    async def prepare(self, name: str, channels: int) -> None:
+        """Open the connections ``channels`` commands at once will need on the node, now, so
+        that a wave of injections does not pay a key exchange in its middle (one more
+        connection per ``max_channels``, up to ``max_connections``). Raises InfrastructureError
+        as a command would when the node cannot be reached."""
+        wanted = min(self.max_connections, max(1, -(-channels // self.max_channels)))
+        error: InfrastructureError | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for lane in self._lanes[self.node(name).name][:wanted]:
+                    tg.create_task(self._connection(name, lane))
+        except* InfrastructureError as group:
+            error = group.exceptions[0]  # type: ignore[assignment]
+        if error is not None:  # raised out here: inside except* it would be wrapped in a group again
+            raise error
 
     # ------------------------------------------------------------------ connecting
     def _known_hosts(self, node: Node) -> Any:
@@ -256,17 +313,16 @@ class SshPool:
                 jump.close()
             raise
 
-    async def _connection(self, name: str) -> _Conn:
+    async def _connection(self, name: str, lane: _Lane) -> _Conn:
         node = self.node(name)
-        existing = self._conns.get(name)
-        if existing is not None and existing.usable:
-            return existing
-        async with self._locks[name]:
-            existing = self._conns.get(name)
-            if existing is not None and existing.usable:
-                return existing
-            if existing is not None:
-                self.forget(name)
+        if lane.open:
+            assert lane.conn is not None
+            return lane.conn
+        async with lane.lock:
+            if lane.open:
+                assert lane.conn is not None
+                return lane.conn
+            lane.drop()
             last: BaseException | None = None
             for attempt in range(self.connect_retries + 1):
                 if attempt:
@@ -294,7 +350,7 @@ class SshPool:
                     last = exc
                     log.debug("ssh connect failed", node=name, attempt=attempt + 1, error=str(exc) or type(exc).__name__)
                     continue
-                self._conns[name] = conn
+                lane.conn = conn
                 return conn
             reason = "timed out" if isinstance(last, TimeoutError) else (str(last) or type(last).__name__)
             raise InfrastructureError(
@@ -302,6 +358,14 @@ class SshPool:
             )
 
     # ------------------------------------------------------------------ commands
+    def _pick(self, lanes: list[_Lane]) -> _Lane:
+        """Where a command's channel goes: the open connection with the fewest channels in use
+        that has room (spreading a wave over the sshd processes ``prepare`` opened), else the
+        first connection not open yet. The node's semaphore guarantees one has room."""
+        room = [lane for lane in lanes if lane.in_use < self.max_channels]
+        opened = [lane for lane in room if lane.open]
+        return min(opened, key=lambda lane: lane.in_use) if opened else room[0]
+
     def _wrap(self, name: str, command: str) -> str:
         return as_root(command, self.node(name).sudo)
 
@@ -323,22 +387,29 @@ class SshPool:
         """
         limit = self.command_timeout if timeout is None else timeout
         started = time.monotonic()
-        conn = await self._connection(node)
+        lanes = self._lanes[self.node(node).name]
+        # A node that cannot be reached fails with the connection's own error, not the command's timeout.
+        conn = await self._connection(node, lanes[0])
+        lane = lanes[0]
         process: asyncssh.SSHClientProcess[str] | None = None
         try:
             async with asyncio.timeout(limit):
                 async with self._channels[node]:
+                    lane = self._pick(lanes)
+                    lane.in_use += 1
                     try:
+                        conn = await self._connection(node, lane)
                         process = await _open_channel(conn.conn, self._wrap(node, command), input=input)
                         completed = await process.wait(check=False)
                     finally:
                         # sshd counts a session until the close handshake ends; only then is the slot free.
                         await _close_channel(process)
+                        lane.in_use -= 1
         except TimeoutError:
             raise InfrastructureError(f"{node}: command timed out after {limit:g}s: {_short(command)}") from None
         except (OSError, asyncssh.Error) as exc:
             if not conn.usable:
-                self._conns.pop(node, None)
+                lane.drop(conn)
             # A refused channel never carried the command; any later failure may have come
             # after the exec request reached sshd (its reply is the first thing awaited).
             sent = "" if isinstance(exc, asyncssh.ChannelOpenError) else "; it was sent and may have run on the node"
@@ -368,11 +439,13 @@ class SshPool:
         """
         limit = self.command_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        conn = await self._connection(node)
+        lane = self._stream_lanes[self.node(node).name]
+        channels = self._stream_channels[node]
+        conn = await self._connection(node, lane)
         process: asyncssh.SSHClientProcess[str] | None = None
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await self._channels[node].acquire()
+                await channels.acquire()
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     process = await _open_channel(conn.conn, self._wrap(node, command))
@@ -392,12 +465,12 @@ class SshPool:
                 try:
                     await _close_channel(process)
                 finally:
-                    self._channels[node].release()
+                    channels.release()
         except TimeoutError:
             raise InfrastructureError(f"{node}: could not open a channel within {limit:g}s for {_short(command)}") from None
         except (OSError, asyncssh.Error) as exc:
             if not conn.usable:
-                self._conns.pop(node, None)
+                lane.drop(conn)
             raise InfrastructureError(f"{node}: SSH failed while streaming {_short(command)}: {exc}") from None
 
 
