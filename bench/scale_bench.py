@@ -227,8 +227,10 @@ async def first_wave(exp: Path) -> list[tuple[str, str, str]]:
     wave = [plan.action(a) for a in plan.waves[0]]
     out = []
     for action in wave:
-        assert len(action.inject) == 1 and action.router_id is not None
-        out.append((action.node, action.router_id, action.inject[0]))
+        # The fault's own command is the last one; a dead-man (keepalived-kill TERM/KILL arms one)
+        # comes first. The reference sends the signal alone, as tobiko/os-faults do.
+        assert action.inject and action.router_id is not None
+        out.append((action.node, action.router_id, action.inject[-1]))
     return out
 
 
