@@ -593,6 +593,17 @@ def summary_figures(journal: Path) -> dict[str, Any]:
             agg = data["aggregates"][name]
             if agg.get("count"):
                 keep[name] = {k: v for k, v in agg.items() if k in ("p50", "p95", "max", "count")}
+    health = data.get("health")
+    if health:  # the run's own judgement of its measurement (run.health, issue 14 part 6)
+        routers = [r for r in data.get("routers", []) if r.get("targeted")]
+        keep["_health"] = {
+            "verdict": data.get("verdict"),
+            "samples": health["samples"], "saturated_samples": health["saturated_samples"],
+            "routers_saturated": sum(1 for r in routers if r.get("saturated")), "routers": len(routers),
+            "reasons": sorted({k for p in health.get("periods", []) for k in p["reasons"]}),
+            **{k: health.get(k) for k in ("loop_lag_max", "runner_cpu_max", "cpu_pressure_max", "probe_late_p99_max",
+                                          "observer_lag_max", "probe_sends", "probe_skipped")},
+        }
     return keep
 
 
@@ -677,9 +688,19 @@ def print_report(r: dict[str, Any], args: argparse.Namespace) -> None:
                   f"during the waves {run['host_busy_waves']:.0%}; runner {run['runner_cores_before']:.2f} cores before, "
                   f"{run['runner_cores_waves']:.2f} during the waves")
         if run.get("summary"):
+            figures = {k: d for k, d in run["summary"].items() if not k.startswith("_")}
             print("  from summary.json: " + "; ".join(
                 f"{k} " + ", ".join(f"{q} {v:.2f}" if isinstance(v, float) else f"{q} {v}" for q, v in d.items())
-                for k, d in run["summary"].items()))
+                for k, d in figures.items()))
+            h = run["summary"].get("_health")
+            if h:
+                print(f"  the run's own health (run.health): saturated {h['saturated_samples']} of {h['samples']} s "
+                      f"({', '.join(h['reasons']) or 'nothing'}); {h['routers_saturated']} of {h['routers']} routers "
+                      f"measured while saturated; verdict {h['verdict']}; worst: event loop {h['loop_lag_max']} s late, "
+                      f"ICMP sends {h['probe_late_p99_max']} s late (p99), {h['probe_skipped']} of "
+                      f"{(h['probe_sends'] or 0) + (h['probe_skipped'] or 0)} skipped, replica stream "
+                      f"{h['observer_lag_max']} s behind, lab CPU pressure {h['cpu_pressure_max']}, runner "
+                      f"{h['runner_cpu_max']} cores")
     print_goals(r, args)
     rb = r.get("rollback")
     if rb:
