@@ -184,3 +184,13 @@ def test_a_journal_without_health_samples_is_judged_as_before() -> None:
     events = [e for e in journal_of_two_faults(saturated_at=12, outage={a: 3.0, b: 0.5}) if e["kind"] != "run.health"]
     summary = summarize(events, TOLERANCE)
     assert summary.verdict == "deviated" and summary.health is None
+
+
+def test_the_send_lateness_limit_lies_below_what_the_icmp_probe_can_report() -> None:
+    """The probe's lateness histogram ends at its last bin (later sends land there): a limit at
+    or above that edge could never be passed (it was 0.1 s, the edge itself)."""
+    from chaos.probes.icmp import LATENESS_BIN, LATENESS_BINS
+
+    assert LIMITS["probe_late"] < LATENESS_BIN * LATENESS_BINS
+    ceiling = {"probe_late_p99": LATENESS_BIN * LATENESS_BINS}
+    assert "probe_late" in saturation(ceiling)
