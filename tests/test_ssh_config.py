@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from typing import Any
 
 from chaos.errors import ExitCode, InvalidInput
 from chaos.model import Topology
@@ -275,3 +276,40 @@ nodes: [{{name: network-3, address: 198.51.100.13}}]
     assert proc.returncode == ExitCode.OK, out + err
     assert "record this key for 198.51.100.13" in out and "recorded 1 new key(s)" in out
     assert known.read_text().startswith("198.51.100.13 ssh-ed25519 ")
+
+
+async def test_a_cancelled_connect_is_not_retried_when_asyncssh_turns_the_cancel_into_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncssh can report a cancellation that lands mid-handshake as a lost connection; the
+    pool's retry loop took that for a failed attempt and kept connecting, so a cancelled task
+    (a stream, a poll) outlived its TaskGroup until the run's time limit. It must stop at once."""
+    import asyncio
+    import time
+
+    import asyncssh
+
+    from chaos.model import Node
+    from chaos.transport.ssh import SshPool
+
+    attempts = 0
+
+    async def open_that_loses_the_connection_when_cancelled(self: SshPool, node: Node) -> Any:
+        nonlocal attempts
+        attempts += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise asyncssh.ConnectionLost("Connection lost") from None
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(SshPool, "_open", open_that_loses_the_connection_when_cancelled)
+    pool = SshPool([Node(name="net-1", address="198.51.100.1", check_child_processes_interval=60)],
+                   insecure_no_host_key_check=True, retry_backoff=0.5)
+    task = asyncio.create_task(pool.run("net-1", "true"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert attempts == 1 and time.monotonic() - started < 0.5

@@ -325,6 +325,7 @@ class SshPool:
             lane.drop()
             last: BaseException | None = None
             for attempt in range(self.connect_retries + 1):
+                _raise_if_cancelling()
                 if attempt:
                     await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
                 try:
@@ -491,6 +492,20 @@ async def _open_channel(
                 raise
             await asyncio.sleep(0.005 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _raise_if_cancelling() -> None:
+    """Stop retrying when this task has been asked to stop.
+
+    A cancellation that arrives during asyncssh's handshake can come out as an ``asyncssh.Error``
+    (the connection it was building is lost) rather than as CancelledError; the retry loop then
+    took it for a failed attempt and went on connecting, and the cancelled task (an observer's
+    stream, a poll) lived on until the run's own time limit: a run whose injection failed after
+    an SSH drop rolled back only at max_run_duration, 100 s later. ``Task.cancelling()`` still
+    counts the request, so it is honoured here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _close_channel(process: asyncssh.SSHClientProcess[str] | None) -> None:
