@@ -122,6 +122,20 @@ def test_failover_is_injection_to_another_replica_holding_the_addresses() -> Non
     assert (rm.metrics["primaries_before"], rm.metrics["primaries_after"]) == (1, 1)
 
 
+def test_one_polls_replicas_at_one_time_are_one_snapshot_not_a_transition() -> None:
+    """A poll journals every replica of a router with its own single ``t``; applied one by one,
+    the backup's line first made {} -> {net2} a transition (the example plugin's
+    ``transitions == 0`` failed on a run where nothing moved)."""
+    events = [
+        obs(0, R1, "net1", False), obs(0, R1, "net2", True),  # the first poll, backup first
+        obs(0.12, R1, "net1", False), obs(0.13, R1, "net2", True),  # the stream's first snapshot
+        obs(5, R1, "net1", False), obs(5, R1, "net2", True),  # a later poll
+    ]
+    rm = router_metrics(RunRecord(events), R1)
+    assert rm.metrics["transitions"] == 0 and rm.metrics["no_primary_s"] == 0
+    assert [c.holders for c in rm.holders] == [["net2"]]
+
+
 def test_no_failover_is_none_and_says_why() -> None:
     rm = router_metrics(RunRecord([obs(0, R1, "net1", True), inject(1, R1), obs(2, R1, "net1", True)]), R1)
     assert rm.metrics["failover_s"] is None

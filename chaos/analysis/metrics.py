@@ -386,6 +386,8 @@ class HolderTimeline:
     The timeline starts once the first snapshot is complete (every replica that reported within
     ``INITIAL_SNAPSHOT_S`` of the first report has reported), so assembling it is not counted as
     a change of holders ({} -> {a} would be one transition and a moment without a primary).
+    Observations with the same time (one poll journals all its replicas at once) are applied
+    together, for the same reason.
     """
 
     def __init__(self, observations: Sequence[_Observation]) -> None:
@@ -397,10 +399,12 @@ class HolderTimeline:
             firsts.setdefault(o.node, o.t)
         t0 = min(firsts.values(), default=0.0)
         complete = max((t for t in firsts.values() if t - t0 <= INITIAL_SNAPSHOT_S), default=t0)
-        for o in observations:
+        for k, o in enumerate(observations):
             state[o.node] = o.holds
             if o.t < complete:
                 continue
+            if k + 1 < len(observations) and observations[k + 1].t == o.t:
+                continue  # one poll's replicas share its time: one snapshot, not a change per replica
             self.times.append(o.t)
             self.sets.append(frozenset(n for n, h in state.items() if h))
 
