@@ -275,7 +275,15 @@ def test_ssh_drop_mid_command_injects_once_vrrp_partition(
                 found = [p for p in tmp_path.iterdir() if p.is_dir()]
                 folder = found[0] if found else None
                 time.sleep(0.01)
-            while not stop.is_set() and not any(e.get("kind") == "run.preflight" for e in journal_kinds(folder)):
+            # Armed once the observer's stream follows the node (its first snapshot is in the
+            # journal), a warm-up (1 s) before the injection: armed earlier, the stream's login
+            # crawls through the held replies and the run waits out its 15 s readiness bound.
+            def streamed() -> bool:
+                return any(e.get("kind") == "observe.replica" and e.get("source") == "monitor" and e.get("node") == node
+                           for e in journal_kinds(folder))
+
+            armed_by = time.monotonic() + 30
+            while not stop.is_set() and not streamed() and time.monotonic() < armed_by:
                 time.sleep(0.01)
             relay.arm(address, HELD)  # from here on, what the node says arrives HELD s late
             while not stop.is_set() and "cut" not in facts:
