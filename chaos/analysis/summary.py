@@ -22,7 +22,7 @@ from chaos.analysis.hypothesis import ToleranceResult, evaluate_all, parse_toler
 from chaos.analysis.metrics import Distribution, ResetSeen, RouterMetrics, RunRecord, aggregates, run_metrics
 from chaos.errors import InvalidInput
 from chaos.probes.health import describe as describe_saturation
-from chaos.probes.health import saturation
+from chaos.probes.health import merge_worst, saturation
 
 SCHEMA_VERSION = 1
 Verdict = Literal["held", "deviated", "inconclusive", "aborted", "interrupted", "error", "steady-state-broken", "skipped", "invalid",
@@ -280,8 +280,7 @@ def summarize_health(samples: list[Mapping[str, Any]]) -> RunHealthSummary | Non
         last = periods[-1] if periods else None
         if last is not None and start <= last.end + 0.5:  # the next second: the same period
             last.end = t
-            for key, value in found.items():
-                last.reasons[key] = max(value, last.reasons.get(key, value))
+            merge_worst([found], into=last.reasons)
         else:
             periods.append(SaturatedPeriod(start=start, end=t, reasons=found))
     cpu = values("runner_cpu")
@@ -319,10 +318,7 @@ def _saturation_notes(
             )
     hit = [m for m in routers.values() if m.targeted and m.saturated]
     if hit and health is not None:
-        worst: dict[str, float] = {}
-        for m in hit:
-            for key, value in m.saturated.items():
-                worst[key] = max(value, worst.get(key, value))
+        worst = merge_worst(m.saturated for m in hit)
         targeted = sum(1 for m in routers.values() if m.targeted)
         notes.append(
             f"{len(hit)} of {targeted} router(s) were measured while the tool or the lab was saturated: "

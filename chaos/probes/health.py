@@ -41,7 +41,7 @@ import contextlib
 import math
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -168,7 +168,7 @@ class RunHealth:
     async def _sample_until(self, stop: asyncio.Event, max_duration: float) -> None:
         end = time.monotonic() + max_duration
         before = _Cpu.now()
-        histograms = [(list(s.send_counts()[1]), s.send_counts()[0]) for s in self.senders]
+        histograms = [(list(counts), skipped) for skipped, counts, _ in (s.send_counts() for s in self.senders)]
         for source in self.lag_sources:
             source.drain_lags()  # lags from before the first sample belong to no sample
         while time.monotonic() < end:
@@ -272,8 +272,13 @@ def describe(key: str, value: float) -> str:
 
 def worst(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """The worst figure of each saturation reason over several samples."""
-    found: dict[str, float] = {}
-    for sample in samples:
-        for key, value in saturation(sample).items():
-            found[key] = max(value, found.get(key, value))
-    return found
+    return merge_worst(saturation(sample) for sample in samples)
+
+
+def merge_worst(found: Iterable[Mapping[str, float]], into: dict[str, float] | None = None) -> dict[str, float]:
+    """Reason -> the worst of its figures over several sets of reasons (``into``, updated, if given)."""
+    merged = {} if into is None else into
+    for reasons in found:
+        for key, value in reasons.items():
+            merged[key] = max(value, merged.get(key, value))
+    return merged
