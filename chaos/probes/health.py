@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from chaos.journal import Journal
 from chaos.log import get_logger
+from chaos.probes.icmp import histogram_quantiles
 
 log = get_logger("health")
 
@@ -108,18 +109,6 @@ class _Cpu:
 def _quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def _histogram_quantile(counts: Sequence[int], q: float, width: float) -> float | None:
-    total = sum(counts)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for i, n in enumerate(counts):
-        seen += n
-        if seen >= rank:
-            return (i + 1) * width
-    return len(counts) * width
 
 
 class RunHealth:
@@ -211,9 +200,7 @@ class RunHealth:
             diff = [n - o for n, o in zip(counts, old, strict=False)] if old else list(counts)
             sends += sum(diff)
             skipped += now_skipped - old_skipped
-            p99 = _histogram_quantile(diff, 0.99, width)
-            if p99 is not None:
-                late.append(p99)
+            late += histogram_quantiles(diff, (0.99,), width)
             new_histograms.append((list(counts), now_skipped))
         if self.senders:
             fields.update(probe_sends=sends, probe_skipped=skipped, probe_late_p99=round(max(late), 4) if late else None)

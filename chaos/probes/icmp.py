@@ -501,15 +501,17 @@ class IcmpProbe:
 
     def _lateness_percentiles(self, quantiles: Sequence[float]) -> list[float]:
         """Send lateness against the schedule (seconds, upper edge of the histogram bin)."""
-        total = sum(self._lateness)
-        if not total:
-            return [0.0] * len(quantiles)
-        cumulative = list(itertools.accumulate(self._lateness))
-        out = []
-        for q in quantiles:
-            rank = max(1, int(q * total + 0.999999))
-            out.append((bisect.bisect_left(cumulative, rank) + 1) * LATENESS_BIN)
-        return out
+        return histogram_quantiles(self._lateness, quantiles, LATENESS_BIN) or [0.0] * len(quantiles)
+
+
+def histogram_quantiles(counts: Sequence[int], quantiles: Sequence[float], width: float) -> list[float]:
+    """Quantiles of a histogram of ``width``-second bins (the upper edge of the bin each falls
+    in); [] for an empty histogram. The run's health sampler reads the probe's lateness with it."""
+    total = sum(counts)
+    if not total:
+        return []
+    cumulative = list(itertools.accumulate(counts))
+    return [(bisect.bisect_left(cumulative, max(1, int(q * total + 0.999999))) + 1) * width for q in quantiles]
 
 
 __all__ = [
@@ -517,6 +519,7 @@ __all__ = [
     "IcmpTarget",
     "echo_request",
     "icmp_targets",
+    "histogram_quantiles",
     "parse_echo_reply",
     "seq_distance",
 ]
